@@ -1,0 +1,22 @@
+"""Errors a user can act on: the CLI prints them as one clear line, never as a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SslsegError(Exception):
+    """Base class for problems with the user's input, data or configuration."""
+
+
+class DataError(SslsegError):
+    """A data file or folder is unusable; the message names the path and the problem."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class ConfigError(SslsegError):
+    """A setting is missing, misspelt or out of range."""
