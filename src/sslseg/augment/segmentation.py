@@ -1,0 +1,42 @@
+"""Joint image + target augmentation for fine-tuning, done on the whole batch on the training device."""
+
+from __future__ import annotations
+
+import torch
+
+
+def augment_batch(
+    images: torch.Tensor, targets: torch.Tensor, intensity: float = 0.1, noise: float = 0.03
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flips and 90° rotations (same for image and target), per-channel gain/offset and noise.
+
+    `images` is B×C×H×W (normalised), `targets` B×H×W (classes) or B×K×H×W (dense regression targets).
+    The geometric group (D4) keeps distance maps exact, unlike arbitrary rotations.
+    """
+    b = images.shape[0]
+    dev = images.device
+    squeeze = targets.ndim == 3
+    t = targets[:, None] if squeeze else targets
+    square = images.shape[-1] == images.shape[-2]
+    flips = torch.rand(b, 2, device=dev) < 0.5
+    rots = torch.randint(0, 4 if square else 1, (b,), device=dev)
+    # group samples by their (flip-h, flip-v, rotation) so each distinct transform runs once on a slice
+    code = flips[:, 0].long() + 2 * flips[:, 1].long() + 4 * rots
+    out_i, out_t = images.clone(), t.clone()
+    for c in code.unique().tolist():
+        idx = (code == c).nonzero(as_tuple=True)[0]
+        xi, xt = images[idx], t[idx]
+        dims = [d for d, on in ((-1, c & 1), (-2, c & 2)) if on]
+        if dims:
+            xi, xt = xi.flip(dims), xt.flip(dims)
+        if c >> 2:
+            xi, xt = torch.rot90(xi, c >> 2, (-2, -1)), torch.rot90(xt, c >> 2, (-2, -1))
+        out_i[idx], out_t[idx] = xi, xt
+    if intensity > 0:
+        shape = (b, images.shape[1], 1, 1)
+        gain = 1 + intensity * torch.randn(shape, device=dev)
+        offset = intensity * torch.randn(shape, device=dev)
+        out_i = out_i * gain + offset
+    if noise > 0:
+        out_i = out_i + noise * torch.randn_like(out_i)
+    return out_i, (out_t[:, 0] if squeeze else out_t)

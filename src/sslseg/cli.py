@@ -1,0 +1,176 @@
+"""The `sslseg` command line. Every user-facing error is one clear line (exit code 2), never a traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sslseg.errors import SslsegError
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="sslseg: annotation-efficient biomedical image segmentation."
+)
+data_app = typer.Typer(no_args_is_help=True, help="Check, convert and generate datasets.")
+app.add_typer(data_app, name="data")
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="override any setting: section.key=value (repeatable)"),
+]
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for sslseg's own progress: silence chatty third-party notices."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+@data_app.command("verify")
+def data_verify(
+    path: Path,
+    layout: str = "auto",
+    task: str = "auto",
+    mask_suffix: str | None = None,
+) -> None:
+    """List every problem in a dataset with its file; exit code 1 when there is any error."""
+    from sslseg.data.verify import verify_dataset
+
+    report = verify_dataset(path, layout=layout, task=task, mask_suffix=mask_suffix)
+    typer.echo(report.format())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@data_app.command("convert")
+def data_convert(path: Path, out: Path, layout: str = "auto", mask_suffix: str | None = None) -> None:
+    """Write any supported layout as images/ + labels/ TIFF pairs."""
+    from sslseg.data.verify import convert_dataset
+
+    n = convert_dataset(path, out, layout=layout, mask_suffix=mask_suffix)
+    typer.echo(f"wrote {n} image/label pairs to {out}")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path,
+    n: Annotated[int, typer.Option("--n", help="number of images")] = 64,
+    size: int = 256,
+    seed: int = 0,
+) -> None:
+    """Generate the built-in synthetic fluorescence-nuclei dataset (instance labels)."""
+    from sslseg.data.synth import write_synthetic_dataset
+
+    write_synthetic_dataset(out, n_images=n, size=size, seed=seed)
+    typer.echo(f"wrote {n} synthetic images with instance labels to {out}")
+
+
+def _finetune_config(config: Path | None, flags: dict[str, Any], sets: list[str] | None) -> Any:
+    from sslseg.config import FinetuneConfig, deep_merge, load_config, parse_overrides
+
+    overrides: dict[str, Any] = {}
+    for dotted, value in flags.items():
+        if value is not None:
+            overrides = deep_merge(overrides, parse_overrides([f"{dotted}={value}"]))
+    overrides = deep_merge(overrides, parse_overrides(sets or []))
+    return load_config(FinetuneConfig, config, overrides)
+
+
+@app.command()
+def finetune(
+    config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
+    train: Annotated[Path | None, typer.Option(help="training dataset folder")] = None,
+    test: Annotated[Path | None, typer.Option(help="separate labelled test dataset")] = None,
+    task: Annotated[str | None, typer.Option(help="semantic or instance")] = None,
+    encoder: Annotated[str | None, typer.Option(help="encoder name, e.g. resnet18, resnet50")] = None,
+    init: Annotated[str | None, typer.Option(help="random, imagenet or an encoder weights file")] = None,
+    frozen: Annotated[bool | None, typer.Option("--frozen/--fine-tuned", help="freeze the encoder")] = None,
+    label_fraction: Annotated[float | None, typer.Option(help="fraction of training images labelled")] = None,
+    seed: Annotated[int | None, typer.Option(help="run seed (init and labelled subset)")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="run folder")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the run folder's last checkpoint")] = False,
+    set_: SetOption = None,
+) -> None:
+    """Fine-tune a U-Net (semantic or instance) and score it on the test split."""
+    from sslseg.config import to_yaml
+    from sslseg.finetune import finetune as run_finetune
+
+    cfg = _finetune_config(
+        config,
+        {
+            "data.train": train,
+            "data.test": test,
+            "data.task": task,
+            "model.encoder": encoder,
+            "model.init": init,
+            "model.frozen": frozen,
+            "data.label_fraction": label_fraction,
+            "train.seed": seed,
+            "train.epochs": epochs,
+            "output": output,
+        },
+        set_,
+    )
+    typer.echo(to_yaml(cfg), err=True)
+    result = run_finetune(cfg, resume=resume)
+    typer.echo(json.dumps({"output": str(result.output), "test": result.test}, indent=2))
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path,
+    data: Path,
+    out: Annotated[Path | None, typer.Option(help="folder for per_image.csv and metrics.json")] = None,
+    layout: str = "auto",
+    mask_suffix: str | None = None,
+) -> None:
+    """Score a fine-tuned model on a labelled dataset at native resolution."""
+    from sslseg.evaluate import evaluate_checkpoint
+
+    mean = evaluate_checkpoint(checkpoint, data, out, layout=layout, mask_suffix=mask_suffix)
+    typer.echo(json.dumps(mean, indent=2))
+
+
+@app.command()
+def predict(
+    checkpoint: Path,
+    inputs: list[Path],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("predictions"),
+) -> None:
+    """Segment images of any size (tiled); writes label maps (TIFF) and overlays (PNG)."""
+    from sslseg.predict import predict_files
+
+    written = predict_files(checkpoint, inputs, out)
+    typer.echo(f"wrote {len(written)} label maps and overlays to {out}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="demo folder")] = Path("demo"),
+    quick: Annotated[bool, typer.Option(help="tiny budget, for smoke tests")] = False,
+) -> None:
+    """The main job on the built-in synthetic data: generate, fine-tune, evaluate, predict."""
+    from sslseg.demo import run_demo
+
+    report = run_demo(out, quick=quick)
+    typer.echo(f"\ndemo finished; outputs in {out.resolve()}\n  summary: {report}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning sslseg errors into one-line messages."""
+    _quiet_libraries()
+    try:
+        app()
+    except SslsegError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)

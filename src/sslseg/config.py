@@ -1,0 +1,181 @@
+"""Typed settings for every run: one pydantic model per concern, loaded from YAML and `--set key=value`.
+
+Unknown or misspelt keys are errors that suggest the closest valid key; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sslseg.errors import ConfigError
+
+Task = Literal["semantic", "instance"]
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the images are, how they are split and how much of the training split is labelled."""
+
+    train: Path | None = Field(None, description="dataset root (any supported layout) for training/validation")
+    test: Path | None = Field(None, description="separate test dataset; if unset, test_fraction of train is held out")
+    layout: str = "auto"
+    test_layout: str = "auto"
+    mask_suffix: str | None = None
+    task: Task = "instance"
+    num_classes: int = Field(2, ge=2, description="semantic: classes including background")
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    split_seed: int = Field(0, description="fixes the val/test split independently of the label fraction")
+    split_file: Path | None = Field(None, description="JSON split to reuse (written beside every run)")
+    label_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    normalization: Literal["per_image", "percentile"] = "per_image"
+    scale: float = Field(1.0, gt=0.0, le=4.0, description="resize factor for training and inference")
+    max_images: int | None = Field(None, ge=1, description="use only the first N images (quick runs)")
+
+
+class ModelConfig(_Strict):
+    """The U-Net: encoder architecture, its initialisation and whether it is frozen."""
+
+    encoder: str = "resnet18"
+    init: str = Field("random", description="'random', 'imagenet' (local weights) or a weights file")
+    frozen: bool = False
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+
+
+class TrainConfig(_Strict):
+    """Optimisation and the Lightning trainer."""
+
+    seed: int = 0
+    batch_size: int = Field(8, ge=1)
+    crop_size: int = Field(256, ge=32)
+    epochs: int = Field(30, ge=1)
+    steps_per_epoch: int = Field(50, ge=1, description="an epoch is a fixed number of steps, whatever the labels")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(10, ge=1, description="early stopping, in epochs without a better val score")
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    precision: str = Field("auto", description="'auto' = bf16-mixed on GPU, 32 on CPU")
+    deterministic: bool = False
+    val_max_images: int | None = Field(None, ge=1, description="cap validation images per epoch")
+
+
+class PostprocessConfig(_Strict):
+    """Instance post-processing: marker-controlled watershed on the predicted distance map."""
+
+    fg_threshold: float = Field(0.5, gt=0, lt=1)
+    seed_threshold: float = Field(0.5, gt=0, lt=1)
+    smooth_sigma: float = Field(1.0, ge=0)
+    min_size: int = Field(8, ge=0, description="objects smaller than this many pixels are dropped")
+
+
+class InferenceConfig(_Strict):
+    """Sliding-window inference."""
+
+    tile_size: int = Field(512, ge=32)
+    overlap: float = Field(0.25, ge=0, lt=1)
+    batch_size: int = Field(4, ge=1)
+
+
+class FinetuneConfig(_Strict):
+    """Everything one fine-tuning run needs; saved beside its results."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
+    inference: InferenceConfig = InferenceConfig()
+    output: Path = Path("runs/finetune")
+
+
+def _suggest(loc: tuple[Any, ...], model: type[BaseModel]) -> str:
+    """Name the closest valid key for a misspelt one."""
+    cls: type[BaseModel] | None = model
+    for part in loc[:-1]:
+        field = cls.model_fields.get(str(part)) if cls else None
+        ann = field.annotation if field else None
+        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    if cls is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(cls.model_fields), n=1, cutoff=0.6)
+    prefix = ".".join(str(p) for p in loc[:-1])
+    return f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+
+
+def _format_errors(err: ValidationError, model: type[BaseModel], source: str) -> str:
+    lines = [f"invalid settings in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{key}'{_suggest(e['loc'], model)}")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set '{dotted}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ['train.epochs=5', 'model.frozen=true'] into a nested dict (values parsed as YAML scalars)."""
+    tree: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override '{pair}' must look like section.key=value")
+        key, raw = pair.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return tree
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge `update` into a copy of `base` (update wins)."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(
+    model: type[M], path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> M:
+    """Build a config from an optional YAML file plus overrides; errors name the key and the file."""
+    data: dict[str, Any] = {}
+    source = "command-line settings"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        data = loaded
+        source = str(path)
+    data = deep_merge(data, overrides or {})
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, model, source)) from None
+
+
+def to_yaml(config: BaseModel) -> str:
+    """The resolved config as YAML, for saving beside results."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

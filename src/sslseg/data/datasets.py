@@ -1,0 +1,134 @@
+"""Decoded, normalised samples held in memory, and the random-crop dataset that feeds training.
+
+Decoding happens once per image; training draws crops from memory, so the loader never starves the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.transform import resize
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from sslseg.data.io import read_image
+from sslseg.data.layouts import Sample
+from sslseg.data.normalize import Normalization, effective_channels, harmonise_channels, normalize
+from sslseg.data.targets import instance_targets, semantic_classes
+from sslseg.errors import DataError
+
+
+@dataclass
+class LoadedSample:
+    """One image ready for the network, with its training target and its native-resolution labels."""
+
+    id: str
+    image: np.ndarray  # float32 C×h×w at the working scale
+    target: np.ndarray | None  # semantic: int64 h×w; instance: float32 2×h×w (foreground, distance)
+    labels: np.ndarray | None  # native-resolution class map or instance map, for honest evaluation
+    native_shape: tuple[int, int]
+
+
+def rescale_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """Resize a C×H×W float image by `scale` (antialiased when shrinking)."""
+    if scale == 1.0:
+        return image
+    h, w = image.shape[1:]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    t = torch.from_numpy(image)[None]
+    return F.interpolate(t, size=size, mode="bilinear", antialias=scale < 1, align_corners=False)[0].numpy()
+
+
+def rescale_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map to `shape`."""
+    if labels.shape == shape:
+        return labels
+    return resize(labels, shape, order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
+
+
+def dataset_channels(images: Sequence[np.ndarray]) -> int:
+    """The channel count the network needs for these images (signal-carrying channels, max over images)."""
+    return max(effective_channels(im) for im in images)
+
+
+def prepare_image(
+    raw: np.ndarray, channels: int, normalization: Normalization = "per_image", scale: float = 1.0
+) -> np.ndarray:
+    """Raw H×W×C image → normalised float32 C×h×w at the working scale."""
+    return rescale_image(normalize(harmonise_channels(raw, channels), normalization), scale)
+
+
+def load_samples(
+    samples: Sequence[Sample],
+    task: str,
+    num_classes: int = 2,
+    channels: int | None = None,
+    normalization: Normalization = "per_image",
+    scale: float = 1.0,
+    with_labels: bool = True,
+    progress: bool = True,
+) -> tuple[list[LoadedSample], int]:
+    """Decode, harmonise and normalise every sample once; returns the samples and the channel count used."""
+    raws = []
+    for s in tqdm(samples, desc="reading images", disable=not progress or len(samples) < 20, leave=False):
+        raws.append(read_image(s.image))
+    if channels is None:
+        channels = dataset_channels(raws)
+    out = []
+    for s, raw in zip(samples, raws, strict=True):
+        shape = raw.shape[:2]
+        image = prepare_image(raw, channels, normalization, scale)
+        labels = target = None
+        if with_labels and s.label is not None:
+            labels = s.label.load(shape)
+            if labels.shape != shape:
+                raise DataError(s.label.path, f"label size {labels.shape} differs from image size {shape}")
+            work = rescale_labels(labels, image.shape[1:])
+            if task == "semantic":
+                try:
+                    labels = semantic_classes(labels, num_classes)
+                except ValueError as e:
+                    raise DataError(s.label.path, str(e)) from None
+                target = semantic_classes(work, num_classes)
+            else:
+                if labels.min(initial=0) < 0:
+                    raise DataError(s.label.path, "instance labels must be ≥ 0 (0 = background)")
+                target = instance_targets(work.astype(np.int64))
+        out.append(LoadedSample(s.id, image, target, labels, shape))
+    return out, channels
+
+
+class RandomCropDataset(Dataset):
+    """Random fixed-size crops from in-memory samples; an epoch is a fixed number of crops."""
+
+    def __init__(self, samples: Sequence[LoadedSample], crop_size: int, length: int) -> None:
+        if not samples:
+            raise ValueError("no labelled training samples")
+        if any(s.target is None for s in samples):
+            raise ValueError("every training sample needs a target")
+        self.samples = list(samples)
+        self.crop = crop_size
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.samples[int(torch.randint(len(self.samples), (1,)))]
+        image, target = s.image, s.target
+        assert target is not None
+        h, w = image.shape[1:]
+        c = self.crop
+        top = int(torch.randint(max(h - c, 0) + 1, (1,)))
+        left = int(torch.randint(max(w - c, 0) + 1, (1,)))
+        img = image[:, top : top + c, left : left + c]
+        tgt = target[..., top : top + c, left : left + c]
+        ph, pw = c - img.shape[1], c - img.shape[2]
+        if ph or pw:  # images smaller than the crop: pad (normalised zero = image mean; target = background)
+            img = np.pad(img, ((0, 0), (0, ph), (0, pw)))
+            tgt = np.pad(tgt, [(0, 0)] * (tgt.ndim - 2) + [(0, ph), (0, pw)])
+        return torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(np.ascontiguousarray(tgt))

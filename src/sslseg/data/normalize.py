@@ -1,0 +1,52 @@
+"""Turn raw images of any bit depth and channel count into float32 C×H×W tensors the networks read."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+Normalization = Literal["per_image", "percentile"]
+
+
+def harmonise_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """Bring an H×W×C image to `channels` channels: drop a constant alpha, repeat gray, average to gray."""
+    c = image.shape[2]
+    if c == channels:
+        return image
+    if c in (2, 4) and channels == c - 1:
+        return image[..., : c - 1]  # gray+alpha or RGBA: alpha carries no signal for segmentation
+    if c == 4 and channels == 1:
+        return image[..., :3].mean(axis=2, keepdims=True).astype(image.dtype)
+    if c == 1:
+        return np.repeat(image, channels, axis=2)
+    if channels == 1:
+        return image.mean(axis=2, keepdims=True).astype(image.dtype)
+    raise ValueError(f"cannot turn a {c}-channel image into {channels} channels")
+
+
+def effective_channels(image: np.ndarray) -> int:
+    """Channels that carry signal: RGBA with constant alpha counts as RGB, RGB with equal planes as gray."""
+    c = image.shape[2]
+    if c in (2, 4) and image[..., -1].min() == image[..., -1].max():
+        image = image[..., :-1]
+        c -= 1
+    if c == 3 and np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2]):
+        return 1
+    return c
+
+
+def normalize(image: np.ndarray, mode: Normalization = "per_image") -> np.ndarray:
+    """H×W×C array → float32 C×H×W, each channel standardised (mean/std or 1–99.8 percentiles)."""
+    x = image.astype(np.float32).transpose(2, 0, 1)
+    flat = x.reshape(x.shape[0], -1)
+    if mode == "per_image":
+        center = flat.mean(axis=1)
+        spread = flat.std(axis=1)
+    elif mode == "percentile":
+        lo, hi = np.percentile(flat, [1.0, 99.8], axis=1)
+        center, spread = lo, (hi - lo) / 4.0
+    else:
+        raise ValueError(f"unknown normalization {mode!r}")
+    spread = np.where(spread < 1e-6, 1.0, spread)
+    return ((x - center[:, None, None]) / spread[:, None, None]).astype(np.float32)

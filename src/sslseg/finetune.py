@@ -1,0 +1,175 @@
+"""Fine-tune a U-Net on the labelled fraction of a dataset, select the best epoch on a fixed validation
+split, and score it on the test split at native resolution."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+from torch.utils.data import DataLoader
+
+import sslseg
+from sslseg.atomic import write_json, write_text
+from sslseg.config import FinetuneConfig, to_yaml
+from sslseg.data.datasets import RandomCropDataset, load_samples
+from sslseg.data.layouts import Sample, find_samples
+from sslseg.data.splits import labelled_subset, load_split, make_split, save_split
+from sslseg.errors import ConfigError, DataError
+from sslseg.evaluate import evaluate_samples, load_model, summarize, write_rows_csv
+from sslseg.segmentation.module import SegmentationModule, ValidationImages
+
+
+@dataclass
+class FinetuneResult:
+    """Where the run wrote its outputs and what it scored."""
+
+    output: Path
+    best_checkpoint: Path
+    test: dict[str, float]
+    summary: dict[str, Any]
+
+
+def _loggers(out: Path) -> list[Logger]:
+    loggers: list[Logger] = [CSVLogger(out, name="logs", version="")]
+    try:  # TensorBoard when installed; the CSV log is always there
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        import tensorboard  # noqa: F401
+
+        loggers.append(TensorBoardLogger(out, name="tensorboard", version=""))
+    except ImportError:
+        pass
+    return loggers
+
+
+def _precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def resolve_splits(cfg: FinetuneConfig, samples: list[Sample]) -> dict[str, list[str]]:
+    """Train/val/test ids: from the split file, or drawn from `split_seed` (test only when no test set)."""
+    ids = [s.id for s in samples]
+    if cfg.data.split_file is not None:
+        return load_split(cfg.data.split_file, ids)
+    test_fraction = 0.0 if cfg.data.test is not None else cfg.data.test_fraction
+    return make_split(ids, cfg.data.val_fraction, test_fraction, cfg.data.split_seed)
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> FinetuneResult:
+    """Run one fine-tuning job end to end; outputs go to `cfg.output` (resolved config saved first)."""
+    if cfg.data.train is None:
+        raise ConfigError("data.train is not set: give the training dataset folder")
+    out = Path(cfg.output)
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", to_yaml(cfg))
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+
+    samples = find_samples(cfg.data.train, layout=cfg.data.layout, mask_suffix=cfg.data.mask_suffix)
+    if cfg.data.max_images:
+        samples = samples[: cfg.data.max_images]
+    unlabelled = [s.id for s in samples if s.label is None]
+    if unlabelled:
+        raise DataError(cfg.data.train, f"{len(unlabelled)} images have no labels, e.g. {unlabelled[:3]}")
+    split = resolve_splits(cfg, samples)
+    save_split(out / "split.json", split)
+    labelled = labelled_subset(split["train"], cfg.data.label_fraction, cfg.train.seed)
+    by_id = {s.id: s for s in samples}
+    d = cfg.data
+    loaded, channels = load_samples(
+        [by_id[i] for i in labelled + split["val"]], d.task, d.num_classes, None, d.normalization, d.scale,
+        progress=progress,
+    )
+    train_set, val_set = loaded[: len(labelled)], loaded[len(labelled) :]
+    if cfg.train.val_max_images:
+        val_set = val_set[: cfg.train.val_max_images]
+
+    module = SegmentationModule(cfg.model_dump(mode="json"), channels)
+    module.val_samples = val_set
+    train_loader = DataLoader(
+        RandomCropDataset(train_set, cfg.train.crop_size, cfg.train.steps_per_epoch * cfg.train.batch_size),
+        batch_size=cfg.train.batch_size,
+        num_workers=0,
+    )
+    val_loader = DataLoader(ValidationImages(val_set), batch_size=1) if val_set else None
+    monitor = "val/score" if val_set else None
+    best_cb = ModelCheckpoint(
+        dirpath=out / "checkpoints", filename="best", monitor=monitor, mode="max", save_last=True, save_top_k=1
+    )
+    callbacks: list[L.Callback] = [best_cb]
+    if val_set:
+        callbacks.append(EarlyStopping("val/score", mode="max", patience=cfg.train.patience))
+    trainer = L.Trainer(
+        max_epochs=cfg.train.epochs,
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
+        precision=_precision(cfg.train.precision),
+        deterministic=cfg.train.deterministic,
+        callbacks=callbacks,
+        logger=_loggers(out),
+        default_root_dir=out,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=min(10, cfg.train.steps_per_epoch),
+        num_sanity_val_steps=0,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
+    fit_s = time.perf_counter() - t0
+
+    best_path = Path(best_cb.best_model_path or best_cb.last_model_path)
+    stable_best = out / "best.ckpt"
+    shutil.copyfile(best_path, out / ".best.ckpt.tmp")
+    (out / ".best.ckpt.tmp").replace(stable_best)
+
+    test_mean: dict[str, float] = {}
+    t1 = time.perf_counter()
+    test_samples = _test_samples(cfg, split, by_id)
+    if test_samples:
+        best = load_model(stable_best)
+        test_loaded, _ = load_samples(
+            test_samples, d.task, d.num_classes, channels, d.normalization, d.scale, progress=progress
+        )
+        rows = evaluate_samples(best, test_loaded, progress)
+        write_rows_csv(out / "test_per_image.csv", rows)
+        test_mean = summarize(rows)
+    summary = {
+        "sslseg_version": sslseg.__version__,
+        "torch_version": torch.__version__,
+        "host": platform.node(),
+        "device": "cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu",
+        "in_channels": channels,
+        "n_train": len(split["train"]),
+        "n_labelled": len(labelled),
+        "n_val": len(val_set),
+        "n_test": len(test_samples),
+        "best_val_score": float(best_cb.best_model_score) if best_cb.best_model_score is not None else None,
+        "epochs_run": trainer.current_epoch,
+        "fit_seconds": fit_s,
+        "test_seconds": time.perf_counter() - t1,
+        "test": test_mean,
+    }
+    write_json(out / "result.json", summary)
+    return FinetuneResult(out, stable_best, test_mean, summary)
+
+
+def _test_samples(cfg: FinetuneConfig, split: dict[str, list[str]], by_id: dict[str, Sample]) -> list[Sample]:
+    if cfg.data.test is not None:
+        samples = find_samples(cfg.data.test, layout=cfg.data.test_layout, mask_suffix=cfg.data.mask_suffix)
+        missing = [s.id for s in samples if s.label is None]
+        if missing:
+            raise DataError(cfg.data.test, f"{len(missing)} test images have no labels, e.g. {missing[:3]}")
+        return samples
+    return [by_id[i] for i in split["test"]]

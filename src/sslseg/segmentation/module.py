@@ -1,0 +1,132 @@
+"""The Lightning module that fine-tunes a U-Net for semantic or instance segmentation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from sslseg.augment.segmentation import augment_batch
+from sslseg.config import FinetuneConfig
+from sslseg.data.datasets import LoadedSample
+from sslseg.metrics import instance_scores, semantic_scores
+from sslseg.nn.unet import build_unet, encoder_of, freeze
+from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
+from sslseg.weights import load_encoder
+
+# Weight of the distance-map regression relative to the foreground BCE + Dice terms: the seeds come from
+# the distance map, so it must be accurate around the seed threshold, where squared errors are small.
+DISTANCE_LOSS_WEIGHT = 5.0
+
+
+def output_channels(cfg: FinetuneConfig) -> int:
+    """Semantic: one channel per class; instance: foreground and distance."""
+    return cfg.data.num_classes if cfg.data.task == "semantic" else 2
+
+
+def score_labels(pred: Any, labels: Any, cfg: FinetuneConfig) -> dict[str, float]:
+    """The task's metrics of one prediction against native-resolution labels."""
+    if cfg.data.task == "semantic":
+        return semantic_scores(pred, labels, cfg.data.num_classes)
+    return instance_scores(labels, pred)
+
+
+def primary_metric(task: str) -> str:
+    """The score that selects checkpoints: Dice for semantic, AJI for instance segmentation."""
+    return "dice" if task == "semantic" else "aji"
+
+
+class ValidationImages(Dataset):
+    """Whole validation images, one per step, scored at native resolution like the test set."""
+
+    def __init__(self, samples: list[LoadedSample]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class SegmentationModule(L.LightningModule):
+    """U-Net + task loss; validation runs the full inference path and logs `val/score`."""
+
+    def __init__(self, config: dict[str, Any], in_channels: int, load_init: bool = True) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = FinetuneConfig.model_validate(config)
+        m = self.cfg.model
+        self.net = build_unet(
+            m.encoder,
+            in_channels,
+            output_channels(self.cfg),
+            m.decoder_channels,
+            imagenet=load_init and m.init == "imagenet",
+        )
+        if load_init and m.init not in ("random", "imagenet"):
+            load_encoder(encoder_of(self.net), m.init, m.encoder, in_channels)
+        if m.frozen:
+            freeze(encoder_of(self.net))
+        self.dice = smp.losses.DiceLoss(
+            "multiclass" if self.cfg.data.task == "semantic" else "binary", from_logits=True
+        )
+        self.val_samples: list[LoadedSample] = []
+
+    def train(self, mode: bool = True) -> SegmentationModule:
+        super().train(mode)
+        if self.cfg.model.frozen:
+            encoder_of(self.net).eval()  # frozen means BatchNorm statistics frozen too
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Dice + cross-entropy (semantic) or foreground BCE + Dice + distance MSE (instance)."""
+        if self.cfg.data.task == "semantic":
+            return F.cross_entropy(logits, target) + self.dice(logits, target)
+        fg_logit, dist_logit = logits[:, :1], logits[:, 1:]
+        fg, dist = target[:, :1], target[:, 1:]
+        return (
+            F.binary_cross_entropy_with_logits(fg_logit, fg)
+            + self.dice(fg_logit, fg)
+            + DISTANCE_LOSS_WEIGHT * F.mse_loss(dist_logit.sigmoid(), dist)
+        )
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets = augment_batch(*batch)
+        loss = self.loss(self(images), targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at step {self.global_step}; lower train.lr "
+                "or check the input images for NaN/inf values"
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        s = self.val_samples[int(batch[0])]
+        probs = predict_probabilities(self.net, s.image, self.cfg.data.task, s.native_shape, self.cfg.inference)
+        pred = probabilities_to_labels(probs, self.cfg.data.task, self.cfg.postprocess)
+        scores = score_labels(pred, s.labels, self.cfg)
+        self.log("val/score", scores[primary_metric(self.cfg.data.task)], prog_bar=True, batch_size=1)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay)
+        total = self.cfg.train.epochs * self.cfg.train.steps_per_epoch
+        warmup = min(total // 20, 200)
+        sched = torch.optim.lr_scheduler.SequentialLR(
+            opt,
+            [
+                torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=max(warmup, 1)),
+                torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total - warmup, 1), eta_min=1e-6),
+            ],
+            milestones=[max(warmup, 1)],
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
