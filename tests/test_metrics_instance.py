@@ -256,7 +256,10 @@ class _Oracle:
         self.p = [pred == v for v in sorted(set(pred.ravel().tolist()) - {0})]
         self.inter = [[int((g & p).sum()) for p in self.p] for g in self.g]
         self.union = [[int((g | p).sum()) for p in self.p] for g in self.g]
-        self.iou = [[i / u for i, u in zip(ri, ru, strict=True)] for ri, ru in zip(self.inter, self.union, strict=True)]
+        self.iou = [
+            [i / u for i, u in zip(ri, ru, strict=True)]
+            for ri, ru in zip(self.inter, self.union, strict=True)
+        ]
         self.empty = not self.g and not self.p
 
     def aji(self) -> float:
@@ -419,6 +422,9 @@ def test_ids_are_arbitrary_and_sparse_count_path_agrees(monkeypatch):
     pred_big = np.where(pred > 0, pred.astype(np.uint64) * np.uint64(31) + big, 0).astype(np.uint64)
     assert instance_scores(gt_big, pred_big) == pytest.approx(ref)
     assert instance_scores(gt.astype(np.uint16), pred.astype(np.int8)) == pytest.approx(ref)
+    # No background at all: every pixel belongs to an object (here gt's background becomes one more object).
+    no_bg = np.where(gt > 0, gt_big, big).astype(np.uint64)
+    assert instance_scores(no_bg, pred_big) == pytest.approx(instance_scores(gt + 1, pred))
     # Force the np.unique pair-count path instead of the dense bincount.
     monkeypatch.setattr(instance_mod, "_DENSE_LIMIT", 0)
     assert instance_scores(gt, pred) == pytest.approx(ref)

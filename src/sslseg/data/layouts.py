@@ -79,7 +79,9 @@ class ObjectMaskFolder(LabelSource):
     def load(self, shape: tuple[int, int] | None = None) -> np.ndarray:
         labels, overlap = self.load_with_overlap(shape)
         if overlap:
-            logger.warning("%s: %d pixels lie in more than one object mask (the later mask wins)", self.path, overlap)
+            logger.warning(
+                "%s: %d pixels lie in more than one object mask (the later mask wins)", self.path, overlap
+            )
         return labels
 
     def load_with_overlap(self, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
@@ -115,7 +117,7 @@ class MonusegXml(LabelSource):
     image: Path | None = None  # gives the shape when `load` is called without one
 
     def polygons(self) -> list[np.ndarray]:
-        """Each Region's vertices as an N×2 array of (x, y); regions with fewer than 3 vertices are dropped."""
+        """Each Region's vertices as an N×2 array of (x, y); regions under 3 vertices are dropped."""
         root = _parse_xml(self.path)
         regions = list(root.iter("Region"))
         if not regions and root.tag != "Annotations":
@@ -217,7 +219,9 @@ def rle_to_mask(counts: Sequence[int], height: int, width: int) -> np.ndarray:
     if (runs < 0).any():
         raise ValueError("RLE has negative run lengths")
     if int(runs.sum()) != height * width:
-        raise ValueError(f"RLE runs cover {int(runs.sum())} pixels, expected {height}×{width} = {height * width}")
+        raise ValueError(
+            f"RLE runs cover {int(runs.sum())} pixels, expected {height}×{width} = {height * width}"
+        )
     flat = np.repeat(np.arange(runs.size) % 2 == 1, runs)
     return flat.reshape(width, height).T
 
@@ -296,7 +300,7 @@ def find_samples(
 ) -> list[Sample]:
     """Find every sample under `root` in the given (or detected) layout, sorted by id.
 
-    Raises DataError on the first kind of problem (orphans, duplicates, nothing found), listing a few names."""
+    Raises one DataError summarising the problems (orphans, duplicates, nothing found) with a few names."""
     scan = scan_samples(root, layout, mask_suffix, images_dir, labels_dir)
     if scan.issues:
         raise issues_error(scan)
@@ -339,7 +343,9 @@ def scan_samples(
         raise DataError(root, "dataset folder not found")
     detected = layout == "auto"
     if detected:
-        layout = "pairs" if images_dir is not None or labels_dir is not None else detect_layout(root)
+        layout = "pairs" if labels_dir is not None else detect_layout(root)
+        if images_dir is not None and layout not in ("pairs", "coco"):
+            layout = "pairs"
     if layout not in LAYOUTS:
         raise DataError(root, f"unknown layout '{layout}' (expected auto or one of {', '.join(LAYOUTS)})")
     if layout != "coco" and not root.is_dir():
@@ -351,11 +357,13 @@ def scan_samples(
     elif layout == "monuseg":
         samples, issues = _scan_monuseg(root)
     elif layout == "coco":
-        samples, issues = _scan_coco(root)
+        samples, issues = _scan_coco(root, images_dir)
     else:
         samples, issues = _scan_unlabeled(root)
-    if not samples and not any(i.kind == "empty" for i in issues):
-        issues.insert(0, LayoutIssue(root, "empty", f"empty dataset: no samples found (layout '{layout}')", ""))
+    if not samples and not issues:
+        issues.insert(
+            0, LayoutIssue(root, "empty", f"empty dataset: no samples found (layout '{layout}')", "")
+        )
     samples, dup_issues = _unique_sorted(samples)
     issues += dup_issues
     how = "auto-detected" if detected else "as requested"
@@ -381,7 +389,7 @@ def detect_layout(root: str | Path) -> str:
         return "monuseg"
     if _coco_candidates(root):
         return "coco"
-    if next(_walk_images(root), None) is not None:
+    if next(_walk_images(root, skip_label_dirs=True), None) is not None:
         return "unlabeled"
     known = ", ".join(sorted(IMAGE_EXTENSIONS))
     raise DataError(root, f"empty dataset: no image files found ({known}, {ZARR_EXTENSION})")
@@ -399,13 +407,14 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_path(p)) if folder.is_dir() else []
 
 
-def _walk_images(root: Path) -> Iterable[Path]:
-    """Every image under `root` (hidden folders skipped, `.zarr` folders taken whole), in sorted order."""
+def _walk_images(root: Path, skip_label_dirs: bool = False) -> Iterable[Path]:
+    """Every image under `root` in sorted order (hidden folders skipped, `.zarr` folders taken whole);
+    `skip_label_dirs` also skips labels/, masks/, annotations/ and gt/, which hold labels, not images."""
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         keep = []
         for name in sorted(dirnames):
-            if name.startswith("."):
+            if name.startswith(".") or (skip_label_dirs and name.lower() in LABEL_DIR_NAMES):
                 continue
             if name.lower().endswith(ZARR_EXTENSION):
                 yield here / name
@@ -556,7 +565,9 @@ def _monuseg_files(root: Path) -> tuple[list[Path], list[Path]]:
     image_dirs = [root] + [p for p in _subdirs(root) if p.name.lower() in MONUSEG_IMAGE_DIR_NAMES]
     xml_dirs = image_dirs + [p for p in _subdirs(root) if p.name.lower() in MONUSEG_XML_DIR_NAMES]
     images = [p for d in image_dirs for p in _list_images(d)]
-    xmls = sorted({p for d in xml_dirs for p in d.glob("*.xml") if p.is_file() and not p.name.startswith(".")})
+    xmls = sorted(
+        {p for d in xml_dirs for p in d.glob("*.xml") if p.is_file() and not p.name.startswith(".")}
+    )
     return images, xmls
 
 
@@ -574,7 +585,9 @@ def _scan_monuseg(root: Path) -> tuple[list[Sample], list[LayoutIssue]]:
             issues.append(LayoutIssue(image, "missing_label", msg, image.name))
     for stem, xml in xmls.items():
         if stem not in images:
-            issues.append(LayoutIssue(xml, "missing_image", "annotation has no image of the same stem", xml.name))
+            issues.append(
+                LayoutIssue(xml, "missing_image", "annotation has no image of the same stem", xml.name)
+            )
     return samples, issues
 
 
@@ -607,7 +620,7 @@ def _load_coco_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _scan_coco(root: Path) -> tuple[list[Sample], list[LayoutIssue]]:
+def _scan_coco(root: Path, images_dir: str | Path | None = None) -> tuple[list[Sample], list[LayoutIssue]]:
     if root.is_file():
         json_path = root
     else:
@@ -616,15 +629,21 @@ def _scan_coco(root: Path) -> tuple[list[Sample], list[LayoutIssue]]:
             raise DataError(root, "no COCO .json file found (looked in the folder and in annotations/)")
         if len(candidates) > 1:
             names = ", ".join(p.name for p in candidates)
-            raise DataError(root, f"{len(candidates)} COCO .json files ({names}); pass the path of the one to use")
+            raise DataError(
+                root, f"{len(candidates)} COCO .json files ({names}); pass the path of the one to use"
+            )
         json_path = candidates[0]
     data = _load_coco_json(json_path)
-    bases = [json_path.parent, json_path.parent / "images"]
+    # Where file_name is tried: images_dir, the JSON's folder (and its parent when that is annotations/),
+    # the root, and the images/ folder of each; failing that, a file of that name anywhere below them.
+    tops = [json_path.parent]
     if json_path.parent.name.lower() == "annotations":
-        bases += [json_path.parent.parent, json_path.parent.parent / "images"]
+        tops.append(json_path.parent.parent)
     if root.is_dir():
-        bases += [root, root / "images"]
-    bases = list(dict.fromkeys(b for b in bases if b.is_dir()))
+        tops.append(root)
+    if images_dir is not None:
+        tops.insert(0, _given_dir(root if root.is_dir() else root.parent, images_dir))
+    bases = list(dict.fromkeys(b for t in tops for b in (t, t / "images") if b.is_dir()))
     by_name: dict[str, list[Path]] | None = None  # built only when a file is not where the JSON says
 
     annotations: dict[Any, list[dict[str, Any]]] = defaultdict(list)
@@ -645,7 +664,7 @@ def _scan_coco(root: Path) -> tuple[list[Sample], list[LayoutIssue]]:
         if image is None:
             if by_name is None:
                 by_name = defaultdict(list)
-                for path in (p for b in bases[:1] + bases[2:3] for p in _walk_images(b)):
+                for path in {p for t in tops for p in _walk_images(t)}:
                     by_name[path.name].append(path)
             found = sorted(set(by_name.get(Path(file_name).name, [])))
             if len(found) == 1:
@@ -655,7 +674,7 @@ def _scan_coco(root: Path) -> tuple[list[Sample], list[LayoutIssue]]:
                 msg = f"image file '{file_name}' (id {image_id}) listed in the JSON {why}"
                 issues.append(LayoutIssue(json_path, "missing_image", msg, file_name))
                 continue
-        anns = sorted(annotations.get(image_id, []), key=lambda a: str(a.get("id", "")).zfill(20))
+        anns = annotations.get(image_id, [])
         label = CocoAnnotations(
             json_path,
             image_id,
@@ -672,7 +691,7 @@ def _scan_coco(root: Path) -> tuple[list[Sample], list[LayoutIssue]]:
 
 
 def _scan_unlabeled(root: Path) -> tuple[list[Sample], list[LayoutIssue]]:
-    files = list(_walk_images(root))
+    files = list(_walk_images(root, skip_label_dirs=True))
     by_stem = Counter(p.stem for p in files)
     # Stems that repeat in different folders get their relative path as id (a/x.png → "a__x").
     keyed: dict[str, list[Path]] = defaultdict(list)
@@ -684,5 +703,7 @@ def _scan_unlabeled(root: Path) -> tuple[list[Sample], list[LayoutIssue]]:
         samples.append(Sample(sid, group[0], None))
         if len(group) > 1:
             names = ", ".join(str(p.relative_to(root)) for p in group)
-            issues.append(LayoutIssue(group[0], "duplicate", f"duplicate stem '{group[0].stem}': {names}", sid))
+            issues.append(
+                LayoutIssue(group[0], "duplicate", f"duplicate stem '{group[0].stem}': {names}", sid)
+            )
     return samples, issues

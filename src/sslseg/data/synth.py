@@ -11,9 +11,11 @@ from __future__ import annotations
 import inspect
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
+from tqdm import tqdm
 
 from sslseg.atomic import write_text
 from sslseg.data.io import write_image, write_label
@@ -31,13 +33,13 @@ def generate_sample(
     n_nuclei: tuple[int, int] | None = None,
     mean_radius: float = 9.0,
     radius_sigma: float = 0.25,
-    coverage: tuple[float, float] = (0.08, 0.3),
-    cluster_prob: float = 0.35,
+    coverage: tuple[float, float] = (0.06, 0.25),
+    cluster_prob: float = 0.25,
     irregularity: float = 0.045,
     dim_fraction: float = 0.1,
     background: float = 300.0,
-    brightness: float = 2000.0,
-    psf_sigma: float = 1.0,
+    brightness: float = 2500.0,
+    psf_sigma: float = 1.2,
     gain: float = 2.0,
     read_noise: float = 6.0,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +61,7 @@ def generate_sample(
 
     # Per-image "cell line" style: how textured, rimmed and spotty these nuclei are.
     style = {
-        "texture": rng.uniform(0.05, 0.25),
+        "texture": rng.uniform(0.05, 0.22),
         "rim": rng.uniform(0.0, 0.35),
         "spots": rng.uniform(0.0, 4.0),
         "haze": rng.uniform(0.0, 0.06),
@@ -77,7 +79,7 @@ def generate_sample(
 
 
 def write_synthetic_dataset(
-    out_dir: str | Path, n_images: int = 64, size: int = 256, seed: int = 0, **kw
+    out_dir: str | Path, n_images: int = 64, size: int | tuple[int, int] = 256, seed: int = 0, **kw: Any
 ) -> Path:
     """Write `n_images` synthetic samples as out_dir/images/synth_0000.tif and out_dir/labels/synth_0000.tif.
 
@@ -95,8 +97,6 @@ def write_synthetic_dataset(
     if unknown:
         raise ConfigError(f"unknown synthetic-data parameter(s): {', '.join(sorted(unknown))}")
     params.update(kw)
-
-    from tqdm.auto import tqdm
 
     for i in tqdm(range(n_images), desc="synthetic nuclei", unit="img", disable=n_images < 100):
         image, labels = generate_sample(sample_seed(seed, i), size, **kw)
@@ -169,12 +169,15 @@ def _place_nuclei(
         coef = rng.normal(0.0, irregularity, _HARMONICS.size) / np.sqrt(_HARMONICS / 2)
         phase = rng.uniform(0, 2 * math.pi, _HARMONICS.size)
         alpha = rng.uniform(0, math.pi)
-        if nuc.ids and rng.random() < cluster_prob:
+        beside = bool(nuc.ids) and rng.random() < cluster_prob
+        if beside:
             # Beside nucleus j: centre distance = sum of both ellipse radii along the line, give or take.
             j = int(rng.integers(len(nuc.ids)))
             ang = rng.uniform(0, 2 * math.pi)
             aj, bj, alj = nuc.axes[j]
-            dist = (_ellipse_radius(a, b, alpha, ang) + _ellipse_radius(aj, bj, alj, ang)) * rng.uniform(0.9, 1.06)
+            dist = (_ellipse_radius(a, b, alpha, ang) + _ellipse_radius(aj, bj, alj, ang)) * rng.uniform(
+                0.9, 1.06
+            )
             cy, cx = nuc.cy[j] + dist * math.sin(ang), nuc.cx[j] + dist * math.cos(ang)
         else:
             cy, cx = rng.uniform(-0.4 * r, h - 1 + 0.4 * r), rng.uniform(-0.4 * r, w - 1 + 0.4 * r)
@@ -197,6 +200,8 @@ def _place_nuclei(
         if area_in < max(8, 0.2 * math.pi * r * r):
             continue  # mostly outside the image
         sl = (slice(y0, y1), slice(x0, x1))
+        if not beside and np.any(nuc.owner[sl][f < 1.15]):
+            continue  # free-standing nuclei keep a small gap, as spread cells do
         wins = inside & (f < nuc.best_f[sl])
         if wins.sum() < (1 - _MAX_OCCLUSION) * area_in:
             continue
@@ -263,38 +268,38 @@ def _render(
     rim = style["rim"] * rng.uniform(0.5, 1.5, n)
 
     # Chromatin: smooth noise at two scales, shared by all nuclei, modulating each one's brightness.
-    chrom = ndi.gaussian_filter(rng.standard_normal((h, w)), 1.2) * 2.0
-    chrom += ndi.gaussian_filter(rng.standard_normal((h, w)), 2.5) * 3.5
-    chrom = 1 + style["texture"] * chrom
+    chrom = ndi.gaussian_filter(rng.standard_normal((h, w)), 1.0) * 2.0
+    chrom += ndi.gaussian_filter(rng.standard_normal((h, w)), 2.2) * 4.0
+    chrom = (1 + style["texture"] * chrom).clip(0.2)
 
     focus = np.zeros((h, w))
     blurred = np.zeros((h, w))
     for k, (sy, sx, f) in enumerate(nuc.shapes):
         inside = f < 1
         fi = np.where(inside, f, 1.0)
-        # Slight dome, plus a brighter periphery where heterochromatin lines the envelope.
-        prof = inside * bright[k] * (1 - 0.25 * fi**2 + rim[k] * np.exp(-(((1 - fi) / 0.15) ** 2)))
-        (blurred if dim[k] else focus)[sy, sx] += prof  # overlaps add up, as in widefield images
+        # Thickness of a flattened ellipsoid (dimmer towards the edge), plus a brighter periphery
+        # where heterochromatin lines the envelope.
+        prof = (1 - fi**2) ** 0.35 + rim[k] * np.exp(-(((1 - fi) / 0.15) ** 2))
+        (blurred if dim[k] else focus)[sy, sx] += inside * bright[k] * prof  # overlaps add up (widefield)
     focus *= chrom
     blurred *= chrom
+    psf = psf_sigma * rng.uniform(0.8, 1.3)
+    signal = ndi.gaussian_filter(focus, psf)
 
-    # Chromocentres: bright point-like spots inside nuclei (impulses; the PSF gives them their size).
-    n_spots = rng.poisson(style["spots"] * np.array(nuc.r) ** 2 / mean_radius**2)
+    # Chromocentres: a few bright blobs inside in-focus nuclei.
+    r = np.array(nuc.r)
+    n_spots = rng.poisson(style["spots"] * r**2 / mean_radius**2) * ~dim
     if n_spots.sum():
         which = np.repeat(np.arange(n), n_spots)
-        rad = np.array(nuc.r)[which] * 0.7 * np.sqrt(rng.random(which.size))
+        rad = r[which] * 0.7 * np.sqrt(rng.random(which.size))
         ang = rng.uniform(0, 2 * math.pi, which.size)
         ys = np.round(np.array(nuc.cy)[which] + rad * np.sin(ang)).astype(int)
         xs = np.round(np.array(nuc.cx)[which] + rad * np.cos(ang)).astype(int)
         ok = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-        amp = bright[which] * rng.uniform(2.0, 6.0, which.size)
-        target = np.where(dim[which], 1, 0)
-        for layer_id, layer in ((0, focus), (1, blurred)):
-            m = ok & (target == layer_id)
-            np.add.at(layer, (ys[m], xs[m]), amp[m])
-
-    signal = ndi.gaussian_filter(focus, psf_sigma)
-    signal += ndi.gaussian_filter(blurred, psf_sigma * rng.uniform(2.0, 3.5))
+        spots = np.zeros((h, w))
+        np.add.at(spots, (ys[ok], xs[ok]), bright[which[ok]] * rng.uniform(6.0, 18.0, int(ok.sum())))
+        signal += ndi.gaussian_filter(spots, math.hypot(1.2, psf))
+    signal += ndi.gaussian_filter(blurred, psf * rng.uniform(2.0, 3.5))
     # Faint cytoplasmic haze around nuclei, as autofluorescence and unbound dye give in real images.
     if style["haze"] > 0:
         mask = (labels > 0).astype(float)

@@ -274,7 +274,9 @@ def aji_plus(gt: np.ndarray, pred: np.ndarray) -> float:
     return _aji_plus(overlap_table(gt, pred))
 
 
-def panoptic_quality(gt: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5) -> tuple[float, float, float]:
+def panoptic_quality(
+    gt: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5
+) -> tuple[float, float, float]:
     """Panoptic quality (Kirillov et al.) for one class: returns (pq, dq, sq) with pq = dq * sq, where
     dq = TP / (TP + FP/2 + FN/2) and sq = mean IoU of matches (IoU > iou_threshold)."""
     return _pq(overlap_table(gt, pred), iou_threshold)

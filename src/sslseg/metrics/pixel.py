@@ -35,7 +35,9 @@ def semantic_scores(pred: np.ndarray, target: np.ndarray, num_classes: int) -> d
     t = _check_class_map(target, "target", num_classes)
 
     # Confusion matrix in one pass: rows = target class, columns = predicted class.
-    cm = np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    cm = np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
     inter = np.diag(cm).astype(np.float64)
     size_sum = (cm.sum(axis=1) + cm.sum(axis=0)).astype(np.float64)
     union = size_sum - inter

@@ -1,0 +1,230 @@
+"""Checking a dataset before training (every problem at once, not the first one only), and converting any
+supported layout to plain image/label TIFF pairs."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from sslseg.data.io import read_image, write_image, write_label
+from sslseg.data.layouts import LabelFile, MonusegXml, ObjectMaskFolder, Sample, find_samples, scan_samples
+from sslseg.errors import DataError
+
+Severity = Literal["error", "warning"]
+Task = Literal["semantic", "instance", "auto"]
+_SHOW_VALUES = 8  # label values listed in a message
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem with one file or folder; errors stop training, warnings deserve a look."""
+
+    path: Path
+    message: str
+    severity: Severity = "error"
+
+    def format(self) -> str:
+        return f"{self.severity.upper():<7} {self.path}: {self.message}"
+
+
+@dataclass
+class VerifyReport:
+    """Everything `verify_dataset` found; `ok` is True when there are no errors (warnings allowed)."""
+
+    root: Path
+    layout: str = "unknown"
+    task: str = "auto"
+    n_samples: int = 0  # samples whose image and label pair up
+    n_checked: int = 0  # samples read (fewer than n_samples with `limit`)
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, path: str | Path, message: str, severity: Severity = "error") -> None:
+        self.problems.append(Problem(Path(path), message, severity))
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def n_errors(self) -> int:
+        return len(self.errors)
+
+    @property
+    def n_warnings(self) -> int:
+        return len(self.warnings)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def format(self) -> str:
+        """One line per problem, then a summary line."""
+        lines = [p.format() for p in self.problems]
+        verdict = "OK" if self.ok else "NOT OK"
+        lines.append(
+            f"{verdict}: {self.root}: {self.n_checked} of {self.n_samples} samples checked "
+            f"(layout '{self.layout}', task '{self.task}'): "
+            f"{self.n_errors} errors, {self.n_warnings} warnings"
+        )
+        return "\n".join(lines)
+
+
+@dataclass(eq=False)
+class _LabelInfo:
+    sample: Sample
+    path: Path
+    values: np.ndarray  # the label's distinct values, sorted
+
+
+def verify_dataset(
+    root: str | Path,
+    layout: str = "auto",
+    task: Task = "auto",
+    mask_suffix: str | None = None,
+    *,
+    images_dir: str | Path | None = None,
+    labels_dir: str | Path | None = None,
+    limit: int | None = None,
+) -> VerifyReport:
+    """Read every sample (the first `limit` with one) and collect all problems into a report."""
+    if task not in ("semantic", "instance", "auto"):
+        raise ValueError(f"task must be 'semantic', 'instance' or 'auto', got {task!r}")
+    report = VerifyReport(Path(root), task=task)
+    try:
+        scan = scan_samples(root, layout, mask_suffix, images_dir, labels_dir)
+    except DataError as exc:
+        report.add(exc.path, exc.problem)
+        return report
+    report.layout = scan.layout
+    for issue in scan.issues:
+        report.add(issue.path, issue.message)
+    report.n_samples = len(scan.samples)
+    samples = scan.samples if limit is None else scan.samples[:limit]
+
+    channels: dict[int, list[Path]] = defaultdict(list)
+    dtypes: dict[str, list[Path]] = defaultdict(list)
+    labels: list[_LabelInfo] = []
+    for sample in samples:
+        report.n_checked += 1
+        try:
+            image = read_image(sample.image)
+        except DataError as exc:
+            report.add(exc.path, exc.problem)
+            image = None
+        if image is not None:
+            channels[image.shape[2]].append(sample.image)
+            dtypes[str(image.dtype)].append(sample.image)
+        if sample.label is not None:
+            info = _check_label(sample, None if image is None else image.shape[:2], report)
+            if info is not None:
+                labels.append(info)
+
+    _report_mix(report, channels, "channel counts", lambda c: f"{c} channel{'s' if c != 1 else ''}")
+    _report_mix(report, dtypes, "data types", str)
+    report.task = _check_values(report, labels, task)
+    return report
+
+
+def _check_label(sample: Sample, shape: tuple[int, int] | None, report: VerifyReport) -> _LabelInfo | None:
+    """Load the label (checking its size against the image) and return its distinct values."""
+    source = sample.label
+    assert source is not None
+    try:
+        if shape is None and isinstance(source, MonusegXml):
+            source.polygons()  # the image failed: still check that the XML parses
+            return None
+        if isinstance(source, ObjectMaskFolder):
+            labels, overlap = source.load_with_overlap(shape)
+            if overlap:
+                msg = f"{overlap} pixels lie in more than one object mask (the later mask wins)"
+                report.add(source.path, msg, "warning")
+        else:
+            labels = source.load(shape)
+    except DataError as exc:
+        report.add(exc.path, exc.problem)
+        return None
+    except ValueError:  # a polygon or RLE label that needs the shape of an image that could not be read
+        return None
+    return _LabelInfo(sample, source.path, np.unique(labels))
+
+
+def _is_binary(values: np.ndarray) -> bool:
+    present = set(values.tolist())
+    return present <= {0, 1} or present <= {0, 255}
+
+
+def _show(values: np.ndarray) -> str:
+    shown = ", ".join(str(v) for v in values[:_SHOW_VALUES].tolist())
+    more = f", … ({values.size} values)" if values.size > _SHOW_VALUES else ""
+    return "{" + shown + more + "}"
+
+
+def _check_values(report: VerifyReport, labels: list[_LabelInfo], task: Task) -> str:
+    """Flag label values that do not fit the task; with task 'auto', decide the task first and return it."""
+    files = [info for info in labels if isinstance(info.sample.label, LabelFile)]
+    binary = [info for info in files if _is_binary(info.values)]
+    if task == "auto":
+        # Object masks, polygons and COCO are instance labels; label files are binary masks when most are.
+        task = "semantic" if files and len(binary) * 2 >= len(files) else "instance"
+    expect_binary = task == "semantic" and bool(files) and len(binary) * 2 >= len(files)
+    for info in labels:
+        values = info.values
+        if values.size and values[0] < 0:
+            msg = f"label has negative values (minimum {values[0]}); ids and classes must be ≥ 0"
+            report.add(info.path, msg)
+        elif expect_binary and isinstance(info.sample.label, LabelFile) and not _is_binary(values):
+            msg = f"unexpected label values {_show(values)}: a binary mask should hold {{0, 1}} or {{0, 255}}"
+            report.add(info.path, msg)
+        if values.size and values.max() == 0:
+            report.add(info.path, "label is empty (background only)", "warning")
+    if expect_binary:
+        ones = [i for i in binary if 1 in i.values]
+        full = [i for i in binary if 255 in i.values]
+        if ones and full:
+            msg = (
+                f"binary masks mix two encodings: {len(ones)} use {{0, 1}} (e.g. {ones[0].path.name}), "
+                f"{len(full)} use {{0, 255}} (e.g. {full[0].path.name})"
+            )
+            report.add(report.root, msg, "warning")
+    return task
+
+
+def _report_mix(report: VerifyReport, groups: dict, what: str, name: Callable[[Any], str]) -> None:
+    """A warning when images differ in `what` (channels, dtype): models expect one kind of input."""
+    if len(groups) < 2:
+        return
+    parts = [f"{name(key)} in {len(paths)} (e.g. {paths[0].name})" for key, paths in sorted(groups.items())]
+    report.add(report.root, f"images have mixed {what}: " + "; ".join(parts), "warning")
+
+
+def convert_dataset(
+    root: str | Path,
+    out_dir: str | Path,
+    layout: str = "auto",
+    **kw: object,
+) -> int:
+    """Write every sample as `out_dir/images/<id>.tif` (+ `out_dir/labels/<id>.tif`), a `pairs` layout.
+
+    Keyword arguments go to `find_samples` (mask_suffix, images_dir, labels_dir); returns the sample count."""
+    samples = find_samples(root, layout, **kw)  # type: ignore[arg-type]
+    out = Path(out_dir)
+    for sample in samples:
+        image = read_image(sample.image)
+        write_image(out / "images" / f"{sample.id}.tif", image)
+        if sample.label is None:
+            continue
+        labels = sample.label.load(image.shape[:2])
+        if labels.size and labels.min() < 0:
+            msg = "label has negative values; they cannot be stored as label ids"
+            raise DataError(sample.label.path, msg)
+        write_label(out / "labels" / f"{sample.id}.tif", labels)
+    return len(samples)
