@@ -27,7 +27,13 @@ SetOption = Annotated[
 
 def _quiet_libraries() -> None:
     """Keep the terminal for sslseg's own progress: silence chatty third-party notices."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+    for name in (
+        "lightning",
+        "lightning.pytorch",
+        "lightning.fabric",
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")

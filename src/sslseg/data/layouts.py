@@ -315,7 +315,10 @@ def issues_error(scan: Scan) -> DataError:
     parts = []
     for kind, issues in by_kind.items():
         if len(issues) == 1:
-            parts.append(issues[0].message)
+            only = issues[0]
+            # Alone, the error's path names the file; beside other issues it must say which file.
+            alone = len(scan.issues) == 1 or not only.name
+            parts.append(only.message if alone else f"{only.name}: {only.message}")
             continue
         names = ", ".join(i.name for i in issues[:_SHOW])
         more = f" and {len(issues) - _SHOW} more" if len(issues) > _SHOW else ""

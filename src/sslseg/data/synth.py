@@ -24,6 +24,7 @@ from sslseg.errors import ConfigError
 _HARMONICS = np.arange(2, 6)  # radial harmonics 2..5 make the outline irregular
 _MAX_OCCLUSION = 0.2  # a nucleus may lose at most this fraction of its in-image area to overlaps
 _ATTEMPTS_PER_NUCLEUS = 40
+_MAX_FAILS_IN_A_ROW = 1000  # the image is full: stop early
 
 
 def generate_sample(
@@ -46,11 +47,13 @@ def generate_sample(
     """One synthetic fluorescence nuclei image (H×W uint16 counts) and its instance labels (uint16, 0 = bg).
 
     `n_nuclei` is an inclusive (min, max) count; when None the count follows from a foreground `coverage`
-    drawn per image. Radii are lognormal around `mean_radius` (px); `brightness` is the mean nucleus signal
-    above `background` (counts). The same seed always gives byte-identical arrays.
+    drawn per image. Radii are lognormal around `mean_radius` (px); `brightness` is the typical nucleus
+    signal above `background` (counts). The same seed always gives byte-identical arrays.
     """
     h, w = _check_size(size)
     _check_params(n_nuclei, mean_radius, radius_sigma, coverage, cluster_prob, dim_fraction, psf_sigma, gain)
+    if background < 0 or brightness < 0 or read_noise < 0:
+        raise ConfigError("background, brightness and read_noise must be >= 0")
     rng = np.random.default_rng(seed)
 
     if n_nuclei is not None:
@@ -64,7 +67,7 @@ def generate_sample(
         "texture": rng.uniform(0.05, 0.22),
         "rim": rng.uniform(0.0, 0.35),
         "spots": rng.uniform(0.0, 4.0),
-        "haze": rng.uniform(0.0, 0.06),
+        "haze": rng.uniform(0.0, 0.12),
     }
     nuclei = _place_nuclei(rng, h, w, target, mean_radius, radius_sigma, cluster_prob, irregularity)
     if n_nuclei is not None and len(nuclei.ids) < n_nuclei[0]:
@@ -74,7 +77,7 @@ def generate_sample(
         )
     labels = _finalise_labels(nuclei.owner)
     image = _render(rng, labels, nuclei, style, h, w, mean_radius, dim_fraction, psf_sigma, brightness)
-    image = _camera(rng, image, h, w, background, brightness, gain, read_noise)
+    image = _camera(rng, image, h, w, background, gain, read_noise)
     return image, labels
 
 
@@ -159,8 +162,9 @@ def _place_nuclei(
     """Drop nuclei one by one (uniformly or beside an existing one) while keeping overlaps small."""
     nuc = _Nuclei(h, w)
     owned = np.zeros(target + 1, np.int64)  # pixels owned per nucleus (index 0 unused)
-    for _ in range(target * _ATTEMPTS_PER_NUCLEUS):
-        if len(nuc.ids) >= target:
+    last_success = 0
+    for attempt in range(target * _ATTEMPTS_PER_NUCLEUS):
+        if len(nuc.ids) >= target or attempt - last_success > _MAX_FAILS_IN_A_ROW:
             break
         r = mean_radius * math.exp(radius_sigma * rng.standard_normal() - radius_sigma**2 / 2)
         r = float(np.clip(r, 0.4 * mean_radius, 2.5 * mean_radius))
@@ -175,9 +179,8 @@ def _place_nuclei(
             j = int(rng.integers(len(nuc.ids)))
             ang = rng.uniform(0, 2 * math.pi)
             aj, bj, alj = nuc.axes[j]
-            dist = (_ellipse_radius(a, b, alpha, ang) + _ellipse_radius(aj, bj, alj, ang)) * rng.uniform(
-                0.9, 1.06
-            )
+            contact = _ellipse_radius(a, b, alpha, ang) + _ellipse_radius(aj, bj, alj, ang)
+            dist = contact * rng.uniform(0.9, 1.06)
             cy, cx = nuc.cy[j] + dist * math.sin(ang), nuc.cx[j] + dist * math.cos(ang)
         else:
             cy, cx = rng.uniform(-0.4 * r, h - 1 + 0.4 * r), rng.uniform(-0.4 * r, w - 1 + 0.4 * r)
@@ -221,6 +224,7 @@ def _place_nuclei(
         nuc.axes.append((a, b, alpha))
         nuc.inside_area.append(area_in)
         nuc.shapes.append((sl[0], sl[1], f))
+        last_success = attempt
     return nuc
 
 
@@ -243,6 +247,8 @@ def _finalise_labels(owner: np.ndarray) -> np.ndarray:
             sizes[0] = 0
             sub[(comp > 0) & (comp != sizes.argmax())] = 0
     present = np.unique(labels)
+    if present.size > 2**16:
+        raise ConfigError(f"{present.size - 1} nuclei do not fit uint16 labels; use a smaller image")
     lut = np.zeros(int(labels.max()) + 1, np.uint16)
     lut[present] = np.arange(present.size, dtype=np.uint16)  # present[0] is 0: background stays 0
     return lut[labels]
@@ -303,7 +309,7 @@ def _render(
     # Faint cytoplasmic haze around nuclei, as autofluorescence and unbound dye give in real images.
     if style["haze"] > 0:
         mask = (labels > 0).astype(float)
-        signal += style["haze"] * ndi.gaussian_filter(mask, 1.5 * mean_radius, truncate=2.5) * 2
+        signal += style["haze"] * ndi.gaussian_filter(mask, 1.5 * mean_radius, truncate=2.5)
     return signal * brightness
 
 
@@ -313,7 +319,6 @@ def _camera(
     h: int,
     w: int,
     background: float,
-    brightness: float,
     gain: float,
     read_noise: float,
 ) -> np.ndarray:

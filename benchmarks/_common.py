@@ -1,0 +1,33 @@
+"""Shared bits of the benchmark scripts: locating real data, printing JSON lines, describing the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+import torch
+
+from sslseg.data.locations import real_dataset
+
+
+def require(*parts: str):
+    """The dataset folder, or exit with a clear message when the real data is not available."""
+    path = real_dataset(*parts)
+    if path is None:
+        sys.exit(f"real dataset {'/'.join(parts)} not found; set SSLSEG_DATA to the folder holding it")
+    return path
+
+
+def hardware() -> str:
+    """A one-line description of where the figures were measured."""
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}"
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def emit(**fields: Any) -> None:
+    """Print one JSON line (flushed, so progress is visible when piped)."""
+    print(json.dumps(fields, default=str), flush=True)
