@@ -25,7 +25,9 @@ def hardware() -> str:
     """A one-line description of where the figures were measured."""
     if torch.cuda.is_available():
         return f"GPU {torch.cuda.get_device_name(0)}"
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return (
+        f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    )
 
 
 def emit(**fields: Any) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from conftest import real_data
 from PIL import Image
 
 from sslseg.data.layouts import (
@@ -26,7 +26,6 @@ from sslseg.data.layouts import (
 )
 from sslseg.errors import DataError
 
-DATA = Path(os.environ.get("SSLSEG_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 H, W = 16, 20
 
 
@@ -337,16 +336,9 @@ def test_samples_pickle(tmp_path: Path) -> None:
 # --- real data -------------------------------------------------------------------------------------
 
 
-def _real(*parts: str) -> Path:
-    path = DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not found at {path} (set SSLSEG_DATA to the shared data folder)")
-    return path
-
-
 @pytest.mark.realdata
 def test_real_monuseg_sample() -> None:
-    samples = find_samples(_real("monuseg_format_sample"))
+    samples = find_samples(real_data("monuseg_format_sample"))
     assert len(samples) == 2 and all(isinstance(s.label, MonusegXml) for s in samples)
     labels = samples[0].label.load()
     assert labels.shape == (1000, 1000) and labels.max() > 100
@@ -354,7 +346,7 @@ def test_real_monuseg_sample() -> None:
 
 @pytest.mark.realdata
 def test_real_dsb_kaggle_layout() -> None:
-    root = _real("dsb2018", "stage1_test")
+    root = real_data("dsb2018", "stage1_test")
     assert detect_layout(root) == "dsb"
     samples = find_samples(root)
     assert len(samples) == 65
@@ -365,7 +357,7 @@ def test_real_dsb_kaggle_layout() -> None:
 
 @pytest.mark.realdata
 def test_real_ph2_suffix() -> None:
-    samples = find_samples(_real("ph2"))
+    samples = find_samples(real_data("ph2"))
     assert len(samples) == 200
     assert samples[0].label.path.name == f"{samples[0].id}_lesion.png"
     assert set(np.unique(samples[0].label.load()).tolist()) <= {0, 255}

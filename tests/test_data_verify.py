@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from conftest import real_data
 from PIL import Image
 
 from sslseg.data.io import read_image, read_label
@@ -15,7 +15,6 @@ from sslseg.data.layouts import detect_layout, find_samples
 from sslseg.data.verify import Problem, VerifyReport, convert_dataset, verify_dataset
 from sslseg.errors import DataError
 
-DATA = Path(os.environ.get("SSLSEG_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 H, W = 16, 20
 
 
@@ -176,23 +175,16 @@ def test_convert_refuses_broken_dataset(tmp_path: Path) -> None:
 # --- real data -------------------------------------------------------------------------------------
 
 
-def _real(*parts: str) -> Path:
-    path = DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not found at {path} (set SSLSEG_DATA to the shared data folder)")
-    return path
-
-
 @pytest.mark.realdata
 def test_real_monuseg_verifies() -> None:
-    report = verify_dataset(_real("monuseg_format_sample"))
+    report = verify_dataset(real_data("monuseg_format_sample"))
     assert report.ok, report.format()
     assert (report.layout, report.task, report.n_checked) == ("monuseg", "instance", 2)
 
 
 @pytest.mark.realdata
 def test_real_dsb_first_five() -> None:
-    report = verify_dataset(_real("dsb2018", "stage1_test"), limit=5)
+    report = verify_dataset(real_data("dsb2018", "stage1_test"), limit=5)
     assert report.ok, report.format()
     assert (report.layout, report.n_samples, report.n_checked) == ("dsb", 65, 5)
 
@@ -200,6 +192,6 @@ def test_real_dsb_first_five() -> None:
 @pytest.mark.realdata
 def test_real_semantic_sets_first_five() -> None:
     for parts in [("ph2",), ("em_isbi2012", "train")]:
-        report = verify_dataset(_real(*parts), limit=5)
+        report = verify_dataset(real_data(*parts), limit=5)
         assert report.ok and report.problems == [], report.format()
         assert (report.layout, report.task) == ("pairs", "semantic")

@@ -30,7 +30,9 @@ def test_distance_map_is_one_at_centres_zero_outside():
 
 def test_watershed_recovers_touching_instances_from_perfect_maps():
     labels = touching_disks()
-    pred = distance_to_instances((labels > 0).astype(float), instance_distance_map(labels), PostprocessConfig())
+    pred = distance_to_instances(
+        (labels > 0).astype(float), instance_distance_map(labels), PostprocessConfig()
+    )
     assert instance_scores(labels, pred)["ap@0.5"] == 1.0
 
 

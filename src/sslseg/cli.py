@@ -14,7 +14,10 @@ import typer
 from sslseg.errors import SslsegError
 
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="sslseg: annotation-efficient biomedical image segmentation."
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="sslseg: annotation-efficient biomedical image segmentation.",
 )
 data_app = typer.Typer(no_args_is_help=True, help="Check, convert and generate datasets.")
 app.add_typer(data_app, name="data")

@@ -25,8 +25,12 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the images are, how they are split and how much of the training split is labelled."""
 
-    train: Path | None = Field(None, description="dataset root (any supported layout) for training/validation")
-    test: Path | None = Field(None, description="separate test dataset; if unset, test_fraction of train is held out")
+    train: Path | None = Field(
+        None, description="dataset root (any supported layout) for training/validation"
+    )
+    test: Path | None = Field(
+        None, description="separate test dataset; if unset, test_fraction of train is held out"
+    )
     layout: str = "auto"
     test_layout: str = "auto"
     mask_suffix: str | None = None
@@ -58,7 +62,9 @@ class TrainConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     crop_size: int = Field(256, ge=32)
     epochs: int = Field(30, ge=1)
-    steps_per_epoch: int = Field(50, ge=1, description="an epoch is a fixed number of steps, whatever the labels")
+    steps_per_epoch: int = Field(
+        50, ge=1, description="an epoch is a fixed number of steps, whatever the labels"
+    )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(10, ge=1, description="early stopping, in epochs without a better val score")
@@ -151,9 +157,7 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(
-    model: type[M], path: str | Path | None = None, overrides: dict[str, Any] | None = None
-) -> M:
+def load_config(model: type[M], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> M:
     """Build a config from an optional YAML file plus overrides; errors name the key and the file."""
     data: dict[str, Any] = {}
     source = "command-line settings"

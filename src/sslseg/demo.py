@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sslseg.config import FinetuneConfig
@@ -37,8 +38,9 @@ def run_demo(out: str | Path, quick: bool = False) -> str:
         }
     )
     result = finetune(cfg)
-    test_ids = sorted((data / "images").glob("*.tif"))[:3]
-    predict_files(result.best_checkpoint, test_ids, out / "predictions", progress=False)
+    test_ids = json.loads((result.output / "split.json").read_text())["test"][:3]
+    test_images = [data / "images" / f"{i}.tif" for i in test_ids]
+    predict_files(result.best_checkpoint, test_images, out / "predictions", progress=False)
     t = result.test
     return (
         f"test AJI {t.get('aji', float('nan')):.3f}, PQ {t.get('pq', float('nan')):.3f}, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import platform
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +38,27 @@ class FinetuneResult:
     summary: dict[str, Any]
 
 
+class EpochSummary(L.Callback):
+    """One plain line per epoch (loss, val score, time), readable in logs where progress bars are not."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        m = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        for key in ("train/loss", "val/score"):
+            if key in m:
+                parts.append(f"{key} {float(m[key]):.4f}")
+        parts.append(f"{time.perf_counter() - self.start:.0f}s")
+        print("  ".join(parts), file=sys.stderr, flush=True)
+
+
 def _loggers(out: Path) -> list[Logger]:
     loggers: list[Logger] = [CSVLogger(out, name="logs", version="")]
     try:  # TensorBoard when installed; the CSV log is always there
-        from lightning.pytorch.loggers import TensorBoardLogger
-
         import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(out, name="tensorboard", version=""))
     except ImportError:
@@ -89,7 +105,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     by_id = {s.id: s for s in samples}
     d = cfg.data
     loaded, channels = load_samples(
-        [by_id[i] for i in labelled + split["val"]], d.task, d.num_classes, None, d.normalization, d.scale,
+        [by_id[i] for i in labelled + split["val"]],
+        d.task,
+        d.num_classes,
+        None,
+        d.normalization,
+        d.scale,
         progress=progress,
     )
     train_set, val_set = loaded[: len(labelled)], loaded[len(labelled) :]
@@ -106,9 +127,16 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     val_loader = DataLoader(ValidationImages(val_set), batch_size=1) if val_set else None
     monitor = "val/score" if val_set else None
     best_cb = ModelCheckpoint(
-        dirpath=out / "checkpoints", filename="best", monitor=monitor, mode="max", save_last=True, save_top_k=1
+        dirpath=out / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode="max",
+        save_last=True,
+        save_top_k=1,
     )
     callbacks: list[L.Callback] = [best_cb]
+    if progress:
+        callbacks.append(EpochSummary())
     if val_set:
         callbacks.append(EarlyStopping("val/score", mode="max", patience=cfg.train.patience))
     trainer = L.Trainer(

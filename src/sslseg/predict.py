@@ -21,7 +21,11 @@ _PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200]
 
 def display_rgb(raw: np.ndarray) -> np.ndarray:
     """Any H×W×C image as 8-bit RGB for display (1st–99.5th percentile stretch)."""
-    x = raw[..., :3].astype(np.float32) if raw.shape[2] >= 3 else np.repeat(raw[..., :1], 3, axis=2).astype(np.float32)
+    x = (
+        raw[..., :3].astype(np.float32)
+        if raw.shape[2] >= 3
+        else np.repeat(raw[..., :1], 3, axis=2).astype(np.float32)
+    )
     lo, hi = np.percentile(x, [1, 99.5])
     return (np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
 

@@ -31,7 +31,11 @@ def effective_channels(image: np.ndarray) -> int:
     if c in (2, 4) and image[..., -1].min() == image[..., -1].max():
         image = image[..., :-1]
         c -= 1
-    if c == 3 and np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2]):
+    if (
+        c == 3
+        and np.array_equal(image[..., 0], image[..., 1])
+        and np.array_equal(image[..., 0], image[..., 2])
+    ):
         return 1
     return c
 

@@ -59,7 +59,9 @@ def load_split(path: str | Path, known_ids: list[str]) -> dict[str, list[str]]:
     for part, ids in split.items():
         missing = [i for i in ids if i not in known]
         if missing:
-            raise DataError(path, f"{len(missing)} ids in '{part}' are not in the dataset, e.g. {missing[:3]}")
+            raise DataError(
+                path, f"{len(missing)} ids in '{part}' are not in the dataset, e.g. {missing[:3]}"
+            )
     return {k: list(split.get(k, [])) for k in ("train", "val", "test")}
 
 

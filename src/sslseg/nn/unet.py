@@ -19,7 +19,9 @@ def check_encoder_name(name: str) -> None:
     names = smp.encoders.get_encoder_names()
     if name not in names:
         common = [n for n in names if n.startswith(("resnet", "efficientnet-b", "mobilenet", "densenet"))]
-        raise ConfigError(f"unknown encoder '{name}'; choose one of: {', '.join(common)} (or tu-<timm model>)")
+        raise ConfigError(
+            f"unknown encoder '{name}'; choose one of: {', '.join(common)} (or tu-<timm model>)"
+        )
 
 
 def build_encoder(name: str, in_channels: int, depth: int = 5) -> nn.Module:

@@ -41,7 +41,9 @@ def predict_probabilities(
     return probs.cpu()
 
 
-def probabilities_to_labels(probs: torch.Tensor, task: str, post: PostprocessConfig | None = None) -> np.ndarray:
+def probabilities_to_labels(
+    probs: torch.Tensor, task: str, post: PostprocessConfig | None = None
+) -> np.ndarray:
     """Probabilities → class map (semantic) or instance map (instance)."""
     p = probs.numpy()
     if task == "semantic":

@@ -111,7 +111,9 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         s = self.val_samples[int(batch[0])]
-        probs = predict_probabilities(self.net, s.image, self.cfg.data.task, s.native_shape, self.cfg.inference)
+        probs = predict_probabilities(
+            self.net, s.image, self.cfg.data.task, s.native_shape, self.cfg.inference
+        )
         pred = probabilities_to_labels(probs, self.cfg.data.task, self.cfg.postprocess)
         scores = score_labels(pred, s.labels, self.cfg)
         self.log("val/score", scores[primary_metric(self.cfg.data.task)], prog_bar=True, batch_size=1)
