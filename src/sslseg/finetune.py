@@ -3,6 +3,7 @@ split, and score it on the test split at native resolution."""
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import shutil
 import sys
@@ -56,13 +57,16 @@ class EpochSummary(L.Callback):
 
 def _loggers(out: Path) -> list[Logger]:
     loggers: list[Logger] = [CSVLogger(out, name="logs", version="")]
-    try:  # TensorBoard when installed; the CSV log is always there
-        import tensorboard  # noqa: F401
+    # the CSV log always; TensorBoard and MLflow (a file store inside the run folder) when installed
+    if importlib.util.find_spec("tensorboard"):
         from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(out, name="tensorboard", version=""))
-    except ImportError:
-        pass
+    if importlib.util.find_spec("mlflow"):
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        uri = f"file:{(out / 'mlruns').resolve()}"
+        loggers.append(MLFlowLogger(experiment_name="sslseg", tracking_uri=uri))
     return loggers
 
 
