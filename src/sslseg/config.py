@@ -157,10 +157,14 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(model: type[M], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> M:
+def load_config(
+    model: type[M],
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    source: str = "command-line settings",
+) -> M:
     """Build a config from an optional YAML file plus overrides; errors name the key and the file."""
     data: dict[str, Any] = {}
-    source = "command-line settings"
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -183,3 +187,80 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: dict[
 def to_yaml(config: BaseModel) -> str:
     """The resolved config as YAML, for saving beside results."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+ViewPreset = Literal["generic", "fluorescence", "brightfield", "he", "dermoscopy"]
+
+
+class ViewsConfig(_Strict):
+    """How SSL views are drawn from a base crop; `preset` picks modality defaults, fields override them."""
+
+    preset: ViewPreset = "generic"
+    size: int = Field(96, ge=16, description="side of each view in pixels")
+    scale: tuple[float, float] = (0.2, 1.0)
+    ratio: tuple[float, float] = (0.75, 1.3333)
+    hflip: float = Field(0.5, ge=0, le=1)
+    vflip: float | None = Field(None, ge=0, le=1, description="None = preset default")
+    jitter_p: float | None = Field(None, ge=0, le=1)
+    brightness: float | None = Field(None, ge=0)
+    contrast: float | None = Field(None, ge=0)
+    saturation: float | None = Field(None, ge=0, description="colour images only")
+    hue: float | None = Field(None, ge=0, le=0.5, description="colour images only")
+    gray_p: float | None = Field(None, ge=0, le=1, description="colour images only")
+    blur_p: float | None = Field(None, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = Field(0.0, ge=0, le=1)
+    noise_std: float | None = Field(None, ge=0, description="Gaussian noise on the [0, 1] image")
+
+
+class OptimConfig(_Strict):
+    """The optimiser and schedule every SSL method shares (warm-up, then cosine decay)."""
+
+    optimizer: Literal["sgd", "lars", "adamw"] = "sgd"
+    lr: float = Field(0.06, gt=0, description="learning rate at batch size 256 (scaled linearly)")
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    warmup_epochs: float = Field(1.0, ge=0)
+    min_lr_fraction: float = Field(0.0, ge=0, le=1)
+
+
+class PretrainTrainConfig(_Strict):
+    """Trainer settings of a pretraining run."""
+
+    seed: int = 0
+    epochs: int = Field(10, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1, description="None = one pass over the images")
+    batch_size: int = Field(64, ge=2)
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    precision: str = Field("auto", description="'auto' = bf16-mixed on GPU, 32 on CPU")
+    sync_batchnorm: bool = False
+    channels_last: bool = False
+    deterministic: bool = False
+
+
+class PretrainDataConfig(_Strict):
+    """The unlabeled images (labels, if any, are ignored)."""
+
+    path: Path | None = None
+    layout: str = "auto"
+    max_images: int | None = Field(None, ge=1)
+    base_size: int | None = Field(
+        None,
+        ge=16,
+        description="side of the native-resolution crop views are drawn from (None = 2 × view size)",
+    )
+
+
+class PretrainConfig(_Strict):
+    """Everything one SSL pretraining run needs; saved beside its weights."""
+
+    method: str = "simclr"
+    params: dict[str, Any] = Field(default_factory=dict, description="method settings (see `sslseg methods`)")
+    encoder: str = "resnet18"
+    data: PretrainDataConfig = PretrainDataConfig()
+    views: ViewsConfig = ViewsConfig()
+    optim: OptimConfig = OptimConfig()
+    train: PretrainTrainConfig = PretrainTrainConfig()
+    output: Path = Path("runs/pretrain")

@@ -20,3 +20,7 @@ class DataError(SslsegError):
 
 class ConfigError(SslsegError):
     """A setting is missing, misspelt or out of range."""
+
+
+class TrainingDiverged(SslsegError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

@@ -132,3 +132,51 @@ class RandomCropDataset(Dataset):
             img = np.pad(img, ((0, 0), (0, ph), (0, pw)))
             tgt = np.pad(tgt, [(0, 0)] * (tgt.ndim - 2) + [(0, ph), (0, pw)])
         return torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(np.ascontiguousarray(tgt))
+
+
+def scale_unit(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """H×W×C image of any bit depth → float16 C×H×W in [0, 1] by per-channel percentiles (for SSL views)."""
+    x = image.astype(np.float32).transpose(2, 0, 1)
+    lo, hi = np.percentile(x.reshape(x.shape[0], -1), [low, high], axis=1)
+    span = np.where(hi - lo < 1e-6, 1.0, hi - lo)
+    return np.clip((x - lo[:, None, None]) / span[:, None, None], 0, 1).astype(np.float16)
+
+
+def load_unlabeled(
+    samples: Sequence[Sample], channels: int | None = None, progress: bool = True
+) -> tuple[list[np.ndarray], int]:
+    """Decode every image once into [0, 1] float16 C×H×W arrays; returns them and the channel count."""
+    raws = [
+        read_image(s.image)
+        for s in tqdm(samples, desc="reading images", disable=not progress or len(samples) < 20, leave=False)
+    ]
+    if channels is None:
+        channels = dataset_channels(raws)
+    return [scale_unit(harmonise_channels(r, channels)) for r in raws], channels
+
+
+class RandomBaseCrops(Dataset):
+    """Random native-resolution square crops of in-memory images; SSL views are drawn from them on device."""
+
+    def __init__(self, images: Sequence[np.ndarray], size: int, length: int) -> None:
+        if not images:
+            raise ValueError("no images to pretrain on")
+        self.images = list(images)
+        self.size = size
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = self.images[int(torch.randint(len(self.images), (1,)))]
+        h, w = image.shape[1:]
+        s = self.size
+        top = int(torch.randint(max(h - s, 0) + 1, (1,)))
+        left = int(torch.randint(max(w - s, 0) + 1, (1,)))
+        crop = image[:, top : top + s, left : left + s]
+        ph, pw = s - crop.shape[1], s - crop.shape[2]
+        if ph or pw:  # small images: reflect so no flat border looks like content
+            mode = "reflect" if ph < crop.shape[1] and pw < crop.shape[2] else "edge"
+            crop = np.pad(crop, ((0, 0), (0, ph), (0, pw)), mode=mode)
+        return torch.from_numpy(np.ascontiguousarray(crop))

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from sslseg.augment.segmentation import augment_batch
 from sslseg.config import FinetuneConfig
 from sslseg.data.datasets import LoadedSample
+from sslseg.errors import TrainingDiverged
 from sslseg.metrics import instance_scores, semantic_scores
 from sslseg.nn.unet import build_unet, encoder_of, freeze
 from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
@@ -102,9 +103,9 @@ class SegmentationModule(L.LightningModule):
         images, targets = augment_batch(*batch)
         loss = self.loss(self(images), targets)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss.item()} at step {self.global_step}; lower train.lr "
-                "or check the input images for NaN/inf values"
+            raise TrainingDiverged(
+                f"training loss became {loss.item()} at step {self.global_step}; the last good checkpoint "
+                "is kept. Lower train.lr or check the input images for NaN/inf values"
             )
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return loss

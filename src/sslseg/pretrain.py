@@ -1,0 +1,119 @@
+"""Pretrain a segmentation encoder with a self-supervised method on unlabeled images.
+
+Outputs: Lightning checkpoints (last, for --resume), `encoder.safetensors` with its JSON sidecar (what
+`sslseg finetune --init` loads), the resolved config and a CSV log.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+import sslseg
+from sslseg.atomic import write_json, write_text
+from sslseg.config import PretrainConfig, load_config, to_yaml
+from sslseg.data.datasets import RandomBaseCrops, load_unlabeled
+from sslseg.data.layouts import find_samples
+from sslseg.errors import ConfigError
+from sslseg.methods import get_method
+from sslseg.methods.base import SSLMethod
+from sslseg.weights import save_encoder
+
+
+@dataclass
+class PretrainResult:
+    """Where the weights are and what the run cost."""
+
+    output: Path
+    weights: Path
+    summary: dict[str, Any]
+
+
+def _precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def build_method(cfg: PretrainConfig, in_channels: int) -> SSLMethod:
+    """Instantiate the configured method (checks the method name and its params first)."""
+    cls = get_method(cfg.method)
+    load_config(cls.Params, overrides=cfg.params, source=f"params of {cfg.method}")
+    return cls(cfg.model_dump(mode="json"), in_channels)
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> PretrainResult:
+    """Run one pretraining job; returns the path of `encoder.safetensors`."""
+    if cfg.data.path is None:
+        raise ConfigError("data.path is not set: give the folder of unlabeled images")
+    get_method(cfg.method)  # fail before reading any image
+    out = Path(cfg.output)
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", to_yaml(cfg))
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+
+    samples = find_samples(cfg.data.path, layout=cfg.data.layout)
+    if cfg.data.max_images:
+        samples = samples[: cfg.data.max_images]
+    images, channels = load_unlabeled(samples, progress=progress)
+    method = build_method(cfg, channels)
+
+    base = cfg.data.base_size or 2 * cfg.views.size
+    steps = cfg.train.steps_per_epoch or max(1, len(images) // cfg.train.batch_size)
+    loader = DataLoader(
+        RandomBaseCrops(images, base, steps * cfg.train.batch_size),
+        batch_size=cfg.train.batch_size,
+        num_workers=0,
+        drop_last=True,
+    )
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
+    trainer = L.Trainer(
+        max_epochs=cfg.train.epochs,
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
+        strategy=cfg.train.strategy,
+        precision=_precision(cfg.train.precision),
+        sync_batchnorm=cfg.train.sync_batchnorm,
+        deterministic=cfg.train.deterministic,
+        callbacks=[ckpt],
+        logger=CSVLogger(out, name="logs", version=""),
+        default_root_dir=out,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=min(10, steps),
+        num_sanity_val_steps=0,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(method, loader, ckpt_path=str(last) if resume else None)
+    seconds = time.perf_counter() - t0
+
+    summary = {
+        "method": cfg.method,
+        "encoder": cfg.encoder,
+        "in_channels": channels,
+        "normalization": "per_image",
+        "data": str(cfg.data.path),
+        "n_images": len(images),
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "batch_size": cfg.train.batch_size,
+        "view_size": cfg.views.size,
+        "seconds": seconds,
+        "sslseg_version": sslseg.__version__,
+    }
+    weights = save_encoder(method.encoder, out / "encoder.safetensors", summary)
+    for name, module in method.extra_weights().items():
+        save_encoder(module, out / f"{name}.safetensors", {**summary, "part": name})
+    write_json(out / "result.json", summary)
+    return PretrainResult(out, weights, summary)
