@@ -80,15 +80,16 @@ def data_synth(
     typer.echo(f"wrote {n} synthetic images with instance labels to {out}")
 
 
-def _finetune_config(config: Path | None, flags: dict[str, Any], sets: list[str] | None) -> Any:
-    from sslseg.config import FinetuneConfig, deep_merge, load_config, parse_overrides
+def _load(model: Any, config: Path | None, flags: dict[str, Any], sets: list[str] | None) -> Any:
+    """A config from a YAML file, then the named flags, then `--set` overrides (later wins)."""
+    from sslseg.config import deep_merge, load_config, parse_overrides
 
     overrides: dict[str, Any] = {}
     for dotted, value in flags.items():
         if value is not None:
             overrides = deep_merge(overrides, parse_overrides([f"{dotted}={value}"]))
     overrides = deep_merge(overrides, parse_overrides(sets or []))
-    return load_config(FinetuneConfig, config, overrides)
+    return load_config(model, config, overrides)
 
 
 @app.command()
@@ -108,10 +109,11 @@ def finetune(
     set_: SetOption = None,
 ) -> None:
     """Fine-tune a U-Net (semantic or instance) and score it on the test split."""
-    from sslseg.config import to_yaml
+    from sslseg.config import FinetuneConfig, to_yaml
     from sslseg.finetune import finetune as run_finetune
 
-    cfg = _finetune_config(
+    cfg = _load(
+        FinetuneConfig,
         config,
         {
             "data.train": train,
@@ -130,6 +132,51 @@ def finetune(
     typer.echo(to_yaml(cfg), err=True)
     result = run_finetune(cfg, resume=resume)
     typer.echo(json.dumps({"output": str(result.output), "test": result.test}, indent=2))
+
+
+@app.command()
+def pretrain(
+    config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
+    data: Annotated[Path | None, typer.Option(help="folder of (unlabeled) images, any layout")] = None,
+    method: Annotated[str | None, typer.Option(help="SSL method (see `sslseg methods`)")] = None,
+    encoder: Annotated[str | None, typer.Option(help="encoder name, e.g. resnet18, resnet50")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="run folder")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the run folder's last checkpoint")] = False,
+    set_: SetOption = None,
+) -> None:
+    """Pretrain an encoder with a self-supervised method; writes encoder.safetensors for `finetune --init`."""
+    from sslseg.config import PretrainConfig, to_yaml
+    from sslseg.pretrain import pretrain as run_pretrain
+
+    cfg = _load(
+        PretrainConfig,
+        config,
+        {
+            "data.path": data,
+            "method": method,
+            "encoder": encoder,
+            "train.epochs": epochs,
+            "train.batch_size": batch_size,
+            "output": output,
+        },
+        set_,
+    )
+    typer.echo(to_yaml(cfg), err=True)
+    result = run_pretrain(cfg, resume=resume)
+    typer.echo(json.dumps({"weights": str(result.weights), "seconds": round(result.summary["seconds"], 1)}))
+
+
+@app.command()
+def methods() -> None:
+    """List the SSL methods with their settings and defaults."""
+    from sslseg.methods import METHODS
+
+    for name, cls in METHODS.items():
+        typer.echo(f"{name:14s} {cls.description}")
+        for field, info in cls.Params.model_fields.items():
+            typer.echo(f"{'':14s}   params.{field} = {info.default!r}")
 
 
 @app.command()

@@ -50,8 +50,14 @@ def build_method(cfg: PretrainConfig, in_channels: int) -> SSLMethod:
     return cls(cfg.model_dump(mode="json"), in_channels)
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> PretrainResult:
-    """Run one pretraining job; returns the path of `encoder.safetensors`."""
+def pretrain(
+    cfg: PretrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: list[L.Callback] | None = None,
+) -> PretrainResult:
+    """Run one pretraining job; returns the path of `encoder.safetensors`. `callbacks` are added to the
+    trainer's own (e.g. timers in benchmarks)."""
     if cfg.data.path is None:
         raise ConfigError("data.path is not set: give the folder of unlabeled images")
     get_method(cfg.method)  # fail before reading any image
@@ -86,7 +92,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         precision=_precision(cfg.train.precision),
         sync_batchnorm=cfg.train.sync_batchnorm,
         deterministic=cfg.train.deterministic,
-        callbacks=[ckpt],
+        callbacks=[ckpt, *(callbacks or [])],
         logger=CSVLogger(out, name="logs", version=""),
         default_root_dir=out,
         enable_progress_bar=progress,
