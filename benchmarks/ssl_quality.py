@@ -1,0 +1,114 @@
+"""Does SSL pretraining help with few labels? Pretrain each method on the DSB2018 stage1_train images
+(labels unused), fine-tune with 10 % of the labels for several seeds, and score stage1_test (Kaggle layout)
+against random initialisation fine-tuned the same way. Prints one JSON line per (method, seed) and a
+summary line per method with the mean and the relative AJI gain over random init.
+
+    python benchmarks/ssl_quality.py [--methods simclr,densecl] [--seeds 0,1,2] [--pretrain-epochs 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from _common import emit, hardware, require
+
+from sslseg.config import FinetuneConfig, PretrainConfig
+from sslseg.finetune import finetune
+from sslseg.methods import METHODS
+from sslseg.pretrain import pretrain
+
+DENSE = {"densecl", "pixpro", "vicregl", "detco", "modeco"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--label-fraction", type=float, default=0.1)
+    ap.add_argument("--pretrain-epochs", type=int, default=8)
+    ap.add_argument("--pretrain-steps", type=int, default=40, help="steps per pretraining epoch")
+    ap.add_argument("--view-size", type=int, default=96)
+    ap.add_argument("--finetune-epochs", type=int, default=10)
+    ap.add_argument("--out", default="runs/bench_ssl_quality")
+    args = ap.parse_args()
+    train, test = require("dsb2018", "stage1_train"), require("dsb2018", "stage1_test")
+    out = Path(args.out)
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    def finetune_all(init: str, tag: str) -> list[dict[str, float]]:
+        scores = []
+        for seed in seeds:
+            cfg = FinetuneConfig.model_validate(
+                {
+                    "data": {
+                        "train": train,
+                        "test": test,
+                        "test_layout": "dsb",
+                        "task": "instance",
+                        "val_fraction": 0.1,
+                        "label_fraction": args.label_fraction,
+                    },
+                    "model": {"encoder": "resnet18", "init": init, "decoder_channels": [128, 64, 32, 16, 16]},
+                    "train": {
+                        "seed": seed,
+                        "epochs": args.finetune_epochs,
+                        "steps_per_epoch": 40,
+                        "batch_size": 8,
+                        "crop_size": 192,
+                        "patience": 6,
+                        "val_max_images": 30,
+                    },
+                    "output": out / tag / f"finetune_seed{seed}",
+                }
+            )
+            res = finetune(cfg, progress=False)
+            row = {k: res.test[k] for k in ("aji", "dsb_score", "ap@0.5", "pq")}
+            emit(benchmark="ssl_quality", init=tag, seed=seed, **{k: round(v, 4) for k, v in row.items()})
+            scores.append(row)
+        return scores
+
+    results: dict[str, list[dict[str, float]]] = {"random": finetune_all("random", "random")}
+    pretrain_seconds: dict[str, float] = {}
+    for method in args.methods.split(","):
+        cfg = PretrainConfig.model_validate(
+            {
+                "method": method,
+                "encoder": "resnet18",
+                "data": {"path": train},
+                "views": {"size": args.view_size},
+                "train": {
+                    "epochs": args.pretrain_epochs,
+                    "steps_per_epoch": args.pretrain_steps,
+                    "batch_size": 64,
+                },
+                "output": out / method / "pretrain",
+            }
+        )
+        pre = pretrain(cfg, progress=False)
+        pretrain_seconds[method] = pre.summary["seconds"]
+        results[method] = finetune_all(str(pre.weights), method)
+
+    base = statistics.mean(r["aji"] for r in results["random"])
+    for tag, rows in results.items():
+        aji = statistics.mean(r["aji"] for r in rows)
+        emit(
+            benchmark="ssl_quality",
+            summary=tag,
+            dense=tag in DENSE,
+            mean_aji=round(aji, 4),
+            sd_aji=round(statistics.stdev(r["aji"] for r in rows), 4) if len(rows) > 1 else None,
+            mean_dsb_score=round(statistics.mean(r["dsb_score"] for r in rows), 4),
+            random_init_mean_aji=round(base, 4),
+            relative_aji_gain=round(aji / base - 1, 4),
+            bar="a dense method ≥ +5 % relative AJI over random init",
+            pretrain_seconds=round(pretrain_seconds.get(tag, 0.0), 1),
+            seeds=seeds,
+            label_fraction=args.label_fraction,
+            hardware=hardware(),
+        )
+
+
+if __name__ == "__main__":
+    main()
