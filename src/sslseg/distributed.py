@@ -1,6 +1,15 @@
-"""Helpers for multi-process (DDP) training: gathering embeddings so contrastive losses see every negative."""
+"""Helpers for multi-process (DDP) training: gathering embeddings so losses see the global batch.
+
+`gather_with_grad` all-gathers forward and all-reduces (sums) the gradients backward, so each process
+receives the gradient that every process's loss sends to its own samples. With DDP averaging parameter
+gradients, a loss that is the mean over processes of per-process losses (NT-Xent over local queries and
+global keys) or a global-batch statistic computed identically everywhere (Barlow Twins, VICReg) then has
+exactly the gradient of the same loss on one process holding the global batch.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -11,14 +20,31 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def rank() -> int:
+    """This process's index (0 without DDP)."""
+    return dist.get_rank() if world_size() > 1 else 0
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad.chunk(dist.get_world_size())[dist.get_rank()]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """All-gather along dim 0, keeping gradients for the local slice (a no-op in one process)."""
-    if world_size() == 1:
-        return x
-    parts = [torch.zeros_like(x) for _ in range(world_size())]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[dist.get_rank()] = x
-    return torch.cat(parts)
+    """All-gather along dim 0 with gradients flowing back to every process's slice (identity in one process).
+
+    Every process must pass the same number of rows.
+    """
+    return x if world_size() == 1 else _GatherWithGrad.apply(x)
 
 
 @torch.no_grad()
@@ -26,6 +52,6 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     """All-gather along dim 0 without gradients (keys for momentum queues)."""
     if world_size() == 1:
         return x
-    parts = [torch.zeros_like(x) for _ in range(world_size())]
+    parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)

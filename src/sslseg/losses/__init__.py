@@ -4,5 +4,17 @@
 """
 
 from sslseg.losses.contrastive import info_nce, nt_xent
+from sslseg.losses.dense import densecl_dense_loss, pixel_consistency, vicregl_local_loss
+from sslseg.losses.noncontrastive import barlow_twins_loss, byol_loss, vicreg_loss, vicreg_terms
 
-__all__ = ["info_nce", "nt_xent"]
+__all__ = [
+    "barlow_twins_loss",
+    "byol_loss",
+    "densecl_dense_loss",
+    "info_nce",
+    "nt_xent",
+    "pixel_consistency",
+    "vicreg_loss",
+    "vicreg_terms",
+    "vicregl_local_loss",
+]

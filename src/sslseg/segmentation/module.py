@@ -17,7 +17,7 @@ from sslseg.errors import TrainingDiverged
 from sslseg.metrics import instance_scores, semantic_scores
 from sslseg.nn.unet import build_unet, encoder_of, freeze
 from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
-from sslseg.weights import load_encoder
+from sslseg.weights import decoder_beside, load_decoder, load_encoder
 
 # Weight of the distance-map regression relative to the foreground BCE + Dice terms: the seeds come from
 # the distance map, so it must be accurate around the seed threshold, where squared errors are small.
@@ -69,8 +69,15 @@ class SegmentationModule(L.LightningModule):
             m.decoder_channels,
             imagenet=load_init and m.init == "imagenet",
         )
+        self.decoder_init: str | None = None  # the pretrained decoder loaded with the encoder, if any
         if load_init and m.init not in ("random", "imagenet"):
-            load_encoder(encoder_of(self.net), m.init, m.encoder, in_channels)
+            encoder_meta = load_encoder(encoder_of(self.net), m.init, m.encoder, in_channels)
+            decoder = decoder_beside(m.init)
+            if decoder is not None:
+                load_decoder(
+                    self.net.decoder, decoder, m.encoder, in_channels, m.decoder_channels, encoder_meta
+                )
+                self.decoder_init = str(decoder)
         if m.frozen:
             freeze(encoder_of(self.net))
         self.dice = smp.losses.DiceLoss(
