@@ -107,3 +107,14 @@ def test_label_fraction_without_images_is_a_clear_error(nuclei, tmp_path):
 
     with pytest.raises(ConfigError, match="leaves no labelled image"):
         finetune(_cfg(nuclei, tmp_path / "run", data={"label_fraction": 0.05}), progress=False)
+
+
+def test_fresh_run_refuses_a_folder_with_earlier_checkpoints(nuclei, tmp_path):
+    from sslseg.errors import ConfigError
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"old")
+    with pytest.raises(ConfigError, match="already holds checkpoints.*--resume"):
+        finetune(_cfg(nuclei, tmp_path / "run"), progress=False)
+    with pytest.raises(ConfigError, match="no checkpoint to resume from"):
+        finetune(_cfg(nuclei, tmp_path / "other"), resume=True, progress=False)

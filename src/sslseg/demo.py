@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from sslseg.config import FinetuneConfig
@@ -17,6 +18,7 @@ def run_demo(out: str | Path, quick: bool = False) -> str:
     data = out / "data"
     if not (data / "images").is_dir():
         write_synthetic_dataset(data, n_images=16 if quick else 60, size=128 if quick else 256, seed=0)
+    shutil.rmtree(out / "finetune", ignore_errors=True)  # the demo owns its folder: a rerun starts afresh
     cfg = FinetuneConfig.model_validate(
         {
             "data": {

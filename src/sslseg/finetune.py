@@ -26,6 +26,7 @@ from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.splits import labelled_subset, load_split, make_split, save_split
 from sslseg.errors import ConfigError, DataError
 from sslseg.evaluate import evaluate_samples, load_model, summarize, write_rows_csv
+from sslseg.rundir import prepare_run_dir
 from sslseg.segmentation.module import SegmentationModule, ValidationImages
 
 
@@ -90,10 +91,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     if cfg.data.train is None:
         raise ConfigError("data.train is not set: give the training dataset folder")
     out = Path(cfg.output)
-    last = out / "checkpoints" / "last.ckpt"
-    if resume and not last.is_file():
-        raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
-    out.mkdir(parents=True, exist_ok=True)
+    last = prepare_run_dir(out, resume)
     write_text(out / "config.yaml", to_yaml(cfg))
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 

@@ -25,6 +25,7 @@ from sslseg.data.layouts import find_samples
 from sslseg.errors import ConfigError
 from sslseg.methods import get_method
 from sslseg.methods.base import SSLMethod
+from sslseg.rundir import prepare_run_dir
 from sslseg.weights import save_encoder
 
 
@@ -62,10 +63,7 @@ def pretrain(
         raise ConfigError("data.path is not set: give the folder of unlabeled images")
     get_method(cfg.method)  # fail before reading any image
     out = Path(cfg.output)
-    last = out / "checkpoints" / "last.ckpt"
-    if resume and not last.is_file():
-        raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
-    out.mkdir(parents=True, exist_ok=True)
+    last = prepare_run_dir(out, resume)
     write_text(out / "config.yaml", to_yaml(cfg))
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
