@@ -188,5 +188,6 @@ class ViewMaker(nn.Module):
     @torch.no_grad()
     def forward(self, base: torch.Tensor, n_views: int = 2) -> Views:
         base = base.float()
-        parts = [self.one_view(base) for _ in range(n_views)]
+        with torch.autocast(base.device.type, enabled=False):  # views in float32 under mixed precision too
+            parts = [self.one_view(base) for _ in range(n_views)]
         return Views([p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts])

@@ -110,10 +110,11 @@ def propagate(x: torch.Tensor, values: torch.Tensor, gamma: float = 2.0) -> torc
 
 def pixel_consistency(y: torch.Tensor, target: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """PixPro's loss, one direction: −mean cos(y_i, t_j) over positive pairs (positives: B×N×M), so −1 at best;
-    0 when no pair of locations overlaps. The target (B×M×C) gets no gradient."""
-    cos = F.normalize(y, dim=-1) @ F.normalize(target.detach(), dim=-1).transpose(1, 2)
-    pos = positives.to(cos.dtype)
-    return -(cos * pos).sum() / pos.sum().clamp_min(1)
+    0 when no pair of locations overlaps. The target (B×M×C) gets no gradient; computed in float32."""
+    with torch.autocast(device_type=y.device.type, enabled=False):
+        cos = F.normalize(y.float(), dim=-1) @ F.normalize(target.detach().float(), dim=-1).transpose(1, 2)
+        pos = positives.float()
+        return -(cos * pos).sum() / pos.sum().clamp_min(1)
 
 
 def vicregl_local_loss(

@@ -115,9 +115,8 @@ class DetCo(SSLMethod):
             self.log_dict(
                 {f"train/{n}": t for n, t in self.terms.items()}, batch_size=views.images[0].shape[0]
             )
-        return torch.stack(weighted).sum(), q[
-            f"{self.stages[-1][1]}_global"
-        ]  # deepest active stage for the monitor
+        deepest = self.stages[-1][1]  # the collapse monitor watches the deepest active global embedding
+        return torch.stack(weighted).sum(), q[f"{deepest}_global"]
 
     def after_step(self) -> None:
         m = self.params.momentum

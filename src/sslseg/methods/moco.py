@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from sslseg.augment.views import Views
@@ -16,7 +17,7 @@ from sslseg.nn.heads import mlp
 class MoCoParams(MethodParams):
     temperature: float = 0.2
     momentum: float = 0.99
-    queue_size: int = 4096
+    queue_size: int = Field(4096, ge=1)
     proj_hidden: int = 2048
     proj_dim: int = 128
 
