@@ -43,7 +43,9 @@ def test_loss_is_finite_decreases_and_reaches_the_encoder(name):
         loss.backward()
         if step == 0:  # every stage learns, from the first convolution to the deepest block
             for stage, param in _first_and_last_stage(method.encoder):
-                assert param.grad is not None and param.grad.abs().sum() > 0, f"{name}: no gradient in {stage}"
+                assert param.grad is not None and param.grad.abs().sum() > 0, (
+                    f"{name}: no gradient in {stage}"
+                )
         opt.step()
         method.after_step()
         losses.append(loss.item())

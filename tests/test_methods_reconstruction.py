@@ -134,12 +134,14 @@ def test_masked_input_is_blanked_and_only_masked_pixels_are_scored():
     assert emb.shape == (4, method.feature_dims[-1])
 
 
-def test_masked_views_are_geometric_only_by_default():
+def test_masked_views_are_geometric_only_by_default_and_settings_are_checked():
     plain = make("masked", patch_size=8).views.cfg
     assert plain.jitter_p == 0 and plain.blur_p == 0 and plain.noise_std == 0
     assert make("masked", patch_size=8, photometric=True).views.cfg.jitter_p == 0.8
     with pytest.raises(ConfigError, match="multiple of patch_size 12"):
         make("masked", patch_size=12)
+    with pytest.raises(ConfigError, match="decoder_channels"):  # one block per encoder stage: five
+        make("autoencoder", decoder_channels=[32, 16, 8])
 
 
 def test_autoencoder_has_no_skip_connections():

@@ -50,8 +50,9 @@ class DenoisingViews(ViewMaker):
     @torch.no_grad()
     def forward(self, base: torch.Tensor, n_views: int = 1) -> Views:
         base = base.float()
-        noisy, boxes, flips = self.one_view(base)
-        clean = standardize(crop_like_views(base, boxes, flips, self.cfg.size))
+        with torch.autocast(base.device.type, enabled=False):  # float32 under mixed precision, as ViewMaker
+            noisy, boxes, flips = self.one_view(base)
+            clean = standardize(crop_like_views(base, boxes, flips, self.cfg.size))
         return Views([noisy, clean], [boxes, boxes], [flips, flips])
 
 
