@@ -40,6 +40,7 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # a frozen encoder is meant to be
 
 
 @data_app.command("verify")
