@@ -76,3 +76,13 @@ def test_unknown_method_lists_valid_ones():
 def test_misspelt_method_param_is_an_error_with_suggestion():
     with pytest.raises(ConfigError, match="did you mean 'temperature'"):
         make("simclr", temprature=0.3)
+
+
+def test_method_optimiser_defaults_apply_only_where_the_user_left_them_unset():
+    from sslseg.pretrain import resolve_optim
+
+    masked = resolve_optim(PretrainConfig.model_validate({"method": "masked"}))
+    assert masked.optim.optimizer == "adamw" and masked.optim.weight_decay == 0.05
+    mine = resolve_optim(PretrainConfig.model_validate({"method": "masked", "optim": {"optimizer": "sgd"}}))
+    assert mine.optim.optimizer == "sgd" and mine.optim.lr == 4e-4
+    assert resolve_optim(PretrainConfig.model_validate({"method": "simclr"})).optim.optimizer == "sgd"

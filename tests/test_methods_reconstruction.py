@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
+from sslseg.augment.views import crop_views
 from sslseg.config import FinetuneConfig, PretrainConfig
 from sslseg.errors import ConfigError
 from sslseg.losses.reconstruction import masked_mse, patch_normalise
-from sslseg.methods.autoencoder import crop_like_views
 from sslseg.methods.masked import patch_mask
 from sslseg.pretrain import build_method, pretrain
 from sslseg.segmentation.module import SegmentationModule
@@ -168,11 +168,9 @@ def test_denoising_target_is_the_same_crop_without_photometric_changes():
     assert v.flips[0].any() and not v.flips[0].all()
     v = make("autoencoder", views={"noise_std": 0.1}).views(base)
     assert (v.images[0] - v.images[1]).abs().mean() > 0.05
-    # crop_like_views of the full square, unflipped, is the base itself
+    # crop_views of the full square, unflipped, is the base itself
     full = torch.tensor([[0.0, 0.0, 2 * VIEW, 2 * VIEW]])
-    assert torch.allclose(
-        crop_like_views(base[:1], full, torch.zeros(1, 2, dtype=torch.bool), 2 * VIEW), base[:1]
-    )
+    assert torch.allclose(crop_views(base[:1], full, torch.zeros(1, 2, dtype=torch.bool), 2 * VIEW), base[:1])
 
 
 # -- decoder transfer into fine-tuning -------------------------------------------------------------------

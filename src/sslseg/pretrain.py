@@ -44,6 +44,13 @@ def _precision(setting: str) -> str:
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"
 
 
+def resolve_optim(cfg: PretrainConfig) -> PretrainConfig:
+    """Apply the method's own optimiser defaults to the settings the user left unset."""
+    defaults = get_method(cfg.method).optim_defaults
+    unset = {k: v for k, v in defaults.items() if k not in cfg.optim.model_fields_set}
+    return cfg.model_copy(update={"optim": cfg.optim.model_copy(update=unset)}) if unset else cfg
+
+
 def build_method(cfg: PretrainConfig, in_channels: int) -> SSLMethod:
     """Instantiate the configured method (checks the method name and its params first)."""
     cls = get_method(cfg.method)
@@ -61,7 +68,7 @@ def pretrain(
     trainer's own (e.g. timers in benchmarks)."""
     if cfg.data.path is None:
         raise ConfigError("data.path is not set: give the folder of unlabeled images")
-    get_method(cfg.method)  # fail before reading any image
+    cfg = resolve_optim(cfg)  # also fails on an unknown method before any image is read
     out = Path(cfg.output)
     last = prepare_run_dir(out, resume)
     write_text(out / "config.yaml", to_yaml(cfg))

@@ -90,6 +90,20 @@ def cell_centres(boxes: torch.Tensor, flips: torch.Tensor, h: int, w: int) -> to
     return torch.stack([x[:, None, :].expand(-1, h, -1), y[:, :, None].expand(-1, -1, w)], dim=-1)
 
 
+def crop_views(base: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
+    """The geometric part of a view: crop each box of the base crops to size×size, then flip (no colour)."""
+    b = base.shape[0]
+    rois = torch.cat(
+        [torch.arange(b, device=base.device, dtype=base.dtype)[:, None], boxes.to(base.dtype)], 1
+    )
+    # one bilinear sample per output pixel: crops shrink at most a few-fold, so aliasing stays mild
+    x = roi_align(base, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    for axis, dim in ((0, -1), (1, -2)):
+        idx = flips[:, axis].nonzero(as_tuple=True)[0]
+        x[idx] = x[idx].flip(dim)
+    return x
+
+
 def standardize(x: torch.Tensor) -> torch.Tensor:
     """Per-image, per-channel zero mean and unit variance, as fine-tuning normalises its inputs."""
     mean = x.mean(dim=(-2, -1), keepdim=True)
@@ -163,19 +177,10 @@ class ViewMaker(nn.Module):
         b, _, s, _ = base.shape
         dev = base.device
         boxes = sample_boxes(b, s, c.scale, c.ratio, dev)
-        rois = torch.cat(
-            [torch.arange(b, device=dev, dtype=base.dtype)[:, None], boxes.to(base.dtype)], dim=1
-        )
-        # one bilinear sample per output pixel: crops shrink at most a few-fold, so aliasing stays mild
-        x = roi_align(
-            base, rois, output_size=(c.size, c.size), spatial_scale=1.0, sampling_ratio=1, aligned=True
-        )
         flips = torch.stack(
             [self._bernoulli(c.hflip, b, dev), self._bernoulli(c.vflip or 0.0, b, dev)], dim=1
         )
-        for axis, dim in ((0, -1), (1, -2)):
-            idx = flips[:, axis].nonzero(as_tuple=True)[0]
-            x[idx] = x[idx].flip(dim)
+        x = crop_views(base, boxes, flips, c.size)
         x = self._jitter(x)
         x = self._blur(x)
         if c.solarize_p > 0:

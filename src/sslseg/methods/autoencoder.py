@@ -12,9 +12,8 @@ from pydantic import Field
 from segmentation_models_pytorch.base.heads import SegmentationHead
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torch import nn
-from torchvision.ops import roi_align
 
-from sslseg.augment.views import ViewMaker, Views, standardize
+from sslseg.augment.views import ViewMaker, Views, crop_views, standardize
 from sslseg.methods.base import MethodParams, SSLMethod
 
 # The fine-tuning U-Net's decoder (`build_unet` default): one block per stage of the depth-5 SSL encoder.
@@ -33,17 +32,6 @@ def reconstruction_head(decoder_channels: tuple[int, ...], out_channels: int) ->
     return SegmentationHead(decoder_channels[-1], out_channels, kernel_size=3)
 
 
-def crop_like_views(base: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
-    """The crops and flips of a set of views, sampled exactly as `ViewMaker.one_view` samples them, with no
-    photometric change."""
-    idx = torch.arange(base.shape[0], device=base.device, dtype=base.dtype)[:, None]
-    x = roi_align(
-        base, torch.cat([idx, boxes.to(base.dtype)], dim=1), (size, size), 1.0, sampling_ratio=1, aligned=True
-    )
-    x = torch.where(flips[:, 0, None, None, None], x.flip(-1), x)
-    return torch.where(flips[:, 1, None, None, None], x.flip(-2), x)
-
-
 class DenoisingViews(ViewMaker):
     """Per image: one augmented view and the same crop, flipped alike, without photometric changes."""
 
@@ -52,7 +40,7 @@ class DenoisingViews(ViewMaker):
         base = base.float()
         with torch.autocast(base.device.type, enabled=False):  # float32 under mixed precision, as ViewMaker
             noisy, boxes, flips = self.one_view(base)
-            clean = standardize(crop_like_views(base, boxes, flips, self.cfg.size))
+            clean = standardize(crop_views(base, boxes, flips, self.cfg.size))
         return Views([noisy, clean], [boxes, boxes], [flips, flips])
 
 
@@ -65,6 +53,8 @@ class AutoencoderParams(MethodParams):
 
 
 class Autoencoder(SSLMethod):
+    # reconstruction, like masked modelling, trains best with AdamW (SimMIM settings)
+    optim_defaults = {"optimizer": "adamw", "lr": 4e-4, "weight_decay": 0.05}
     Params = AutoencoderParams
     n_views = 1
     description = "reconstruction: (denoising) autoencoder through a skip-less U-Net decoder; encoder only"

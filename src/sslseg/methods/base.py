@@ -34,6 +34,9 @@ class SSLMethod(L.LightningModule):
     Params: ClassVar[type[MethodParams]] = MethodParams
     n_views: ClassVar[int] = 2
     description: ClassVar[str] = ""
+    # optimiser settings a method's paper prescribes (e.g. AdamW for masked modelling); the user's own
+    # settings in `optim` still win. Everything else shares one optimiser and schedule.
+    optim_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: dict[str, Any], in_channels: int) -> None:
         super().__init__()

@@ -52,6 +52,8 @@ class MaskedParams(MethodParams):
 
 
 class MaskedImageModelling(SSLMethod):
+    # SimMIM (Xie et al. 2022): AdamW, base lr 8e-4 per 512 images = 4e-4 per 256, weight decay 0.05
+    optim_defaults = {"optimizer": "adamw", "lr": 4e-4, "weight_decay": 0.05}
     Params = MaskedParams
     n_views = 1
     description = "reconstruction: masked patches predicted through the full U-Net; encoder and decoder"
