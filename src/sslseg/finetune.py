@@ -26,7 +26,7 @@ from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.splits import labelled_subset, load_split, make_split, save_split
 from sslseg.errors import ConfigError, DataError
 from sslseg.evaluate import evaluate_samples, load_model, summarize, write_rows_csv
-from sslseg.rundir import prepare_run_dir
+from sslseg.rundir import csv_log_version, prepare_run_dir
 from sslseg.segmentation.module import SegmentationModule, ValidationImages
 
 
@@ -56,8 +56,8 @@ class EpochSummary(L.Callback):
         print("  ".join(parts), file=sys.stderr, flush=True)
 
 
-def _loggers(out: Path) -> list[Logger]:
-    loggers: list[Logger] = [CSVLogger(out, name="logs", version="")]
+def _loggers(out: Path, resume: bool) -> list[Logger]:
+    loggers: list[Logger] = [CSVLogger(out, name="logs", version=csv_log_version(out, resume))]
     # the CSV log always; TensorBoard and MLflow (a file store inside the run folder) when installed
     if importlib.util.find_spec("tensorboard"):
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -148,7 +148,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         precision=_precision(cfg.train.precision),
         deterministic=cfg.train.deterministic,
         callbacks=callbacks,
-        logger=_loggers(out),
+        logger=_loggers(out, resume),
         default_root_dir=out,
         enable_progress_bar=progress,
         enable_model_summary=False,

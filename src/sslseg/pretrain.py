@@ -25,7 +25,7 @@ from sslseg.data.layouts import find_samples
 from sslseg.errors import ConfigError
 from sslseg.methods import get_method
 from sslseg.methods.base import SSLMethod
-from sslseg.rundir import prepare_run_dir
+from sslseg.rundir import csv_log_version, prepare_run_dir
 from sslseg.weights import save_encoder
 
 
@@ -98,7 +98,7 @@ def pretrain(
         sync_batchnorm=cfg.train.sync_batchnorm,
         deterministic=cfg.train.deterministic,
         callbacks=[ckpt, *(callbacks or [])],
-        logger=CSVLogger(out, name="logs", version=""),
+        logger=CSVLogger(out, name="logs", version=csv_log_version(out, resume)),
         default_root_dir=out,
         enable_progress_bar=progress,
         enable_model_summary=False,

@@ -20,3 +20,14 @@ def prepare_run_dir(out: Path, resume: bool) -> Path:
         )
     out.mkdir(parents=True, exist_ok=True)
     return last
+
+
+def csv_log_version(out: Path, resume: bool) -> str:
+    """Folder name under `logs/` for this run's CSV log: "" for a fresh run, and a new `resumed-N` on each
+    resume, so a resumed run never overwrites the metrics logged before it was interrupted."""
+    if not resume:
+        return ""
+    n = 1
+    while (out / "logs" / f"resumed-{n}").exists():
+        n += 1
+    return f"resumed-{n}"
