@@ -28,9 +28,9 @@ def run_demo(out: str | Path, quick: bool = False) -> str:
                 "test_fraction": 0.25,
                 "label_fraction": 0.5,
             },
-            "model": {"encoder": "resnet18", "init": "random"},
+            "model": {"encoder": "resnet18", "init": "random", "decoder_channels": [128, 64, 32, 16, 16]},
             "train": {
-                "epochs": 2 if quick else 12,
+                "epochs": 2 if quick else 8,
                 "steps_per_epoch": 3 if quick else 25,
                 "batch_size": 4 if quick else 8,
                 "crop_size": 64 if quick else 128,
