@@ -46,6 +46,10 @@ def test_instance_run_writes_every_output_and_scores_the_test_split(nuclei, tmp_
     assert res.summary["n_test"] == 2 and res.summary["n_val"] == 2 and res.summary["n_labelled"] == 6
     for key in ("aji", "aji_plus", "pq", "dsb_score", "f1@0.5"):
         assert 0.0 <= res.test[key] <= 1.0
+    # post-processing was tuned on the validation split and stored in the checkpoint that predict uses
+    tuning = res.summary["postprocess_tuning"]
+    assert tuning["val_score_tuned"] >= tuning["val_score_default"]
+    assert load_model(res.best_checkpoint, device="cpu").cfg.postprocess.model_dump() == tuning["chosen"]
     # evaluating the checkpoint again on its own gives the same numbers as the run's test step
     pred_dir = tmp_path / "pred"
     written = predict_files(res.best_checkpoint, [nuclei / "images"], pred_dir, progress=False)

@@ -66,3 +66,29 @@ def test_sliding_window_small_image_single_pass():
     out = sliding_window(f, img, tile_size=512)
     assert len(calls) == 1 and calls[0][-1] % 32 == 0
     assert torch.allclose(out, img)
+
+
+def test_zoomed_training_crops_keep_valid_targets():
+    from sslseg.data.datasets import LoadedSample, RandomCropDataset
+
+    labels = touching_disks()
+    sample = LoadedSample(
+        "a", np.random.rand(1, 64, 64).astype(np.float32), instance_targets(labels), labels, (64, 64)
+    )
+    ds = RandomCropDataset([sample], crop_size=32, length=20, scale_range=(0.5, 2.0))
+    for i in range(20):
+        img, tgt = ds[i]
+        assert img.shape == (1, 32, 32) and tgt.shape == (2, 32, 32)
+        assert set(torch.unique(tgt[0]).tolist()) <= {0.0, 1.0}
+        assert 0 <= tgt[1].min() and tgt[1].max() <= 1
+
+
+def test_relative_min_size_drops_specks_next_to_large_objects():
+    fg = np.zeros((64, 64))
+    fg[5:35, 5:35] = 1  # a 900-pixel nucleus
+    fg[40:52, 40:52] = 1  # 144 pixels
+    fg[60, 60] = fg[60, 61] = fg[61, 60] = fg[61, 61] = fg[55, 5] = fg[55, 6] = fg[56, 5] = fg[56, 6] = (
+        1  # specks
+    )
+    pred = distance_to_instances(fg, np.zeros((64, 64)), PostprocessConfig(min_size=0, min_size_fraction=0.1))
+    assert pred.max() == 2  # median area 144 → limit 14.4 px: the two 4-pixel specks go, both nuclei stay

@@ -181,6 +181,15 @@ def methods() -> None:
 
 
 @app.command()
+def tune(run: Path) -> None:
+    """Choose instance post-processing thresholds on a finished run's validation split; re-score its test."""
+    from sslseg.finetune import tune_run
+
+    summary = tune_run(run)
+    typer.echo(json.dumps({"postprocess": summary["postprocess_tuning"], "test": summary["test"]}, indent=2))
+
+
+@app.command()
 def evaluate(
     checkpoint: Path,
     data: Path,

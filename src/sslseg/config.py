@@ -61,6 +61,9 @@ class TrainConfig(_Strict):
     seed: int = 0
     batch_size: int = Field(8, ge=1)
     crop_size: int = Field(256, ge=32)
+    scale_range: tuple[float, float] = Field(
+        (1.0, 1.0), description="random zoom of training crops (e.g. [0.6, 1.6] for mixed magnifications)"
+    )
     epochs: int = Field(30, ge=1)
     steps_per_epoch: int = Field(
         50, ge=1, description="an epoch is a fixed number of steps, whatever the labels"
@@ -82,6 +85,15 @@ class PostprocessConfig(_Strict):
     seed_threshold: float = Field(0.5, gt=0, lt=1)
     smooth_sigma: float = Field(1.0, ge=0)
     min_size: int = Field(8, ge=0, description="objects smaller than this many pixels are dropped")
+    min_size_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="also drop objects smaller than this fraction of the image's median object",
+    )
+    tune: bool = Field(
+        True, description="after training, choose thresholds on the validation split (instance tasks)"
+    )
 
 
 class InferenceConfig(_Strict):

@@ -4,6 +4,7 @@ split, and score it on the test split at native resolution."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import platform
 import shutil
 import sys
@@ -19,8 +20,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from torch.utils.data import DataLoader
 
 import sslseg
-from sslseg.atomic import write_json, write_text
-from sslseg.config import FinetuneConfig, to_yaml
+from sslseg.atomic import atomic_path, write_json, write_text
+from sslseg.config import FinetuneConfig, load_config, to_yaml
 from sslseg.data.datasets import RandomCropDataset, load_samples
 from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.splits import labelled_subset, load_split, make_split, save_split
@@ -28,6 +29,7 @@ from sslseg.errors import ConfigError, DataError
 from sslseg.evaluate import evaluate_samples, load_model, summarize, write_rows_csv
 from sslseg.rundir import csv_log_version, prepare_run_dir
 from sslseg.segmentation.module import SegmentationModule, ValidationImages
+from sslseg.segmentation.tuning import tune_postprocess
 
 
 @dataclass
@@ -122,7 +124,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     module = SegmentationModule(cfg.model_dump(mode="json"), channels)
     module.val_samples = val_set
     train_loader = DataLoader(
-        RandomCropDataset(train_set, cfg.train.crop_size, cfg.train.steps_per_epoch * cfg.train.batch_size),
+        RandomCropDataset(
+            train_set,
+            cfg.train.crop_size,
+            cfg.train.steps_per_epoch * cfg.train.batch_size,
+            cfg.train.scale_range,
+        ),
         batch_size=cfg.train.batch_size,
         num_workers=0,
     )
@@ -164,17 +171,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     shutil.copyfile(best_path, out / ".best.ckpt.tmp")
     (out / ".best.ckpt.tmp").replace(stable_best)
 
-    test_mean: dict[str, float] = {}
+    tuning = {}
+    if d.task == "instance" and cfg.postprocess.tune and val_set:
+        tuning = tune_checkpoint(stable_best, val_set)
     t1 = time.perf_counter()
     test_samples = _test_samples(cfg, split, by_id)
-    if test_samples:
-        best = load_model(stable_best)
-        test_loaded, _ = load_samples(
-            test_samples, d.task, d.num_classes, channels, d.normalization, d.scale, progress=progress
-        )
-        rows = evaluate_samples(best, test_loaded, progress)
-        write_rows_csv(out / "test_per_image.csv", rows)
-        test_mean = summarize(rows)
+    test_mean = _score_test(out, stable_best, test_samples, channels, progress)
     summary = {
         "sslseg_version": sslseg.__version__,
         "torch_version": torch.__version__,
@@ -189,10 +191,70 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         "epochs_run": trainer.current_epoch,
         "fit_seconds": fit_s,
         "test_seconds": time.perf_counter() - t1,
+        "postprocess_tuning": tuning,
         "test": test_mean,
     }
     write_json(out / "result.json", summary)
     return FinetuneResult(out, stable_best, test_mean, summary)
+
+
+def tune_checkpoint(checkpoint: Path, val_set: list) -> dict[str, Any]:
+    """Choose post-processing thresholds on the validation images and store them in the checkpoint, so
+    evaluation and prediction use them. Returns what was chosen and the validation scores."""
+    module = load_model(checkpoint)
+    post, tuned, default = tune_postprocess(module, val_set)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt["hyper_parameters"]["config"]["postprocess"] = post.model_dump(mode="json")
+    with atomic_path(checkpoint) as tmp:
+        torch.save(ckpt, tmp)
+    return {"chosen": post.model_dump(mode="json"), "val_score_tuned": tuned, "val_score_default": default}
+
+
+def _score_test(
+    out: Path, checkpoint: Path, test_samples: list[Sample], channels: int, progress: bool
+) -> dict[str, float]:
+    """Score the checkpoint on the test samples; per-image rows to `test_per_image.csv`."""
+    if not test_samples:
+        return {}
+    best = load_model(checkpoint)
+    d = best.cfg.data
+    test_loaded, _ = load_samples(
+        test_samples, d.task, d.num_classes, channels, d.normalization, d.scale, progress=progress
+    )
+    rows = evaluate_samples(best, test_loaded, progress)
+    write_rows_csv(out / "test_per_image.csv", rows)
+    return summarize(rows)
+
+
+def tune_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Tune the post-processing of a finished instance run (e.g. one trained before tuning existed) on its
+    own validation split, then re-score its test split; updates `best.ckpt` and `result.json`."""
+    out = Path(run_dir)
+    cfg = load_config(FinetuneConfig, out / "config.yaml")
+    d = cfg.data
+    if d.task != "instance":
+        raise ConfigError(f"{out}: post-processing tuning applies to instance runs, this one is {d.task}")
+    split = load_split(out / "split.json", [s.id for s in find_samples(d.train, d.layout, d.mask_suffix)])
+    samples = {s.id: s for s in find_samples(d.train, d.layout, d.mask_suffix)}
+    summary = json.loads((out / "result.json").read_text())
+    channels = summary["in_channels"]
+    val_set, _ = load_samples(
+        [samples[i] for i in split["val"]],
+        d.task,
+        d.num_classes,
+        channels,
+        d.normalization,
+        d.scale,
+        progress=progress,
+    )
+    if cfg.train.val_max_images:
+        val_set = val_set[: cfg.train.val_max_images]
+    summary["postprocess_tuning"] = tune_checkpoint(out / "best.ckpt", val_set)
+    summary["test"] = _score_test(
+        out, out / "best.ckpt", _test_samples(cfg, split, samples), channels, progress
+    )
+    write_json(out / "result.json", summary)
+    return summary
 
 
 def _test_samples(cfg: FinetuneConfig, split: dict[str, list[str]], by_id: dict[str, Sample]) -> list[Sample]:

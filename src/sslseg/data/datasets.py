@@ -103,9 +103,20 @@ def load_samples(
 
 
 class RandomCropDataset(Dataset):
-    """Random fixed-size crops from in-memory samples; an epoch is a fixed number of crops."""
+    """Random fixed-size crops from in-memory samples; an epoch is a fixed number of crops.
 
-    def __init__(self, samples: Sequence[LoadedSample], crop_size: int, length: int) -> None:
+    With a `scale_range` other than (1, 1), each crop is zoomed by a log-uniform factor, so the network sees
+    objects at sizes the training images do not show (nuclei imaged at another magnification). Distance
+    targets are normalised per object, so they stay valid under zoom; class maps are resized nearest.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[LoadedSample],
+        crop_size: int,
+        length: int,
+        scale_range: tuple[float, float] = (1.0, 1.0),
+    ) -> None:
         if not samples:
             raise ValueError("no labelled training samples")
         if any(s.target is None for s in samples):
@@ -113,6 +124,7 @@ class RandomCropDataset(Dataset):
         self.samples = list(samples)
         self.crop = crop_size
         self.length = length
+        self.log_scale = (float(np.log(scale_range[0])), float(np.log(scale_range[1])))
 
     def __len__(self) -> int:
         return self.length
@@ -121,8 +133,10 @@ class RandomCropDataset(Dataset):
         s = self.samples[int(torch.randint(len(self.samples), (1,)))]
         image, target = s.image, s.target
         assert target is not None
+        lo, hi = self.log_scale
+        zoom = float(np.exp(lo + (hi - lo) * float(torch.rand(()))))
+        c = max(8, round(self.crop / zoom))  # the region that becomes one crop after zooming
         h, w = image.shape[1:]
-        c = self.crop
         top = int(torch.randint(max(h - c, 0) + 1, (1,)))
         left = int(torch.randint(max(w - c, 0) + 1, (1,)))
         img = image[:, top : top + c, left : left + c]
@@ -131,7 +145,17 @@ class RandomCropDataset(Dataset):
         if ph or pw:  # images smaller than the crop: pad (normalised zero = image mean; target = background)
             img = np.pad(img, ((0, 0), (0, ph), (0, pw)))
             tgt = np.pad(tgt, [(0, 0)] * (tgt.ndim - 2) + [(0, ph), (0, pw)])
-        return torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(np.ascontiguousarray(tgt))
+        img_t = torch.from_numpy(np.ascontiguousarray(img))
+        tgt_t = torch.from_numpy(np.ascontiguousarray(tgt))
+        if c != self.crop:
+            size = (self.crop, self.crop)
+            img_t = F.interpolate(img_t[None], size=size, mode="bilinear", align_corners=False)[0]
+            if tgt_t.ndim == 2:  # class map
+                tgt_t = F.interpolate(tgt_t[None, None].float(), size=size, mode="nearest")[0, 0].long()
+            else:  # [foreground, distance]: bilinear, foreground re-binarised
+                tgt_t = F.interpolate(tgt_t[None], size=size, mode="bilinear", align_corners=False)[0]
+                tgt_t[0] = (tgt_t[0] > 0.5).float()
+        return img_t, tgt_t
 
 
 def scale_unit(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:

@@ -26,9 +26,11 @@ def distance_to_instances(
     orphans, n_orphans = ndimage.label(mask & (labels == 0))
     if n_orphans:
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    if cfg.min_size > 0 and labels.max() > 0:
+    if labels.max() > 0 and (cfg.min_size > 0 or cfg.min_size_fraction > 0):
         sizes = np.bincount(labels.ravel())
-        small = sizes < cfg.min_size
+        # specks of noise are small next to this image's own nuclei, whatever the magnification
+        limit = max(cfg.min_size, cfg.min_size_fraction * float(np.median(sizes[1:][sizes[1:] > 0])))
+        small = sizes < limit
         small[0] = False
         labels[small[labels]] = 0
     return relabel_sequential(labels)[0].astype(np.int32)

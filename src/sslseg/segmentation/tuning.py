@@ -1,0 +1,56 @@
+"""Choosing instance post-processing thresholds on the validation split, after training.
+
+The network's probabilities are computed once per validation image; only the cheap watershed is repeated
+over a small grid, and the setting with the best mean validation score wins (the test split is never used).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from sslseg.config import PostprocessConfig
+from sslseg.data.datasets import LoadedSample
+from sslseg.metrics import instance_scores
+from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
+from sslseg.segmentation.module import SegmentationModule, primary_metric
+
+GRID = {
+    "fg_threshold": (0.4, 0.5, 0.6),
+    "seed_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
+    "min_size_fraction": (0.0, 0.1, 0.25),
+}
+
+
+def tune_postprocess(
+    module: SegmentationModule, samples: list[LoadedSample], grid: dict[str, tuple[float, ...]] | None = None
+) -> tuple[PostprocessConfig, float, float]:
+    """Best post-processing on `samples` by the task's primary metric: (config, its score, default's score)."""
+    cfg = module.cfg
+    grid = grid or GRID
+    metric = primary_metric(cfg.data.task)
+    probs = [
+        predict_probabilities(module.net, s.image, cfg.data.task, s.native_shape, cfg.inference)
+        for s in samples
+    ]
+
+    def score(post: PostprocessConfig) -> float:
+        return float(
+            np.mean(
+                [
+                    instance_scores(s.labels, probabilities_to_labels(p, cfg.data.task, post))[metric]
+                    for s, p in zip(samples, probs, strict=True)
+                ]
+            )
+        )
+
+    default = score(cfg.postprocess)
+    best, best_score = cfg.postprocess, default
+    keys = list(grid)
+    for values in itertools.product(*(grid[k] for k in keys)):
+        candidate = cfg.postprocess.model_copy(update=dict(zip(keys, values, strict=True)))
+        s = score(candidate)
+        if s > best_score:
+            best, best_score = candidate, s
+    return best, best_score, default
