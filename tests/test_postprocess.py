@@ -80,7 +80,7 @@ def test_zoomed_training_crops_keep_valid_targets():
         img, tgt = ds[i]
         assert img.shape == (1, 32, 32) and tgt.shape == (2, 32, 32)
         assert set(torch.unique(tgt[0]).tolist()) <= {0.0, 1.0}
-        assert 0 <= tgt[1].min() and tgt[1].max() <= 1
+        assert tgt[1].min() >= 0 and tgt[1].max() <= 1
 
 
 def test_relative_min_size_drops_specks_next_to_large_objects():
