@@ -10,23 +10,16 @@ from pydantic import Field
 from sslseg.augment.views import Views
 from sslseg.losses.dense import hypercolumn, locations, vicregl_local_loss, view_positions
 from sslseg.losses.noncontrastive import vicreg_loss
-from sslseg.methods.base import MethodParams, SSLMethod
+from sslseg.methods.vicreg import VICReg, VICRegParams
 from sslseg.nn.heads import mlp
 
 
-class VICRegLParams(MethodParams):
+class VICRegLParams(VICRegParams):
     # VICRegL paper: α = 0.75 between global and local criteria (its ResNet setting), VICReg weights 25/25/1,
     # the 20 best location-matched and 4 best embedding-matched pairs per image on a 7×7 grid. Its global
     # expander is 3 × 8192 on ResNet-50; like our VICReg we use 3 × 2048 for resnet18, and a small 3 × 512
     # per-location expander.
     alpha: float = Field(0.75, ge=0, le=1, description="loss = α·global + (1 − α)·local")
-    sim_weight: float = 25.0
-    var_weight: float = 25.0
-    cov_weight: float = 1.0
-    eps: float = 1e-4
-    expander_hidden: int = 2048
-    expander_dim: int = 2048
-    expander_layers: int = 3
     local_hidden: int = 512
     local_dim: int = 512
     local_layers: int = 3
@@ -37,15 +30,13 @@ class VICRegLParams(MethodParams):
     stage: int = Field(4, ge=2, le=5, description="local grid: stride 2**stage (deeper stages concatenated)")
 
 
-class VICRegL(SSLMethod):
+class VICRegL(VICReg):
     Params = VICRegLParams
     description = "non-contrastive, global + local: VICReg on pooled and on matched location embeddings"
 
     def build(self) -> None:
+        super().build()  # VICReg's global expander
         p = self.params
-        self.expander = mlp(
-            self.feature_dims[-1], p.expander_hidden, p.expander_dim, layers=p.expander_layers
-        )
         # applied to every location (batch norm over images and locations, as a 1×1-conv head would)
         self.local_expander = mlp(
             sum(self.feature_dims[p.stage :]), p.local_hidden, p.local_dim, layers=p.local_layers
