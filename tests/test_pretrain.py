@@ -96,3 +96,8 @@ def test_collapse_measures_and_warning(images):
         method.log_dict = lambda *a, **k: None  # no trainer attached in a unit test
         method.on_train_epoch_end()
     assert any("collapsed" in str(w.message) for w in caught)
+
+
+def test_channels_last_switch_trains(images, tmp_path):
+    res = pretrain(_cfg(images, tmp_path / "pre", channels_last=True), progress=False)
+    assert res.summary["steps"] == 2 and res.weights.is_file()
