@@ -11,7 +11,7 @@ from sslseg.config import FinetuneConfig
 from sslseg.data.io import write_image, write_label
 from sslseg.data.synth import write_synthetic_dataset
 from sslseg.evaluate import evaluate_checkpoint, load_model
-from sslseg.finetune import finetune
+from sslseg.finetune import finetune, tune_run
 from sslseg.nn.unet import build_encoder
 from sslseg.predict import predict_files
 from sslseg.weights import save_encoder
@@ -50,6 +50,10 @@ def test_instance_run_writes_every_output_and_scores_the_test_split(nuclei, tmp_
     tuning = res.summary["postprocess_tuning"]
     assert tuning["val_score_tuned"] >= tuning["val_score_default"]
     assert load_model(res.best_checkpoint, device="cpu").cfg.postprocess.model_dump() == tuning["chosen"]
+    # re-tuning a finished run is reproducible: same choice, same test scores
+    again = tune_run(out, progress=False)
+    assert again["postprocess_tuning"]["chosen"] == tuning["chosen"]
+    assert again["test"]["aji"] == pytest.approx(res.test["aji"])
     # evaluating the checkpoint again on its own gives the same numbers as the run's test step
     pred_dir = tmp_path / "pred"
     written = predict_files(res.best_checkpoint, [nuclei / "images"], pred_dir, progress=False)

@@ -234,8 +234,8 @@ def tune_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     d = cfg.data
     if d.task != "instance":
         raise ConfigError(f"{out}: post-processing tuning applies to instance runs, this one is {d.task}")
-    split = load_split(out / "split.json", [s.id for s in find_samples(d.train, d.layout, d.mask_suffix)])
     samples = {s.id: s for s in find_samples(d.train, d.layout, d.mask_suffix)}
+    split = load_split(out / "split.json", list(samples))
     summary = json.loads((out / "result.json").read_text())
     channels = summary["in_channels"]
     val_set, _ = load_samples(
