@@ -48,7 +48,6 @@ def main() -> None:
                 "lr": 1e-3,
                 "patience": 10,
                 "val_max_images": 40,
-                "scale_range": [0.6, 1.6],
             },
             "output": args.out,
         }
