@@ -33,3 +33,22 @@ def hardware() -> str:
 def emit(**fields: Any) -> None:
     """Print one JSON line (flushed, so progress is visible when piped)."""
     print(json.dumps(fields, default=str), flush=True)
+
+
+def emit_scores(
+    benchmark: str,
+    scores: dict[str, float],
+    metrics: tuple[str, ...],
+    bar: dict[str, float],
+    published: dict[str, str],
+) -> None:
+    """One JSON line per metric: the value beside its bar (and whether it is met) and published figures."""
+    for metric in metrics:
+        emit(
+            benchmark=benchmark,
+            metric=metric,
+            value=round(scores[metric], 4),
+            bar=bar.get(metric),
+            passes=scores[metric] >= bar[metric] if metric in bar else None,
+            published=published.get(metric),
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import emit, hardware, require
+from _common import emit, emit_scores, hardware, require
 
 from sslseg.config import FinetuneConfig
 from sslseg.finetune import finetune
@@ -55,15 +55,9 @@ def main() -> None:
     t0 = time.perf_counter()
     res = finetune(cfg)
     wall = time.perf_counter() - t0
-    for metric in ("aji", "aji_plus", "pq", "ap@0.5", "dsb_score"):
-        emit(
-            benchmark="dsb2018_instance",
-            metric=metric,
-            value=round(res.test[metric], 4),
-            bar=BAR.get(metric),
-            passes=res.test[metric] >= BAR[metric] if metric in BAR else None,
-            published=PUBLISHED.get(metric),
-        )
+    emit_scores(
+        "dsb2018_instance", res.test, ("aji", "aji_plus", "pq", "ap@0.5", "dsb_score"), BAR, PUBLISHED
+    )
     emit(
         benchmark="dsb2018_instance",
         wall_seconds=round(wall, 1),
