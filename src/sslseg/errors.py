@@ -24,3 +24,7 @@ class ConfigError(SslsegError):
 
 class TrainingDiverged(SslsegError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class OutOfMemory(SslsegError):
+    """Training or inference ran out of (GPU) memory; the message names the setting and a value to try."""

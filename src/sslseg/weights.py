@@ -88,11 +88,11 @@ def load_encoder(
         raise ConfigError(
             f"{path}: weights expect {meta['in_channels']} input channels, the data has {in_channels}"
         )
-    _load_strict(encoder, path, "encoder")
+    _load_strict(encoder, path, "encoder", encoder_name if not meta.get("encoder") else None)
     return meta
 
 
-def _load_strict(module: nn.Module, path: Path, what: str) -> None:
+def _load_strict(module: nn.Module, path: Path, what: str, expected: str | None = None) -> None:
     """Load a safetensors file into `module`, refusing any missing, unexpected or reshaped key."""
     try:
         state = load_file(str(path))
@@ -103,9 +103,12 @@ def _load_strict(module: nn.Module, path: Path, what: str) -> None:
     unexpected = sorted(set(state) - set(own))
     wrong = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
     if missing or unexpected or wrong:
+        # without a sidecar naming their encoder, say what these weights were checked against
+        hint = f"; were they saved for another encoder than '{expected}'?" if expected else ""
         raise ConfigError(
             f"{path}: weights do not fit this {what}: {len(missing)} missing keys {missing[:3]}, "
             f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(wrong)} shape mismatches {wrong[:3]}"
+            f"{hint}"
         )
     with torch.no_grad():
         module.load_state_dict(state, strict=True)

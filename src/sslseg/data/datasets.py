@@ -5,8 +5,11 @@ Decoding happens once per image; training draws crops from memory, so the loader
 
 from __future__ import annotations
 
+import warnings
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,8 +54,61 @@ def rescale_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def dataset_channels(images: Sequence[np.ndarray]) -> int:
-    """The channel count the network needs for these images (signal-carrying channels, max over images)."""
-    return max(effective_channels(im) for im in images)
+    """The channel count the network needs for these images: the signal-carrying channels (see
+    `effective_channels`) when all images agree, else the most colour channels once alpha is set aside:
+    gray and RGB images together make 3 (gray repeated), RGBA among RGB or gray makes 3 (alpha dropped)."""
+    kinds = {effective_channels(im) for im in images}
+    if len(kinds) == 1:
+        return kinds.pop()
+    return max(k - 1 if k in (2, 4) else k for k in kinds)
+
+
+def harmonise_dataset(
+    raws: Sequence[np.ndarray], paths: Sequence[Path], channels: int | None = None
+) -> tuple[list[np.ndarray], int]:
+    """Bring every image to one channel count (the dataset's, or `channels` when given, e.g. a trained
+    model's), warning once when that changes images: which counts were turned into what, with examples.
+    An image that cannot be converted (3 channels for a 4-channel model) is a DataError naming it."""
+    if channels is None:
+        channels = dataset_channels(raws)
+    changed: dict[int, list[Path]] = defaultdict(list)
+    out = []
+    for raw, path in zip(raws, paths, strict=True):
+        kind = effective_channels(raw)
+        if kind != channels:
+            changed[kind].append(path)
+        try:
+            out.append(harmonise_channels(raw, channels))
+        except ValueError as e:
+            raise DataError(path, f"{e} (the model or the rest of the dataset has {channels})") from None
+    if changed:
+        parts = [
+            f"{_count(len(files), 'image')} with {_count(kind, 'channel')} (e.g. {files[0].name}): "
+            f"{_channel_change(kind, channels)}"
+            for kind, files in sorted(changed.items())
+        ]
+        warnings.warn(
+            f"images have mixed channel counts; using {_count(channels, 'channel')}: " + "; ".join(parts),
+            stacklevel=2,
+        )
+    return out, channels
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+def _channel_change(kind: int, channels: int) -> str:
+    """What `harmonise_channels` does to an image with `kind` signal-carrying channels, in words."""
+    steps = []
+    if kind in (2, 4):
+        steps.append("alpha dropped")
+        kind -= 1
+    if kind == 1 and channels > 1:
+        steps.append(f"gray used as {channels} equal channels")
+    elif kind > 1 and channels == 1:
+        steps.append("colour averaged to gray")
+    return ", ".join(steps)
 
 
 def prepare_image(
@@ -76,8 +132,7 @@ def load_samples(
     raws = []
     for s in tqdm(samples, desc="reading images", disable=not progress or len(samples) < 20, leave=False):
         raws.append(read_image(s.image))
-    if channels is None:
-        channels = dataset_channels(raws)
+    raws, channels = harmonise_dataset(raws, [s.image for s in samples], channels)
     out = []
     for s, raw in zip(samples, raws, strict=True):
         shape = raw.shape[:2]
@@ -174,9 +229,8 @@ def load_unlabeled(
         read_image(s.image)
         for s in tqdm(samples, desc="reading images", disable=not progress or len(samples) < 20, leave=False)
     ]
-    if channels is None:
-        channels = dataset_channels(raws)
-    return [scale_unit(harmonise_channels(r, channels)) for r in raws], channels
+    raws, channels = harmonise_dataset(raws, [s.image for s in samples], channels)
+    return [scale_unit(r) for r in raws], channels
 
 
 class RandomBaseCrops(Dataset):

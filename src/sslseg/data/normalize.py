@@ -10,14 +10,15 @@ Normalization = Literal["per_image", "percentile"]
 
 
 def harmonise_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """Bring an H×W×C image to `channels` channels: drop a constant alpha, repeat gray, average to gray."""
+    """Bring an H×W×C image to `channels` channels: drop alpha (the last of 2 or 4 channels), repeat gray,
+    average colour to gray. A 3-channel image cannot become 4 channels (a ValueError)."""
     c = image.shape[2]
     if c == channels:
         return image
-    if c in (2, 4) and channels == c - 1:
-        return image[..., : c - 1]  # gray+alpha or RGBA: alpha carries no signal for segmentation
-    if c == 4 and channels == 1:
-        return image[..., :3].mean(axis=2, keepdims=True).astype(image.dtype)
+    if c in (2, 4):  # gray+alpha or RGBA: alpha carries no signal for segmentation
+        image, c = image[..., : c - 1], c - 1
+        if c == channels:
+            return image
     if c == 1:
         return np.repeat(image, channels, axis=2)
     if channels == 1:

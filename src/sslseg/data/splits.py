@@ -66,16 +66,19 @@ def load_split(path: str | Path, known_ids: list[str]) -> dict[str, list[str]]:
 
 
 def labelled_subset(train_ids: list[str], fraction: float, seed: int) -> list[str]:
-    """The labelled part of the training ids for a label fraction, nested across fractions for one seed."""
+    """The labelled part of the training ids for a label fraction, nested across fractions for one seed.
+
+    The count is rounded down (never up: a study's 10 % must not label more than 10 %); a fraction that
+    leaves no image is an error saying the smallest fraction that labels one."""
     if not 0 < fraction <= 1:
-        raise ConfigError(f"label fraction must be in (0, 1], got {fraction}")
+        raise ConfigError(f"data.label_fraction must be in (0, 1], got {fraction}")
     if not train_ids:
         raise ConfigError("the training split is empty: no image can be labelled")
     n = math.floor(len(train_ids) * fraction + 1e-9)
     if n < 1:
         raise ConfigError(
-            f"label fraction {fraction} of {len(train_ids)} training images leaves no labelled image; "
-            f"use at least {1 / len(train_ids):.4f}"
+            f"data.label_fraction={fraction} of {len(train_ids)} training images leaves no labelled "
+            f"image; use at least {math.ceil(1e4 / len(train_ids)) / 1e4:.4f}"
         )
     order = np.random.default_rng(seed).permutation(len(train_ids))
     ordered = sorted(train_ids)

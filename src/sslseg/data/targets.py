@@ -35,5 +35,9 @@ def semantic_classes(mask: np.ndarray, num_classes: int) -> np.ndarray:
     if num_classes == 2 and set(values.tolist()) <= {0, 255}:
         return (mask > 0).astype(np.int64)
     if values.min(initial=0) < 0 or values.max(initial=0) >= num_classes:
-        raise ValueError(f"mask values {values.tolist()[:10]} do not fit {num_classes} classes")
+        expected = "{0, 1} or {0, 255}" if num_classes == 2 else f"0 … {num_classes - 1}"
+        raise ValueError(
+            f"mask values {values.tolist()[:10]} do not fit {num_classes} classes (expected {expected}); "
+            "if the mask has more classes, set data.num_classes"
+        )
     return mask.astype(np.int64)

@@ -128,7 +128,9 @@ def verify_dataset(
             if info is not None:
                 labels.append(info)
 
-    _report_mix(report, channels, "channel counts", lambda c: f"{c} channel{'s' if c != 1 else ''}")
+    # what training does about mixed channels: see datasets.harmonise_dataset
+    fix = "; training brings them to one count (gray repeated, alpha dropped)"
+    _report_mix(report, channels, "channel counts", lambda c: f"{c} channel{'s' if c != 1 else ''}", fix)
     _report_mix(report, dtypes, "data types", str)
     report.task = _check_values(report, labels, task)
     return report
@@ -198,12 +200,14 @@ def _check_values(report: VerifyReport, labels: list[_LabelInfo], task: Task) ->
     return task
 
 
-def _report_mix(report: VerifyReport, groups: dict, what: str, name: Callable[[Any], str]) -> None:
+def _report_mix(
+    report: VerifyReport, groups: dict, what: str, name: Callable[[Any], str], note: str = ""
+) -> None:
     """A warning when images differ in `what` (channels, dtype): models expect one kind of input."""
     if len(groups) < 2:
         return
     parts = [f"{name(key)} in {len(paths)} (e.g. {paths[0].name})" for key, paths in sorted(groups.items())]
-    report.add(report.root, f"images have mixed {what}: " + "; ".join(parts), "warning")
+    report.add(report.root, f"images have mixed {what}: " + "; ".join(parts) + note, "warning")
 
 
 def convert_dataset(
