@@ -40,7 +40,9 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
-    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # a frozen encoder is meant to be
+    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")
+    # a resumed run's checkpoint folder is meant to exist; prepare_run_dir guards fresh runs
+    warnings.filterwarnings("ignore", ".*exists and is not empty.*")  # a frozen encoder is meant to be
 
 
 @data_app.command("verify")
@@ -217,16 +219,147 @@ def predict(
     typer.echo(f"wrote {len(written)} label maps and overlays to {out}")
 
 
+study_app = typer.Typer(no_args_is_help=True, help="Run a study: pretrainings × label fractions × seeds.")
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("run")
+def study_run(
+    study_file: Path,
+    workers: Annotated[
+        int | None, typer.Option(help="parallel workers (default: one per GPU, else 1)")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="list the jobs and their estimated cost")
+    ] = False,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="write the report at the end")] = True,
+    set_: SetOption = None,
+) -> None:
+    """Run every job of a study that is not done yet (resumable; several runners may share one study)."""
+    from sslseg.config import parse_overrides
+    from sslseg.study.runner import run_study
+    from sslseg.study.spec import load_study
+
+    study = load_study(study_file, parse_overrides(set_ or []))
+    if dry_run:
+        typer.echo(_dry_run_table(study))
+        return
+    summary = run_study(study, workers=workers)
+    c = summary.counts
+    typer.echo(
+        f"study '{study.name}': {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} left "
+        f"({summary.seconds / 60:.1f} min)",
+        err=True,
+    )
+    if report and c["done"]:
+        from sslseg.study.report import report_study
+
+        paths = report_study(summary.study_dir)
+        typer.echo(f"report: {paths['html'].resolve()}")
+    if c["failed"]:
+        raise typer.Exit(1)
+
+
+def _dry_run_table(study: Any) -> str:
+    """The jobs of a study, their status and estimated cost, as text."""
+    from sslseg.study.estimate import estimate_jobs
+    from sslseg.study.runner import store_path
+    from sslseg.study.spec import expand
+    from sslseg.study.store import ResultStore
+
+    jobs = expand(study)
+    rows = []
+    if store_path(study).is_file():
+        store = ResultStore(store_path(study))
+        try:
+            rows = store.rows([j.key for j in jobs])
+        finally:
+            store.close()
+    status = {r["key"]: r["status"] for r in rows}
+    done_hash = {r["key"]: r["config_hash"] for r in rows}
+    seconds = estimate_jobs(jobs, rows)
+    lines = [f"{'job':60s} {'status':9s} {'est. min':>8s}"]
+    todo = 0.0
+    for j in jobs:
+        st = status.get(j.key, "new")
+        if st == "done" and done_hash.get(j.key) != j.hash:
+            st = "changed"
+        if st != "done":
+            todo += seconds[j.key]
+        lines.append(f"{j.key:60s} {st:9s} {seconds[j.key] / 60:8.1f}")
+    lines.append(f"{len(jobs)} jobs; about {todo / 60:.0f} min of work left on this machine with one worker")
+    return "\n".join(lines)
+
+
+@study_app.command("status")
+def study_status(study_dir: Path) -> None:
+    """Counts of done, running, pending and failed jobs, and the errors of failed ones."""
+    from sslseg.errors import ConfigError
+    from sslseg.study.store import ResultStore
+
+    db = study_dir / "results.sqlite"
+    if not db.is_file():
+        raise ConfigError(f"{study_dir}: no results store here (results.sqlite)")
+    store = ResultStore(db)
+    try:
+        rows = store.rows()
+    finally:
+        store.close()
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    for r in rows:
+        if r["status"] == "failed":
+            typer.echo(f"  failed {r['key']}: {r['error']}")
+
+
+@study_app.command("slurm")
+def study_slurm(
+    study_file: Path,
+    tasks: Annotated[int, typer.Option(help="array tasks (one GPU each)")] = 8,
+    hours: Annotated[float, typer.Option(help="time limit per task")] = 24.0,
+    out: Annotated[Path | None, typer.Option(help="script file (default: print it)")] = None,
+) -> None:
+    """Write a SLURM array-job script whose tasks claim jobs from the study's store."""
+    from sslseg.atomic import write_text
+    from sslseg.study.runner import prepare, slurm_script
+    from sslseg.study.spec import load_study
+
+    study = load_study(study_file)
+    prepare(study)  # splits and the job table exist before any task starts
+    script = slurm_script(study_file, study, tasks, hours)
+    if out is None:
+        typer.echo(script)
+    else:
+        write_text(out, script)
+        typer.echo(f"wrote {out}; submit with: sbatch {out}, then `sslseg report {study.output}`")
+
+
+@app.command()
+def report(
+    study_dir: Path,
+    representation: Annotated[
+        bool | None, typer.Option("--representation/--no-representation", help="CKA, retrieval, uncertainty")
+    ] = None,
+) -> None:
+    """Analyse a study's results and write report.html, report.md and CSV tables into STUDY_DIR/report."""
+    from sslseg.study.report import report_study
+
+    paths = report_study(study_dir, representation=representation)
+    typer.echo(f"report: {paths['html'].resolve()}\nsummary: {paths['markdown'].resolve()}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="demo folder")] = Path("demo"),
     quick: Annotated[bool, typer.Option(help="tiny budget, for smoke tests")] = False,
 ) -> None:
-    """The main job on the built-in synthetic data: generate, fine-tune, evaluate, predict."""
+    """The main job on built-in synthetic data: a small study (random init vs three SSL methods) and its report."""
     from sslseg.demo import run_demo
 
-    report = run_demo(out, quick=quick)
-    typer.echo(f"\ndemo finished; outputs in {out.resolve()}\n  summary: {report}")
+    summary = run_demo(out, quick=quick)
+    typer.echo(f"\ndemo finished; outputs in {out.resolve()}\n{summary}")
 
 
 def main() -> None:

@@ -258,6 +258,9 @@ class PretrainDataConfig(_Strict):
     path: Path | None = None
     layout: str = "auto"
     max_images: int | None = Field(None, ge=1)
+    split_file: Path | None = Field(
+        None, description="JSON split of the labelled dataset: pretrain only on its train and val images"
+    )
     base_size: int | None = Field(
         None,
         ge=16,

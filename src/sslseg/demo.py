@@ -1,52 +1,78 @@
-"""The main job on built-in data: a synthetic nuclei set, a fine-tuned U-Net, its scores and predictions."""
+"""The main job on built-in data: a small study on synthetic nuclei — random init against three SSL methods
+(one dense), two label fractions, two seeds — ending in the report that says which pretraining helps."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
+from typing import Any
 
-from sslseg.config import FinetuneConfig
+import yaml
+
+from sslseg.atomic import write_text
 from sslseg.data.synth import write_synthetic_dataset
-from sslseg.finetune import finetune
-from sslseg.predict import predict_files
+from sslseg.study.report import report_study
+from sslseg.study.runner import run_study
+from sslseg.study.spec import StudyConfig
 
 
-def run_demo(out: str | Path, quick: bool = False) -> str:
-    """Generate data, fine-tune with 50 % labels, score the held-out test images, predict three of them."""
-    out = Path(out)
-    data = out / "data"
-    if not (data / "images").is_dir():
-        write_synthetic_dataset(data, n_images=16 if quick else 60, size=128 if quick else 256, seed=0)
-    shutil.rmtree(out / "finetune", ignore_errors=True)  # the demo owns its folder: a rerun starts afresh
-    cfg = FinetuneConfig.model_validate(
-        {
-            "data": {
-                "train": data,
+def demo_study(out: Path, quick: bool = False) -> dict[str, Any]:
+    """The demo's study file as a dict (written to `<out>/study.yaml`, so it can be edited and rerun)."""
+    return {
+        "name": "demo",
+        "output": str(out / "study"),
+        "encoder": "resnet18",
+        "datasets": [
+            {
+                "name": "synthetic-nuclei",
+                "train": str(out / "data"),
                 "task": "instance",
                 "val_fraction": 0.15,
                 "test_fraction": 0.25,
-                "label_fraction": 0.5,
-            },
-            "model": {"encoder": "resnet18", "init": "random", "decoder_channels": [128, 64, 32, 16, 16]},
+                "views": "fluorescence",
+            }
+        ],
+        "pretrainings": [
+            {"name": "random", "init": "random"},
+            {"name": "simclr", "method": "simclr"},
+            {"name": "byol", "method": "byol"},
+            {"name": "densecl", "method": "densecl"},
+        ],
+        "label_fractions": [0.1, 0.5],
+        "seeds": [0, 1],
+        "encoder_states": ["finetuned"],
+        "pretrain": {
+            "views": {"size": 32 if quick else 48},
             "train": {
-                "epochs": 2 if quick else 8,
-                "steps_per_epoch": 3 if quick else 25,
-                "batch_size": 4 if quick else 8,
-                "crop_size": 64 if quick else 128,
-                "patience": 5,
+                "epochs": 1 if quick else 3,
+                "steps_per_epoch": 2 if quick else 10,
+                "batch_size": 8 if quick else 32,
             },
-            "output": out / "finetune",
-        }
-    )
-    result = finetune(cfg)
-    test_ids = json.loads((result.output / "split.json").read_text())["test"][:3]
-    test_images = [data / "images" / f"{i}.tif" for i in test_ids]
-    predict_files(result.best_checkpoint, test_images, out / "predictions", progress=False)
-    t = result.test
-    return (
-        f"test AJI {t.get('aji', float('nan')):.3f}, PQ {t.get('pq', float('nan')):.3f}, "
-        f"DSB score {t.get('dsb_score', float('nan')):.3f} on {result.summary['n_test']} images "
-        f"({result.summary['n_labelled']} labelled training images); "
-        f"overlays in {out / 'predictions'}"
-    )
+        },
+        "finetune": {
+            "model": {"decoder_channels": [32, 16, 16, 16, 16] if quick else [64, 32, 16, 16, 16]},
+            "train": {
+                "epochs": 1 if quick else 4,
+                "steps_per_epoch": 2 if quick else 12,
+                "batch_size": 2 if quick else 8,
+                "crop_size": 32 if quick else 64,
+                "patience": 4,
+            },
+        },
+        "analysis": {"max_images": 8 if quick else 24, "examples": 2 if quick else 3},
+    }
+
+
+def run_demo(out: str | Path, quick: bool = False) -> str:
+    """Generate the data (once), run the demo study (finished jobs of an earlier run are reused) and write
+    its report; returns the verdict and where the report is."""
+    out = Path(out)
+    data = out / "data"
+    if not (data / "images").is_dir():
+        write_synthetic_dataset(data, n_images=16 if quick else 48, size=64 if quick else 128, seed=0)
+    tree = demo_study(out, quick)
+    write_text(out / "study.yaml", yaml.safe_dump(tree, sort_keys=False))
+    study = StudyConfig.model_validate(tree)
+    summary = run_study(study)
+    paths = report_study(summary.study_dir)
+    verdict = paths["markdown"].read_text().split("## Verdict\n", 1)[-1].split("\n## ", 1)[0].strip()
+    return f"{verdict}\n  report: {paths['html'].resolve()}\n  study file: {(out / 'study.yaml').resolve()}"

@@ -27,7 +27,15 @@ from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.splits import labelled_subset, load_split, make_split, save_split
 from sslseg.errors import ConfigError, DataError
 from sslseg.evaluate import evaluate_samples, load_model, summarize, write_rows_csv
-from sslseg.rundir import csv_log_version, prepare_run_dir
+from sslseg.memory import explain_out_of_memory
+from sslseg.metrics.representation import weight_change
+from sslseg.rundir import (
+    AtomicCheckpointIO,
+    RandomStateCheckpoint,
+    csv_log_version,
+    last_checkpoint,
+    prepare_run_dir,
+)
 from sslseg.segmentation.module import SegmentationModule, ValidationImages
 from sslseg.segmentation.tuning import tune_postprocess
 
@@ -123,6 +131,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
 
     module = SegmentationModule(cfg.model_dump(mode="json"), channels)
     module.val_samples = val_set
+    initial_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
     train_loader = DataLoader(
         RandomCropDataset(
             train_set,
@@ -140,10 +149,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         filename="best",
         monitor=monitor,
         mode="max",
-        save_last=True,
         save_top_k=1,
     )
-    callbacks: list[L.Callback] = [best_cb]
+    last_cb = last_checkpoint(out / "checkpoints")  # every epoch, for --resume
+    callbacks: list[L.Callback] = [best_cb, last_cb, RandomStateCheckpoint()]
     if progress:
         callbacks.append(EpochSummary())
     if val_set:
@@ -161,16 +170,21 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         enable_model_summary=False,
         log_every_n_steps=min(10, cfg.train.steps_per_epoch),
         num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
     )
     t0 = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
+    inference = ("inference.batch_size", cfg.inference.batch_size)
+    with explain_out_of_memory("train.batch_size", cfg.train.batch_size, inference=inference):
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
     fit_s = time.perf_counter() - t0
 
-    best_path = Path(best_cb.best_model_path or best_cb.last_model_path)
+    best_path = Path(best_cb.best_model_path or last_cb.best_model_path)
     stable_best = out / "best.ckpt"
     shutil.copyfile(best_path, out / ".best.ckpt.tmp")
     (out / ".best.ckpt.tmp").replace(stable_best)
 
+    best_state = torch.load(stable_best, map_location="cpu", weights_only=False)["state_dict"]
+    moved = weight_change(initial_weights, best_state, ("net.encoder.", "net.decoder."))
     tuning = {}
     if d.task == "instance" and cfg.postprocess.tune and val_set:
         tuning = tune_checkpoint(stable_best, val_set)
@@ -192,6 +206,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         "fit_seconds": fit_s,
         "test_seconds": time.perf_counter() - t1,
         "postprocess_tuning": tuning,
+        # relative distance the weights travelled from their initialisation to the best epoch
+        "weight_change": {"encoder": moved["net.encoder."], "decoder": moved["net.decoder."]},
         "test": test_mean,
     }
     write_json(out / "result.json", summary)

@@ -13,7 +13,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
@@ -22,10 +21,18 @@ from sslseg.atomic import write_json, write_text
 from sslseg.config import PretrainConfig, load_config, to_yaml
 from sslseg.data.datasets import RandomBaseCrops, load_unlabeled
 from sslseg.data.layouts import find_samples
+from sslseg.data.splits import load_split
 from sslseg.errors import ConfigError
+from sslseg.memory import explain_out_of_memory
 from sslseg.methods import get_method
 from sslseg.methods.base import SSLMethod
-from sslseg.rundir import csv_log_version, prepare_run_dir
+from sslseg.rundir import (
+    AtomicCheckpointIO,
+    RandomStateCheckpoint,
+    csv_log_version,
+    last_checkpoint,
+    prepare_run_dir,
+)
 from sslseg.weights import save_encoder
 
 
@@ -69,12 +76,17 @@ def pretrain(
     if cfg.data.path is None:
         raise ConfigError("data.path is not set: give the folder of unlabeled images")
     cfg = resolve_optim(cfg)  # also fails on an unknown method before any image is read
+    load_config(get_method(cfg.method).Params, overrides=cfg.params, source=f"params of {cfg.method}")
     out = Path(cfg.output)
     last = prepare_run_dir(out, resume)
     write_text(out / "config.yaml", to_yaml(cfg))
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
     samples = find_samples(cfg.data.path, layout=cfg.data.layout)
+    if cfg.data.split_file is not None:  # never pretrain on the test images of a study
+        split = load_split(cfg.data.split_file, [s.id for s in samples])
+        keep = set(split["train"]) | set(split["val"])
+        samples = [s for s in samples if s.id in keep]
     if cfg.data.max_images:
         samples = samples[: cfg.data.max_images]
     images, channels = load_unlabeled(samples, progress=progress)
@@ -88,7 +100,7 @@ def pretrain(
         num_workers=0,
         drop_last=True,
     )
-    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
+    ckpt = last_checkpoint(out / "checkpoints")
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs,
         accelerator=cfg.train.accelerator,
@@ -97,7 +109,8 @@ def pretrain(
         precision=_precision(cfg.train.precision),
         sync_batchnorm=cfg.train.sync_batchnorm,
         deterministic=cfg.train.deterministic,
-        callbacks=[ckpt, *(callbacks or [])],
+        callbacks=[ckpt, RandomStateCheckpoint(), *(callbacks or [])],
+        plugins=[AtomicCheckpointIO()],
         logger=CSVLogger(out, name="logs", version=csv_log_version(out, resume)),
         default_root_dir=out,
         enable_progress_bar=progress,
@@ -106,7 +119,8 @@ def pretrain(
         num_sanity_val_steps=0,
     )
     t0 = time.perf_counter()
-    trainer.fit(method, loader, ckpt_path=str(last) if resume else None)
+    with explain_out_of_memory("train.batch_size", cfg.train.batch_size, minimum=2):
+        trainer.fit(method, loader, ckpt_path=str(last) if resume else None)
     seconds = time.perf_counter() - t0
 
     summary = {

@@ -1,0 +1,1 @@
+"""Studies: grid of pretrainings × label fractions × seeds, results store, analysis and report."""

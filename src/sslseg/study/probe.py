@@ -1,0 +1,231 @@
+"""Probes of trained models for the study: encoder features for CKA and Omega, how far fine-tuning moved
+the weights, and test-time-augmentation uncertainty.
+
+Everything runs in eval mode under torch.no_grad (modules are put back in their former mode afterwards),
+on the device the model's parameters are on; results come back as numpy arrays or floats on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from sslseg.data.datasets import LoadedSample
+from sslseg.errors import ConfigError
+from sslseg.evaluate import load_model
+from sslseg.metrics import aji, semantic_scores
+from sslseg.metrics.representation import linear_cka, rbf_cka
+from sslseg.metrics.uncertainty import inverted_agreement
+from sslseg.nn.unet import build_encoder, encoder_of
+from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
+from sslseg.segmentation.module import SegmentationModule, primary_metric
+from sslseg.weights import load_encoder, read_metadata
+
+D4_SIZE = 8
+
+
+@contextmanager
+def _evaluating(*modules: nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients for the block; each module's former train/eval mode is restored after."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in zip(modules, modes, strict=True):
+            m.train(mode)
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+# ----------------------------------------------------------------------------------------------- encoders
+
+
+def encoder_from_checkpoint(path: str | Path, device: str = "auto") -> nn.Module:
+    """The encoder of a fine-tuned run (its `best.ckpt`, or the run folder), to probe what fine-tuning
+    made of it; on the GPU when one is available unless `device` says otherwise."""
+    return encoder_of(load_model(path, device).net).eval()
+
+
+def encoder_from_weights(
+    path: str | Path, encoder_name: str | None = None, in_channels: int | None = None
+) -> nn.Module:
+    """A pretrained encoder from `encoder.safetensors` (or its folder), loaded strictly into a fresh encoder
+    of that architecture; name and channels default to the weights' sidecar. On the CPU."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "encoder.safetensors"
+    meta = read_metadata(path) if path.is_file() else {}
+    encoder_name = encoder_name or meta.get("encoder")
+    in_channels = in_channels or (int(meta["in_channels"]) if meta.get("in_channels") else None)
+    if not encoder_name or not in_channels:
+        raise ConfigError(
+            f"{path}: the sidecar does not say the encoder name and input channels; pass encoder_name "
+            "and in_channels"
+        )
+    encoder = build_encoder(encoder_name, in_channels)
+    load_encoder(encoder, path, encoder_name, in_channels)
+    return encoder.eval()
+
+
+# ----------------------------------------------------------------------------------------------- features
+
+
+def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    h, w = image.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f"cannot center-crop a {h}×{w} image to {size}×{size}; use a smaller size")
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[..., top : top + size, left : left + size]
+
+
+def _pool(feature: torch.Tensor, max_positions: int) -> torch.Tensor:
+    """B×C×h×w → B×D: global average (max_positions 1) or an average over the largest g×g grid with
+    g² ≤ max_positions, flattened channel-major (D = C·g²)."""
+    g = max(1, int(np.sqrt(max_positions)))
+    return torch.nn.functional.adaptive_avg_pool2d(feature.float(), g).flatten(1)
+
+
+def stage_features(
+    encoder: nn.Module,
+    images: Sequence[np.ndarray],
+    size: int | None = None,
+    max_positions: int = 1,
+    batch_size: int = 16,
+) -> list[np.ndarray]:
+    """Per encoder stage (the input itself, smp's first "feature", is skipped) an N×D float64 matrix of
+    pooled features of the C×H×W images, the input to CKA.
+
+    Default: global average pooling, D = channels of the stage. `max_positions` > 1 keeps a coarse layout
+    (average over a g×g grid, g² ≤ max_positions, D = C·g²). Images may differ in size: each is run at its
+    own size, or center-cropped (never resized, so the pixel scale is kept) to size×size when `size` is
+    given. BatchNorm uses its running statistics, so batching does not change the result."""
+    if len(images) == 0:
+        raise ValueError("no images to probe")
+    if max_positions < 1:
+        raise ValueError(f"max_positions must be >= 1, got {max_positions}")
+    prepared = [np.asarray(_center_crop(im, size) if size else im, dtype=np.float32) for im in images]
+    device = _device(encoder)
+    rows: list[list[torch.Tensor]] = [[] for _ in prepared]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(prepared):
+        if im.ndim != 3:
+            raise ValueError(f"images must be C×H×W, got shape {im.shape}")
+        by_shape.setdefault(im.shape, []).append(i)
+    with _evaluating(encoder):
+        for indices in by_shape.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                x = torch.from_numpy(np.stack([prepared[i] for i in chunk])).to(device)
+                pooled = [_pool(f, max_positions).cpu() for f in encoder(x)[1:]]
+                for j, i in enumerate(chunk):
+                    rows[i] = [p[j] for p in pooled]
+    n_stages = len(rows[0])
+    return [torch.stack([r[s] for r in rows]).double().numpy() for s in range(n_stages)]
+
+
+def global_embeddings(
+    encoder: nn.Module, images: Sequence[np.ndarray], size: int | None = None
+) -> np.ndarray:
+    """The deepest stage, global-average-pooled (N×C): the input to Omega and the 2-D embedding maps."""
+    return stage_features(encoder, images, size=size)[-1]
+
+
+def stage_cka(
+    enc_a: nn.Module,
+    enc_b: nn.Module,
+    images: Sequence[np.ndarray],
+    kind: Literal["linear", "rbf"] = "linear",
+    size: int | None = None,
+    max_positions: int = 1,
+) -> list[float]:
+    """CKA per encoder stage between two encoders on the same images (shallow to deep): how similar the
+    representations of two pretrainings, or of one encoder before and after fine-tuning, are."""
+    if kind not in ("linear", "rbf"):
+        raise ValueError(f"unknown CKA kind '{kind}'; choose 'linear' or 'rbf'")
+    if len(images) < 2:
+        raise ValueError(f"CKA needs at least 2 images, got {len(images)}")
+    fa = stage_features(enc_a, images, size, max_positions)
+    fb = stage_features(enc_b, images, size, max_positions)
+    if len(fa) != len(fb):
+        raise ValueError(f"the encoders have different numbers of stages: {len(fa)} vs {len(fb)}")
+    cka = linear_cka if kind == "linear" else rbf_cka
+    return [cka(a, b) for a, b in zip(fa, fb, strict=True)]
+
+
+# ------------------------------------------------------------------------------ test-time augmentation
+
+
+def _d4_forward(x: np.ndarray, index: int) -> np.ndarray:
+    """The `index`-th of the 8 rotations/flips of the last two axes: optional horizontal flip, then k·90°."""
+    k, flip = index % 4, index >= 4
+    if flip:
+        x = x[..., ::-1]
+    return np.ascontiguousarray(np.rot90(x, k, axes=(-2, -1)))
+
+
+def _d4_inverse(p: torch.Tensor, index: int) -> torch.Tensor:
+    k, flip = index % 4, index >= 4
+    p = torch.rot90(p, -k, dims=(-2, -1))
+    return torch.flip(p, dims=(-1,)) if flip else p
+
+
+def tta_predictions(module: SegmentationModule, sample: LoadedSample, n: int = D4_SIZE) -> list[np.ndarray]:
+    """Label maps at native resolution for the first `n` of the 8 D4 test-time augmentations (identity
+    first): each flipped/rotated image is predicted with the module's own inference and post-processing
+    settings, its probabilities mapped back to the original orientation before labelling."""
+    if not 1 <= n <= D4_SIZE:
+        raise ValueError(f"n must be between 1 and {D4_SIZE} (the D4 group), got {n}")
+    cfg = module.cfg
+    task = cfg.data.task
+    h, w = sample.native_shape
+    out = []
+    with _evaluating(module):
+        for t in range(n):
+            shape = (w, h) if t % 2 else (h, w)  # odd quarter turns swap the sides
+            probs = predict_probabilities(
+                module.net, _d4_forward(sample.image, t), task, shape, cfg.inference
+            )
+            probs = _d4_inverse(probs, t).contiguous()
+            out.append(probabilities_to_labels(probs, task, cfg.postprocess))
+    return out
+
+
+def agreement_metric(module: SegmentationModule) -> Callable[[np.ndarray, np.ndarray], float]:
+    """The task's agreement metric(reference, other) of two label maps: AJI for instance tasks, Dice of the
+    foreground (mean over foreground classes) for semantic tasks, as the task's scores compute them."""
+    cfg = module.cfg
+    if cfg.data.task == "semantic":
+        return lambda ref, other: semantic_scores(other, ref, cfg.data.num_classes)["dice"]
+    return aji
+
+
+def tta_uncertainty(
+    module: SegmentationModule, samples: Sequence[LoadedSample], n: int = D4_SIZE
+) -> list[dict[str, Any]]:
+    """Per image: {"id", "uncertainty", "error", "metric"}, where uncertainty is the inverted agreement of
+    the n TTA label maps under the task's metric (`agreement_metric`) and error is 1 − that metric of the
+    un-augmented prediction against the labels (NaN without labels); feed both to
+    `uncertainty_error_correlation`."""
+    if n < 2:
+        raise ValueError(f"TTA uncertainty needs at least 2 augmentations, got {n}")
+    metric = agreement_metric(module)
+    name = primary_metric(module.cfg.data.task)
+    rows = []
+    for s in samples:
+        preds = tta_predictions(module, s, n)
+        error = float("nan") if s.labels is None else 1.0 - float(metric(s.labels, preds[0]))
+        rows.append(
+            {"id": s.id, "uncertainty": inverted_agreement(preds, metric), "error": error, "metric": name}
+        )
+    return rows

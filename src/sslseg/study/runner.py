@@ -1,0 +1,257 @@
+"""Run a study: expand the grid, then let workers claim jobs from the results store until none is left.
+
+Each worker is a loop (claim → run → store) in its own process, pinned to one GPU or to a share of the CPU
+cores; several runners on one study folder (more processes, more machines, SLURM array tasks) cooperate
+through the store. A killed job is resumed from its last checkpoint by whichever runner claims it next.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sslseg
+from sslseg.atomic import write_text
+from sslseg.config import FinetuneConfig, PretrainConfig, to_yaml
+from sslseg.data.layouts import find_samples
+from sslseg.data.splits import make_split, save_split
+from sslseg.errors import ConfigError, SslsegError
+from sslseg.study.spec import Job, StudyConfig, expand, split_path, study_dir
+from sslseg.study.store import ResultStore
+
+HEARTBEAT_SECONDS = 30.0
+
+
+def store_path(study: StudyConfig) -> Path:
+    return study_dir(study) / "results.sqlite"
+
+
+def prepare(study: StudyConfig) -> list[Job]:
+    """Write the study file and the dataset splits into the study folder, expand the grid and register its
+    jobs in the store. Safe to run from several runners at once (same content, atomic writes)."""
+    out = study_dir(study)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "study.yaml", to_yaml(study))
+    for ds in study.datasets:
+        target = split_path(study, ds)
+        if target.is_file():
+            continue  # a study keeps its split: every cell, old and new, is scored on the same images
+        samples = find_samples(ds.train, layout=ds.layout, mask_suffix=ds.mask_suffix)
+        if ds.max_images:
+            samples = samples[: ds.max_images]
+        test_fraction = 0.0 if ds.test is not None else ds.test_fraction
+        save_split(target, make_split([s.id for s in samples], ds.val_fraction, test_fraction, ds.split_seed))
+    jobs = expand(study)
+    store = ResultStore(store_path(study))
+    try:
+        store.sync(jobs)
+    finally:
+        store.close()
+    return jobs
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    return {"sslseg": sslseg.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def run_job(row: dict[str, Any], progress: bool = False) -> tuple[dict, dict, dict]:
+    """Run one claimed job; returns (metrics, seconds per phase, info) for the store."""
+    config = row["config"]
+    out = Path(config["output"])
+    last = out / "checkpoints" / "last.ckpt"
+    resume = row["resumed"] and last.is_file()
+    if not resume and out.exists():
+        shutil.rmtree(out)  # a failed or half-started earlier attempt: start this job afresh
+    t0 = time.perf_counter()
+    if row["kind"] == "pretrain":
+        from sslseg.pretrain import pretrain
+
+        result = pretrain(PretrainConfig.model_validate(config), resume=resume, progress=progress)
+        seconds = {"pretrain": result.summary["seconds"], "total": time.perf_counter() - t0}
+        info = {**result.summary, "resumed": resume}
+        metrics: dict[str, Any] = {}
+    else:
+        from sslseg.finetune import finetune
+
+        result = finetune(FinetuneConfig.model_validate(config), resume=resume, progress=progress)
+        s = result.summary
+        seconds = {"fit": s["fit_seconds"], "test": s["test_seconds"], "total": time.perf_counter() - t0}
+        info = {k: v for k, v in s.items() if k != "test"} | {"resumed": resume}
+        metrics = result.test
+    info.update(host=socket.gethostname(), versions=_versions())
+    return metrics, seconds, info
+
+
+class _Heartbeat:
+    """Keeps a claimed job alive in the store while it runs (own connection: SQLite is per thread)."""
+
+    def __init__(self, path: Path, key: str, runner: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(path, key, runner), daemon=True)
+        self._thread.start()
+
+    def _beat(self, path: Path, key: str, runner: str) -> None:
+        store = ResultStore(path)
+        try:
+            while not self._stop.wait(HEARTBEAT_SECONDS):
+                store.heartbeat(key, runner)
+        finally:
+            store.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _describe(row: dict[str, Any], metrics: dict[str, Any], seconds: dict[str, float]) -> str:
+    if row["kind"] == "pretrain":
+        return f"pretrained in {seconds['total']:.0f}s"
+    task = row["config"]["data"]["task"]
+    name = "aji" if task == "instance" else "dice"
+    return f"test {name} {metrics.get(name, float('nan')):.3f} in {seconds['total']:.0f}s"
+
+
+def worker_loop(study_json: dict[str, Any], runner: str, poll: float = 5.0, progress: bool = False) -> int:
+    """Claim and run jobs of the study until every one is done or failed; returns how many it ran."""
+    study = StudyConfig.model_validate(study_json)
+    jobs = expand(study)
+    keys = [j.key for j in jobs]
+    path = store_path(study)
+    store = ResultStore(path)
+    ran = 0
+    try:
+        while True:
+            row = store.claim(runner, keys)
+            if row is None:
+                counts = store.counts(keys)
+                if counts["pending"] == 0 and counts["running"] == 0:
+                    return ran
+                time.sleep(poll)  # what is left waits on a pretraining another worker is running
+                continue
+            beat = _Heartbeat(path, row["key"], runner)
+            verb = "resuming" if row["resumed"] else "starting"
+            print(f"[{runner}] {verb} {row['key']}", file=sys.stderr, flush=True)
+            try:
+                metrics, seconds, info = run_job(row, progress)
+            except Exception as e:  # one broken job must not stop the study; its error is stored
+                beat.stop()
+                message = str(e) if isinstance(e, SslsegError) else f"{type(e).__name__}: {e}"
+                store.fail(row["key"], runner, message)
+                print(f"[{runner}] FAILED {row['key']}: {message}", file=sys.stderr, flush=True)
+                continue
+            beat.stop()
+            store.finish(row["key"], runner, metrics, seconds, info)
+            ran += 1
+            c = store.counts(keys)
+            print(
+                f"[{runner}] {c['done']}/{len(keys)} done: {row['key']} {_describe(row, metrics, seconds)}",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        store.close()
+
+
+def _worker_entry(study_json: dict[str, Any], runner: str, env: dict[str, str], threads: int) -> None:
+    """Process entry of a local worker: pin its device before torch starts, then loop."""
+    os.environ.update(env)
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from sslseg.cli import _quiet_libraries
+
+    _quiet_libraries()
+    worker_loop(study_json, runner)
+
+
+@dataclass
+class RunSummary:
+    study_dir: Path
+    counts: dict[str, int]
+    seconds: float
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_study(study: StudyConfig, workers: int | None = None, progress: bool = True) -> RunSummary:
+    """Run every job of the study that is not done yet: one worker per GPU, else `workers` CPU workers
+    (default 1) sharing the cores. Failed jobs of an earlier run are tried again."""
+    t0 = time.perf_counter()
+    jobs = prepare(study)
+    keys = [j.key for j in jobs]
+    store = ResultStore(store_path(study))
+    try:
+        store.reset_failed(keys)
+        before = store.counts(keys)
+    finally:
+        store.close()
+    print(
+        f"study '{study.name}': {len(jobs)} jobs, {before['done']} already done, "
+        f"results in {store_path(study)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    gpus = _gpu_count()
+    n = workers or (gpus if gpus else 1)
+    tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    study_json = study.model_dump(mode="json")
+    if n == 1:
+        worker_loop(study_json, f"{tag}-w0", progress=False)
+    else:
+        ctx = mp.get_context("spawn")
+        cores = os.cpu_count() or 1
+        procs = []
+        for i in range(n):
+            env = {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {}
+            threads = 0 if gpus else max(1, cores // n)
+            p = ctx.Process(target=_worker_entry, args=(study_json, f"{tag}-w{i}", env, threads))
+            p.start()
+            procs.append(p)
+        for p in procs:
+            p.join()
+    store = ResultStore(store_path(study))
+    try:
+        counts = store.counts(keys)
+    finally:
+        store.close()
+    return RunSummary(study_dir(study), counts, time.perf_counter() - t0)
+
+
+def slurm_script(study_file: Path, study: StudyConfig, tasks: int, hours: float = 24.0) -> str:
+    """A SLURM array job: each task is one runner claiming jobs from the same store (one GPU each)."""
+    if tasks < 1:
+        raise ConfigError("a SLURM array needs at least one task")
+    h, m = int(hours), int(round((hours - int(hours)) * 60))
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            f"#SBATCH --job-name=sslseg-{study.name}",
+            f"#SBATCH --array=0-{tasks - 1}",
+            "#SBATCH --gpus=1",
+            "#SBATCH --cpus-per-task=8",
+            f"#SBATCH --time={h:02d}:{m:02d}:00",
+            f"#SBATCH --output={study_dir(study).resolve()}/slurm-%A_%a.log",
+            "",
+            "# Every task claims jobs from the study's results store until none is left; a task that is",
+            "# killed (time limit, preemption) leaves its job to be resumed by the next runner.",
+            f"{sys.executable} -m sslseg study run {Path(study_file).resolve()} --workers 1 --no-report",
+            "",
+        ]
+    )

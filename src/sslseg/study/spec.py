@@ -1,0 +1,299 @@
+"""The study file and its grid: datasets × pretrainings × label fractions × seeds × encoder states.
+
+A study YAML names what to compare; `expand` turns it into jobs — one pretraining per (dataset, SSL method),
+reused by every fine-tuning cell that starts from it — each with the full, resolved config it will run and
+a hash of that config, so that a changed study file redoes exactly the cells it changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from sslseg.config import (
+    FinetuneConfig,
+    PretrainConfig,
+    Task,
+    ViewPreset,
+    _Strict,
+    deep_merge,
+    load_config,
+)
+from sslseg.data.locations import real_data_root
+from sslseg.errors import ConfigError
+
+EncoderState = Literal["finetuned", "frozen"]
+BASELINE = "random"  # the pretraining every other one is compared with
+
+
+class StudyDataset(_Strict):
+    """One labelled dataset of the study (its unlabeled images, by default the same, feed pretraining)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    train: Path
+    test: Path | None = Field(None, description="separate labelled test set; else test_fraction of train")
+    layout: str = "auto"
+    test_layout: str = "auto"
+    mask_suffix: str | None = None
+    task: Task = "instance"
+    num_classes: int = Field(2, ge=2)
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    max_images: int | None = Field(None, ge=1, description="use only the first N labelled images")
+    unlabeled: Path | None = Field(
+        None, description="images for pretraining; default: the train/val images of `train`"
+    )
+    views: ViewPreset = Field("generic", description="view preset of the pretraining on this data")
+    classes: Path | None = Field(
+        None, description="CSV of image-level classes (id,class) for nearest-neighbour retrieval"
+    )
+    reference_scores: dict[str, float] = Field(
+        default_factory=dict,
+        description="full-label benchmark score per metric for the normalised integral "
+        "(default: random init at the largest label fraction)",
+    )
+
+
+class Pretraining(_Strict):
+    """Where a U-Net encoder starts: random, ImageNet, an SSL method trained here, or a weights file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    init: Literal["random", "imagenet"] | None = None
+    method: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    weights: Path | None = None
+    pretrain: dict[str, Any] = Field(
+        default_factory=dict, description="settings of this method's pretraining, over the study's"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Pretraining:
+        given = [k for k in ("init", "method", "weights") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"pretraining '{self.name}' needs exactly one of init, method or weights (got {given or 'none'})"
+            )
+        return self
+
+
+class StudyConfig(_Strict):
+    """Everything a study compares; saved into the study folder."""
+
+    name: str = "study"
+    output: Path = Path("runs/study")
+    encoder: str = "resnet18"
+    datasets: list[StudyDataset] = Field(min_length=1)
+    pretrainings: list[Pretraining] = Field(min_length=1)
+    label_fractions: list[float] = Field(min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
+    encoder_states: list[EncoderState] = Field(["finetuned"], min_length=1)
+    pretrain: dict[str, Any] = Field(default_factory=dict, description="PretrainConfig settings for all")
+    finetune: dict[str, Any] = Field(default_factory=dict, description="FinetuneConfig settings for all")
+    analysis: AnalysisConfig = Field(default_factory=lambda: AnalysisConfig())
+
+    @model_validator(mode="after")
+    def _check(self) -> StudyConfig:
+        for what, names in (
+            ("dataset", [d.name for d in self.datasets]),
+            ("pretraining", [p.name for p in self.pretrainings]),
+        ):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{what} names must be unique, repeated: {dup}")
+        if BASELINE not in [p.name for p in self.pretrainings]:
+            raise ValueError(
+                f"the study needs a pretraining named '{BASELINE}' (init: random): every other one is "
+                "compared with it"
+            )
+        bad = [f for f in self.label_fractions if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"label fractions must lie in (0, 1], got {bad}")
+        if len(set(self.label_fractions)) != len(self.label_fractions):
+            raise ValueError(f"label fractions repeat: {self.label_fractions}")
+        return self
+
+
+class AnalysisConfig(_Strict):
+    """What the analysis after the grid computes (the representation parts cost a little inference)."""
+
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="significance level after Holm correction")
+    representation: bool = Field(True, description="CKA, retrieval, embedding maps, weight change")
+    uncertainty: bool = Field(True, description="test-time-augmentation uncertainty vs error")
+    max_images: int = Field(48, ge=4, description="test images used by representation/uncertainty analysis")
+    examples: int = Field(3, ge=0, description="test images shown with every method's prediction")
+
+
+StudyConfig.model_rebuild()
+
+_DATA_VAR = re.compile(r"\$\{SSLSEG_DATA\}|\$SSLSEG_DATA\b")
+
+
+def _expand_paths(tree: Any) -> Any:
+    """Replace `${SSLSEG_DATA}` in every string by the real-data root (so presets work on any machine)."""
+    if isinstance(tree, dict):
+        return {k: _expand_paths(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_expand_paths(v) for v in tree]
+    if isinstance(tree, str) and "SSLSEG_DATA" in tree:
+        return os.path.expanduser(_DATA_VAR.sub(str(real_data_root()).replace("\\", "/"), tree))
+    return tree
+
+
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read a study YAML (with `${SSLSEG_DATA}` expanded); errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: study file not found")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    tree = deep_merge(_expand_paths(tree), overrides or {})
+    return load_config(StudyConfig, overrides=tree, source=str(path))
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short, stable hash of a resolved config (keys sorted; the output folder left out)."""
+    body = {k: v for k, v in config.items() if k != "output"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Job:
+    """One unit of work: a pretraining or a fine-tuning cell, with its resolved config."""
+
+    key: str
+    kind: Literal["pretrain", "finetune"]
+    dataset: str
+    pretraining: str
+    config: dict[str, Any]
+    hash: str
+    depends_on: str | None = None
+    fraction: float | None = None
+    seed: int | None = None
+    state: EncoderState | None = None
+    order: int = 0
+    labels: dict[str, Any] = field(default_factory=dict)
+
+
+def study_dir(study: StudyConfig) -> Path:
+    return Path(study.output)
+
+
+def split_path(study: StudyConfig, dataset: StudyDataset) -> Path:
+    """The one split file every job on this dataset uses (written before the first job runs)."""
+    return study_dir(study) / "splits" / f"{dataset.name}.json"
+
+
+def fraction_tag(fraction: float) -> str:
+    return f"f{fraction:.4g}"
+
+
+def _pretrain_job(study: StudyConfig, ds: StudyDataset, p: Pretraining) -> Job:
+    tree = deep_merge(study.pretrain, p.pretrain)
+    tree = deep_merge(
+        tree,
+        {
+            "method": p.method,
+            "params": p.params,
+            "encoder": study.encoder,
+            "data": {
+                "path": str(ds.unlabeled or ds.train),
+                "layout": "auto" if ds.unlabeled else ds.layout,
+                # unlabeled images given separately are all usable; else only the train/val split
+                "split_file": None if ds.unlabeled else str(split_path(study, ds)),
+            },
+            "views": {"preset": ds.views},
+            "output": str(study_dir(study) / "pretrain" / ds.name / p.name),
+        },
+    )
+    cfg = load_config(PretrainConfig, overrides=tree, source=f"pretraining '{p.name}' of the study")
+    resolved = cfg.model_dump(mode="json")
+    return Job(
+        key=f"{ds.name}/pretrain/{p.name}",
+        kind="pretrain",
+        dataset=ds.name,
+        pretraining=p.name,
+        config=resolved,
+        hash=config_hash(resolved),
+    )
+
+
+def _init_of(study: StudyConfig, p: Pretraining, pre: Job | None) -> str:
+    if pre is not None:
+        return str(Path(pre.config["output"]) / "encoder.safetensors")
+    if p.weights is not None:
+        return str(p.weights)
+    return str(p.init)
+
+
+def _finetune_job(
+    study: StudyConfig,
+    ds: StudyDataset,
+    p: Pretraining,
+    pre: Job | None,
+    state: EncoderState,
+    fraction: float,
+    seed: int,
+) -> Job:
+    cell = f"{ds.name}/{p.name}/{state}/{fraction_tag(fraction)}/s{seed}"
+    data = {
+        k: v
+        for k, v in ds.model_dump(mode="json").items()
+        if k not in {"name", "unlabeled", "views", "classes", "reference_scores"}
+    }
+    data["split_file"] = str(split_path(study, ds))
+    tree = deep_merge(
+        study.finetune,
+        {
+            "data": {**data, "label_fraction": fraction},
+            "model": {"encoder": study.encoder, "init": _init_of(study, p, pre), "frozen": state == "frozen"},
+            "train": {"seed": seed},
+            "output": str(study_dir(study) / "cells" / cell),
+        },
+    )
+    cfg = load_config(FinetuneConfig, overrides=tree, source=f"fine-tuning cell {cell} of the study")
+    resolved = cfg.model_dump(mode="json")
+    # a cell started from a pretraining is a new cell when that pretraining changes
+    digest = config_hash({**resolved, "pretraining": pre.hash if pre else None})
+    return Job(
+        key=cell,
+        kind="finetune",
+        dataset=ds.name,
+        pretraining=p.name,
+        config=resolved,
+        hash=digest,
+        depends_on=pre.key if pre else None,
+        fraction=fraction,
+        seed=seed,
+        state=state,
+    )
+
+
+def expand(study: StudyConfig) -> list[Job]:
+    """Every job of the study, pretrainings first, in a stable order."""
+    jobs: list[Job] = []
+    for ds in study.datasets:
+        pre_jobs = {p.name: _pretrain_job(study, ds, p) for p in study.pretrainings if p.method}
+        jobs.extend(pre_jobs.values())
+        # cheap, informative cells first: the smallest fraction of every pretraining before larger ones
+        for seed in study.seeds:
+            for fraction in sorted(study.label_fractions):
+                for state in study.encoder_states:
+                    for p in study.pretrainings:
+                        jobs.append(_finetune_job(study, ds, p, pre_jobs.get(p.name), state, fraction, seed))
+    for i, job in enumerate(jobs):
+        job.order = i
+    return jobs

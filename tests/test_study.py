@@ -1,0 +1,306 @@
+"""The study: grid expansion, the results store (claims, dependencies, dead runners, concurrency), the
+analysis on constructed results with known answers, and the report."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sslseg.errors import ConfigError
+from sslseg.study.analyze import analyze
+from sslseg.study.report import write_report
+from sslseg.study.runner import slurm_script
+from sslseg.study.spec import StudyConfig, expand, load_study
+from sslseg.study.store import ResultStore
+
+
+def _study(tmp_path: Path, **changes) -> StudyConfig:
+    tree = {
+        "name": "t",
+        "output": str(tmp_path / "study"),
+        "datasets": [{"name": "synth", "train": str(tmp_path / "data"), "task": "instance"}],
+        "pretrainings": [
+            {"name": "random", "init": "random"},
+            {"name": "simclr", "method": "simclr"},
+            {"name": "densecl", "method": "densecl", "params": {"dense_weight": 0.5}},
+        ],
+        "label_fractions": [0.5, 0.1],
+        "seeds": [0, 1],
+        "encoder_states": ["finetuned", "frozen"],
+        "finetune": {"train": {"epochs": 2}},
+    }
+    tree.update(changes)
+    return StudyConfig.model_validate(tree)
+
+
+def test_grid_expansion_counts_dependencies_and_order(tmp_path):
+    jobs = expand(_study(tmp_path))
+    pre = [j for j in jobs if j.kind == "pretrain"]
+    cells = [j for j in jobs if j.kind == "finetune"]
+    assert [j.key for j in pre] == ["synth/pretrain/simclr", "synth/pretrain/densecl"]
+    assert len(cells) == 3 * 2 * 2 * 2
+    assert len({j.key for j in jobs}) == len(jobs)
+    assert jobs[: len(pre)] == pre  # pretrainings first
+    by_key = {j.key: j for j in cells}
+    c = by_key["synth/densecl/frozen/f0.1/s1"]
+    assert c.depends_on == "synth/pretrain/densecl"
+    assert c.config["model"]["frozen"] is True
+    assert c.config["model"]["init"].endswith("pretrain/synth/densecl/encoder.safetensors")
+    assert c.config["data"]["label_fraction"] == 0.1 and c.config["train"]["seed"] == 1
+    assert c.config["train"]["epochs"] == 2  # the study's shared fine-tuning settings
+    assert by_key["synth/random/finetuned/f0.5/s0"].depends_on is None
+    # every cell of a dataset uses one split file; pretraining sees only its train/val images
+    assert {j.config["data"]["split_file"] for j in cells} == {str(tmp_path / "study/splits/synth.json")}
+    assert pre[0].config["data"]["split_file"] == str(tmp_path / "study/splits/synth.json")
+    assert pre[1].config["params"] == {"dense_weight": 0.5}
+    # smallest fraction first within a seed
+    first = [j for j in cells if j.seed == 0][:6]
+    assert {j.fraction for j in first} == {0.1}
+
+
+def test_hashes_are_stable_and_follow_the_settings(tmp_path):
+    a = {j.key: j.hash for j in expand(_study(tmp_path))}
+    assert a == {j.key: j.hash for j in expand(_study(tmp_path))}
+    b = {j.key: j.hash for j in expand(_study(tmp_path, pretrain={"train": {"epochs": 3}}))}
+    changed = {k for k in a if a[k] != b[k]}
+    # a longer pretraining changes the pretrainings and every cell started from them, not random init
+    assert "synth/pretrain/simclr" in changed and "synth/simclr/frozen/f0.1/s0" in changed
+    assert not any(k.startswith("synth/random/") for k in changed)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"pretrainings": [{"name": "simclr", "method": "simclr"}]}, "named 'random'"),
+        ({"label_fractions": [0.1, 0.1]}, "repeat"),
+        ({"label_fractions": [0.0]}, "(0, 1]"),
+        ({"pretrainings": [{"name": "random", "init": "random", "method": "simclr"}]}, "exactly one"),
+    ],
+)
+def test_study_errors(tmp_path, change, message):
+    with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        _study(tmp_path, **change)
+
+
+def test_load_study_suggests_misspelt_keys_and_expands_the_data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSLSEG_DATA", str(tmp_path / "shared"))
+    f = tmp_path / "s.yaml"
+    tree = {
+        "datasets": [{"name": "d", "train": "${SSLSEG_DATA}/dsb"}],
+        "pretrainings": [{"name": "random", "init": "random"}],
+        "label_fractions": [0.5],
+    }
+    f.write_text(yaml.safe_dump(tree))
+    assert load_study(f).datasets[0].train == tmp_path / "shared" / "dsb"
+    f.write_text(yaml.safe_dump({**tree, "label_fraction": [0.5]}))
+    with pytest.raises(ConfigError, match="did you mean 'label_fractions'"):
+        load_study(f)
+    with pytest.raises(ConfigError, match="not found"):
+        load_study(tmp_path / "missing.yaml")
+
+
+# ------------------------------------------------------------------------------------------------- store
+
+
+def _store_with_jobs(tmp_path: Path) -> tuple[ResultStore, list]:
+    jobs = expand(_study(tmp_path, encoder_states=["finetuned"], seeds=[0], label_fractions=[0.5]))
+    store = ResultStore(tmp_path / "results.sqlite")
+    store.sync(jobs)
+    return store, jobs
+
+
+def test_claims_follow_order_and_wait_for_pretraining(tmp_path):
+    store, jobs = _store_with_jobs(tmp_path)
+    keys = [j.key for j in jobs]
+    first = store.claim("a", keys)
+    second = store.claim("b", keys)
+    third = store.claim("c", keys)
+    assert [first["key"], second["key"], third["key"]] == [
+        "synth/pretrain/simclr",
+        "synth/pretrain/densecl",
+        "synth/random/finetuned/f0.5/s0",
+    ]
+    assert store.claim("d", keys) is None  # the rest waits on the running pretrainings
+    assert store.finish(first["key"], "a", {}, {"total": 1.0}, {})
+    assert store.claim("d", keys)["key"] == "synth/simclr/finetuned/f0.5/s0"
+    store.fail(second["key"], "b", "boom")
+    assert store.claim("e", keys) is None
+    rows = {r["key"]: r for r in store.rows(keys)}
+    assert rows["synth/densecl/finetuned/f0.5/s0"]["status"] == "failed"
+    assert "pretraining synth/pretrain/densecl failed" in rows["synth/densecl/finetuned/f0.5/s0"]["error"]
+
+
+def test_only_the_owner_stores_a_result_and_dead_runners_are_replaced(tmp_path):
+    store, jobs = _store_with_jobs(tmp_path)
+    keys = [jobs[0].key]
+    row = store.claim("a", keys)
+    assert store.claim("b", keys) is None  # alive (this very process holds it)
+    store._db.execute("UPDATE jobs SET pid=? WHERE key=?", (2**22 + 12345, row["key"]))  # a dead pid
+    again = store.claim("b", keys)
+    assert again["key"] == row["key"] and again["resumed"] is True
+    assert not store.finish(row["key"], "a", {"x": 1}, {"total": 1}, {})  # "a" lost the job
+    assert store.finish(row["key"], "b", {"x": 2}, {"total": 1}, {})
+    assert store.rows(keys)[0]["metrics"] == {"x": 2} and store.rows(keys)[0]["attempts"] == 2
+
+
+def test_sync_redoes_jobs_whose_settings_changed(tmp_path):
+    store, jobs = _store_with_jobs(tmp_path)
+    keys = [j.key for j in jobs]
+    row = store.claim("a", keys)
+    store.finish(row["key"], "a", {}, {"total": 1}, {})
+    changed = expand(
+        _study(
+            tmp_path,
+            encoder_states=["finetuned"],
+            seeds=[0],
+            label_fractions=[0.5],
+            pretrain={"train": {"epochs": 99}},
+        )
+    )
+    assert store.sync(changed)["changed"] == 4  # both pretrainings and the cell each one feeds
+    assert store.rows([row["key"]])[0]["status"] == "pending"
+
+
+def _claim_all(path: str, keys: list[str], name: str, out: str) -> None:
+    store = ResultStore(path)
+    got = []
+    while True:
+        row = store.claim(name, keys)
+        if row is None:
+            if store.counts(keys)["pending"] == 0:
+                break
+            time.sleep(0.01)
+            continue
+        time.sleep(0.002)  # "work"
+        store.finish(row["key"], name, {}, {"total": 0.0}, {})
+        got.append(row["key"])
+    Path(out).write_text("\n".join(got))
+
+
+def test_concurrent_runners_never_run_a_job_twice(tmp_path):
+    jobs = expand(_study(tmp_path, seeds=[0, 1, 2, 3, 4]))
+    store = ResultStore(tmp_path / "results.sqlite")
+    store.sync(jobs)
+    keys = [j.key for j in jobs]
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=_claim_all, args=(str(tmp_path / "results.sqlite"), keys, f"r{i}", str(tmp_path / f"r{i}"))
+        )
+        for i in range(4)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    claimed = [k for i in range(4) for k in (tmp_path / f"r{i}").read_text().split("\n") if k]
+    assert sorted(claimed) == sorted(keys)  # every job exactly once
+    assert sum(1 for i in range(4) if (tmp_path / f"r{i}").read_text()) >= 2  # the work was shared
+    assert all(r["attempts"] == 1 and r["status"] == "done" for r in store.rows(keys))
+
+
+# ----------------------------------------------------------------------------------------------- analysis
+
+
+def _rows(study: StudyConfig, scores: dict[str, callable]) -> list[dict]:
+    """Done rows whose AJI is scores[pretraining](fraction, seed); other metrics equal it."""
+    rows = []
+    for j in expand(study):
+        if j.kind == "pretrain":
+            rows.append(
+                {
+                    "key": j.key,
+                    "kind": "pretrain",
+                    "dataset": j.dataset,
+                    "pretraining": j.pretraining,
+                    "state": None,
+                    "fraction": None,
+                    "seed": None,
+                    "status": "done",
+                    "metrics": {},
+                    "seconds": {"total": 100.0},
+                    "info": {},
+                }
+            )
+            continue
+        v = scores[j.pretraining](j.fraction, j.seed)
+        metrics = dict.fromkeys(("aji", "aji_plus", "pq", "dsb_score", "f1@0.5"), v)
+        rows.append(
+            {
+                "key": j.key,
+                "kind": "finetune",
+                "dataset": j.dataset,
+                "pretraining": j.pretraining,
+                "state": j.state,
+                "fraction": j.fraction,
+                "seed": j.seed,
+                "status": "done",
+                "metrics": metrics,
+                "seconds": {"total": 50.0},
+                "info": {},
+            }
+        )
+    return rows
+
+
+def test_analysis_on_constructed_results(tmp_path):
+    study = _study(
+        tmp_path, encoder_states=["finetuned"], seeds=[0, 1, 2, 3, 4], label_fractions=[0.1, 0.5, 1.0]
+    )
+    noise = {s: 0.002 * (s - 2) for s in range(5)}
+    rows = _rows(
+        study,
+        {
+            "random": lambda f, s: 0.4 + 0.4 * f + noise[s],  # 0.8 at full labels
+            "simclr": lambda f, s: 0.4 + 0.4 * f + noise[s] + 0.0005,  # indistinguishable
+            "densecl": lambda f, s: 0.6 + 0.2 * f + noise[s],  # clearly better, most at few labels
+        },
+    )
+    a = analyze(study, rows)["datasets"]["synth"]
+    g = a["groups"]["finetuned"]["aji"]
+    assert a["references"]["aji"]["score"] == pytest.approx(0.8)
+    # random: mean of 0.4 + 0.4f over [0.1, 1] is 0.62 → integral 0.62 / 0.8
+    assert g["pretrainings"]["random"]["integral_mean"] == pytest.approx(0.62 / 0.8, abs=1e-9)
+    dense = g["pretrainings"]["densecl"]
+    assert dense["test"]["significant"] and dense["test"]["welch_p_holm"] < 1e-6
+    assert not g["pretrainings"]["simclr"]["test"]["significant"]
+    assert dense["relative_gain"][0] == pytest.approx(0.62 / 0.44 - 1, abs=1e-3)
+    # densecl at 10 % (0.62) equals random at 55 % → saves 1 - 0.1/0.55 of the labels
+    assert dense["labels_saved"][0] == pytest.approx(1 - 0.1 / 0.55, abs=1e-3)
+    assert dense["labels_saved"][1] == pytest.approx(1 - 0.5 / 0.75, abs=1e-3)  # 0.7 = random at 75 %
+    assert dense["labels_saved"][2] == pytest.approx(0.0, abs=1e-6)  # equal at full labels
+    assert dense["cost"]["factor"] == pytest.approx((100 + 50) / 50)
+    assert a["verdict"]["best"] == "densecl" and "use densecl" in a["verdict"]["text"]
+
+
+def test_report_from_constructed_results(tmp_path):
+    study = _study(tmp_path, seeds=[0, 1, 2], label_fractions=[0.1, 0.5])
+    rows = _rows(
+        study,
+        {
+            "random": lambda f, s: 0.5 + 0.2 * f + 0.01 * s,
+            "simclr": lambda f, s: 0.55 + 0.2 * f + 0.01 * s,
+            "densecl": lambda f, s: np.nan if s == 2 else 0.6 + 0.1 * f,
+        },
+    )
+    analysis = analyze(study, rows)
+    paths = write_report(tmp_path / "report", "t", analysis, {}, "name: t\n", "footer")
+    html = paths["html"].read_text()
+    md = paths["markdown"].read_text()
+    assert html.count("data:image/png;base64,") == 1  # the curves figure, embedded
+    assert "Verdict" in md and "simclr" in md and "frozen encoder" in md
+    curves = paths["curves"].read_text().splitlines()
+    assert curves[0].startswith("dataset,state,metric,pretraining,fraction,mean")
+    assert len(curves) == 1 + 2 * 5 * 3 * 2  # states × metrics × pretrainings × fractions
+
+
+def test_slurm_script_runs_one_runner_per_task(tmp_path):
+    study = _study(tmp_path)
+    script = slurm_script(tmp_path / "s.yaml", study, tasks=6, hours=2.5)
+    assert "#SBATCH --array=0-5" in script and "#SBATCH --time=02:30:00" in script
+    assert "-m sslseg study run" in script and "--no-report" in script
