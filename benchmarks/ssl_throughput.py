@@ -109,11 +109,22 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--size", type=int, default=96)
+    ap.add_argument(
+        "--peer", action="store_true", help="also run lightly's SimCLR here (pip install lightly)"
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.one == "lightly_simclr":
+        from _lightly_peer import measure_lightly_simclr
+
+        images = require("dsb2018", "stage1_train") / "images"
+        print(json.dumps(measure_lightly_simclr(images, args.batch, args.size, args.steps, args.warmup)))
+        return
     if args.one:  # child process: one method, so peak memory is that method's own
         print(json.dumps(measure(args.one, args.steps, args.warmup, args.batch, args.size)))
         return
+    if args.peer:
+        args.methods = "lightly_simclr," + args.methods
     for name in args.methods.split(","):
         child = subprocess.run(
             [
@@ -138,6 +149,10 @@ def main() -> None:
             emit(benchmark="ssl_throughput", method=name, error=child.stderr.strip().splitlines()[-1:])
             continue
         row = json.loads(child.stdout.strip().splitlines()[-1])
+        if name == "lightly_simclr":  # the peer, measured in this same session
+            emit(benchmark="ssl_throughput", **row, batch=args.batch, size=args.size, hardware=hardware())
+            LIGHTLY["simclr"] = {"e2e": row["e2e_img_s"], "bare": row["bare_img_s"], "measured": "this run"}
+            continue
         peer = LIGHTLY.get(name)
         emit(
             benchmark="ssl_throughput",
@@ -146,6 +161,7 @@ def main() -> None:
             passes=row["ratio"] >= 0.8,
             lightly_e2e_img_s=peer["e2e"] if peer else None,
             lightly_bare_img_s=peer["bare"] if peer else None,
+            lightly_source=peer.get("measured", "peer_throughput.md") if peer else None,
             faster_than_lightly=row["e2e_img_s"] > peer["e2e"] if peer else None,
             batch=args.batch,
             size=args.size,

@@ -292,3 +292,17 @@ def test_out_of_memory_wrapper_passes_other_errors_and_knows_the_cpu_allocator()
     expected = r"^out of memory at inference.batch_size=1, the smallest"
     with pytest.raises(OutOfMemory, match=expected), explain_out_of_memory("inference.batch_size", 1):
         _fake_step(cpu)()
+
+
+def test_pretraining_runs_under_two_process_ddp_on_cpu(data, tmp_path):
+    """Lightning DDP (gloo) on 2 CPU processes: both train, rank 0 alone writes the weights."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--data", str(data), "--method", "simclr", "--epochs", "1", "--batch-size", "4", "--output", str(out)]
+    sets = ["train.steps_per_epoch=2", "train.accelerator=cpu", "train.devices=2", "train.strategy=ddp", "views.size=32"]
+    cmd = [sys.executable, "-m", "sslseg", "pretrain", *args, *[x for s in sets for x in ("--set", s)]]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "result.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 2
+    assert load_file(out / "encoder.safetensors")  # a complete, readable weights file

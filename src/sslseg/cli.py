@@ -242,7 +242,9 @@ def study_run(
 
     study = load_study(study_file, parse_overrides(set_ or []))
     if dry_run:
-        typer.echo(_dry_run_table(study))
+        from sslseg.study.estimate import dry_run_table
+
+        typer.echo(dry_run_table(study))
         return
     summary = run_study(study, workers=workers)
     c = summary.counts
@@ -258,37 +260,6 @@ def study_run(
         typer.echo(f"report: {paths['html'].resolve()}")
     if c["failed"]:
         raise typer.Exit(1)
-
-
-def _dry_run_table(study: Any) -> str:
-    """The jobs of a study, their status and estimated cost, as text."""
-    from sslseg.study.estimate import estimate_jobs
-    from sslseg.study.runner import store_path
-    from sslseg.study.spec import expand
-    from sslseg.study.store import ResultStore
-
-    jobs = expand(study)
-    rows = []
-    if store_path(study).is_file():
-        store = ResultStore(store_path(study))
-        try:
-            rows = store.rows([j.key for j in jobs])
-        finally:
-            store.close()
-    status = {r["key"]: r["status"] for r in rows}
-    done_hash = {r["key"]: r["config_hash"] for r in rows}
-    seconds = estimate_jobs(jobs, rows)
-    lines = [f"{'job':60s} {'status':9s} {'est. min':>8s}"]
-    todo = 0.0
-    for j in jobs:
-        st = status.get(j.key, "new")
-        if st == "done" and done_hash.get(j.key) != j.hash:
-            st = "changed"
-        if st != "done":
-            todo += seconds[j.key]
-        lines.append(f"{j.key:60s} {st:9s} {seconds[j.key] / 60:8.1f}")
-    lines.append(f"{len(jobs)} jobs; about {todo / 60:.0f} min of work left on this machine with one worker")
-    return "\n".join(lines)
 
 
 @study_app.command("status")

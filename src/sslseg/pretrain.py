@@ -137,8 +137,11 @@ def pretrain(
         "seconds": seconds,
         "sslseg_version": sslseg.__version__,
     }
-    weights = save_encoder(method.encoder, out / "encoder.safetensors", summary)
-    for name, module in method.extra_weights().items():
-        save_encoder(module, out / f"{name}.safetensors", {**summary, "part": name})
-    write_json(out / "result.json", summary)
+    summary["processes"] = trainer.world_size
+    weights = out / "encoder.safetensors"
+    if trainer.is_global_zero:  # under DDP every process holds the same weights: one writes them
+        save_encoder(method.encoder, weights, summary)
+        for name, module in method.extra_weights().items():
+            save_encoder(module, out / f"{name}.safetensors", {**summary, "part": name})
+        write_json(out / "result.json", summary)
     return PretrainResult(out, weights, summary)

@@ -187,21 +187,23 @@ def verdict(
     gain = best["integral_mean"] / base["integral_mean"] - 1
     test = best["test"]
     fractions = group["fractions"]
-    saved = [
-        (f, s)
-        for f, s in zip(fractions, best["labels_saved"], strict=True)
-        if s is not None and np.isfinite(s)
-    ]
     saved_text = ""
-    if saved:
-        f, s = saved[0]
-        if s > 0:
-            saved_text = (
-                f" With {f:.0%} of the labels it scores what random init needs {f / (1 - s):.0%} for: "
-                f"{s:.0%} of the annotation saved."
-            )
-        else:
-            saved_text = f" At {f:.0%} labels it saves no annotation over random init."
+    f, s = fractions[0], float(best["labels_saved"][0])  # the fewest labels: where pretraining matters most
+    top = fractions[-1]
+    if not np.isfinite(s) and np.isfinite(best["mean"][0]) and top > f:  # above all random init reached
+        saved_text = (
+            f" With {f:.0%} of the labels it scores above random init at {top:.0%}: more than "
+            f"{1 - f / top:.0%} of the annotation saved."
+        )
+    elif np.isfinite(s) and s > 0:
+        saved_text = (
+            f" With {f:.0%} of the labels it scores what random init needs {f / (1 - s):.0%} for: "
+            f"{s:.0%} of the annotation saved."
+        )
+    elif np.isfinite(s):
+        saved_text = f" At {f:.0%} labels it saves no annotation over random init."
+    if saved_text and not test["significant"]:
+        saved_text = saved_text.rstrip(".") + " (on the mean scores, within the seeds' noise)."
     n = len(best["integral_per_seed"])
     if test["significant"]:
         head = (

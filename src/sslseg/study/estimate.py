@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from sslseg.config import FinetuneConfig, PretrainConfig
-from sslseg.study.spec import Job
+from sslseg.study.spec import Job, StudyConfig, expand
 
 OVERHEAD = 1.3  # validation, test scoring and data loading on top of the training steps
 
@@ -130,3 +130,38 @@ def estimate_jobs(
             per_step = measured[sig] * OVERHEAD
         out[job.key] = per_step * job_steps(job, n_images.get(job.dataset))
     return out
+
+
+def dry_run_table(study: StudyConfig) -> str:
+    """The jobs of a study with their status and estimated minutes, and the work left, as text."""
+    from sslseg.data.layouts import find_samples
+    from sslseg.study.runner import store_path
+    from sslseg.study.store import ResultStore
+
+    jobs = expand(study)
+    rows = []
+    if store_path(study).is_file():
+        store = ResultStore(store_path(study))
+        try:
+            rows = store.rows([j.key for j in jobs])
+        finally:
+            store.close()
+    status = {r["key"]: r["status"] for r in rows}
+    stored_hash = {r["key"]: r["config_hash"] for r in rows}
+    # pretraining epochs without a step count are one pass over the images
+    n_images = {
+        d.name: len(find_samples(d.unlabeled or d.train, "auto" if d.unlabeled else d.layout))
+        for d in study.datasets
+    }
+    seconds = estimate_jobs(jobs, rows, n_images=n_images)
+    lines = [f"{'job':60s} {'status':9s} {'est. min':>8s}"]
+    todo = 0.0
+    for j in jobs:
+        st = status.get(j.key, "new")
+        if st == "done" and stored_hash.get(j.key) != j.hash:
+            st = "changed"
+        if st != "done":
+            todo += seconds[j.key]
+        lines.append(f"{j.key:60s} {st:9s} {seconds[j.key] / 60:8.1f}")
+    lines.append(f"{len(jobs)} jobs; about {todo / 60:.0f} min of work left on this machine with one worker")
+    return "\n".join(lines)

@@ -216,6 +216,9 @@ def _representation_parts(rep: dict[str, Any]) -> tuple[list[str], list[str]]:
     """HTML and Markdown blocks of one dataset's representation analysis."""
     h: list[str] = []
     md: list[str] = []
+    if rep.get("error"):
+        text = f"Representation analysis could not run: {rep['error']}"
+        return [f"<p class='note'>{html.escape(text)}</p>"], [f"\n{text}\n"]
     if rep.get("cka_between"):
         c = rep["cka_between"]
         h.append("<h3>Representation similarity (linear CKA)</h3>")
@@ -223,7 +226,7 @@ def _representation_parts(rep: dict[str, Any]) -> tuple[list[str], list[str]]:
             f'<p class="note">{html.escape(c["what"])}</p>'
             f'<img src="data:image/png;base64,{heatmap_figure(c["matrix"], c["labels"], "linear CKA")}">'
         )
-        md.append(f"### Representation similarity (linear CKA)\n\n{c['what']}\n")
+        md.append(f"\n### Representation similarity (linear CKA)\n\n{c['what']}\n")
         md.append(
             _table_md(
                 ["", *c["labels"]],

@@ -23,6 +23,7 @@ from sslseg.data.splits import load_split
 from sslseg.errors import DataError
 from sslseg.metrics.representation import (
     chance_agreement,
+    embedding_map,
     linear_cka,
     nearest_neighbour_agreement,
     pca_2d,
@@ -182,12 +183,14 @@ def analyse_dataset(
                 "class_name": f"class ({ds.classes.name})",
             }
             show = next((n for n in names if n != BASELINE), names[0])
-            xy, explained = pca_2d(global_embeddings(tuned[show], imgs))
+            z = global_embeddings(tuned[show], imgs)
+            kind = study.analysis.embedding_map
+            xy, explained = pca_2d(z) if kind == "pca" else (embedding_map(z, "umap"), np.array([]))
             out["embedding_map"] = {
                 "xy": xy.tolist(),
                 "explained": explained.tolist(),
                 "classes": cls,
-                "title": f"{show}, fine-tuned encoder: PCA of held-out images",
+                "title": f"{show}, fine-tuned encoder: {kind.upper()} of held-out images",
             }
 
     changes = {}
@@ -246,5 +249,14 @@ def analyse_dataset(
 def representation_analysis(
     study: StudyConfig, rows: list[dict[str, Any]], progress: bool = True
 ) -> dict[str, dict[str, Any]]:
-    """dataset name → its representation analysis."""
-    return {ds.name: analyse_dataset(study, ds, rows, progress) for ds in study.datasets}
+    """dataset name → its representation analysis (or the error that stopped it: the score analysis and
+    the report do not depend on it)."""
+    out = {}
+    for ds in study.datasets:
+        try:
+            out[ds.name] = analyse_dataset(study, ds, rows, progress)
+        except Exception as e:  # e.g. ImageNet weights not on this machine, a checkpoint deleted
+            message = f"{type(e).__name__}: {e}"
+            print(f"  {ds.name}: representation analysis skipped: {message}", file=sys.stderr, flush=True)
+            out[ds.name] = {"error": message}
+    return out

@@ -131,6 +131,9 @@ class AnalysisConfig(_Strict):
     uncertainty: bool = Field(True, description="test-time-augmentation uncertainty vs error")
     max_images: int = Field(48, ge=4, description="test images used by representation/uncertainty analysis")
     examples: int = Field(3, ge=0, description="test images shown with every method's prediction")
+    embedding_map: Literal["pca", "umap"] = Field(
+        "pca", description="2-D map of embeddings (umap needs umap-learn)"
+    )
 
 
 StudyConfig.model_rebuild()
