@@ -298,8 +298,25 @@ def test_pretraining_runs_under_two_process_ddp_on_cpu(data, tmp_path):
     """Lightning DDP (gloo) on 2 CPU processes: both train, rank 0 alone writes the weights."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["--data", str(data), "--method", "simclr", "--epochs", "1", "--batch-size", "4", "--output", str(out)]
-    sets = ["train.steps_per_epoch=2", "train.accelerator=cpu", "train.devices=2", "train.strategy=ddp", "views.size=32"]
+    args = [
+        "--data",
+        str(data),
+        "--method",
+        "simclr",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--output",
+        str(out),
+    ]
+    sets = [
+        "train.steps_per_epoch=2",
+        "train.accelerator=cpu",
+        "train.devices=2",
+        "train.strategy=ddp",
+        "views.size=32",
+    ]
     cmd = [sys.executable, "-m", "sslseg", "pretrain", *args, *[x for s in sets for x in ("--set", s)]]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
