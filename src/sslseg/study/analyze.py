@@ -17,6 +17,8 @@ from sslseg.study.spec import BASELINE, StudyConfig
 
 INSTANCE_METRICS = ("aji", "aji_plus", "pq", "dsb_score", "f1@0.5")
 SEMANTIC_METRICS = ("dice", "iou")
+# resampling two seeds gives three possible means: an interval from that would look far surer than it is
+MIN_BOOTSTRAP = 3
 
 
 def primary_metric(task: str) -> str:
@@ -128,7 +130,7 @@ def analyze_group(
             "integral_per_seed": integrals,
             "integral_mean": float(np.mean(integrals)) if integrals else np.nan,
             "integral_ci": stats.bootstrap_ci(integrals, n_resamples=2000, confidence=conf)
-            if len(integrals) > 1
+            if len(integrals) >= MIN_BOOTSTRAP
             else (np.nan, np.nan),
             "relative_gain": stats.relative_gain(mean, base_mean),
             "labels_saved": stats.labels_saved(fractions, base_mean, mean)
@@ -161,7 +163,7 @@ def _add_tests(group: dict[str, Any], alpha: float, confidence: float) -> None:
     for i, n in enumerate(names):
         diff = (
             stats.bootstrap_diff_ci(entries[n]["integral_per_seed"], base, confidence=confidence)
-            if len(base) > 1 and len(entries[n]["integral_per_seed"]) > 1
+            if min(len(base), len(entries[n]["integral_per_seed"])) >= MIN_BOOTSTRAP
             else (np.nan, np.nan)
         )
         entries[n]["test"] = {

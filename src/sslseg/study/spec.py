@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, model_validator
 
 from sslseg.config import (
@@ -26,9 +25,9 @@ from sslseg.config import (
     _Strict,
     deep_merge,
     load_config,
+    read_yaml_mapping,
 )
 from sslseg.data.locations import real_data_root
-from sslseg.errors import ConfigError
 
 EncoderState = Literal["finetuned", "frozen"]
 BASELINE = "random"  # the pretraining every other one is compared with
@@ -154,16 +153,7 @@ def _expand_paths(tree: Any) -> Any:
 
 def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
     """Read a study YAML (with `${SSLSEG_DATA}` expanded); errors name the file and the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: study file not found")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    tree = deep_merge(_expand_paths(tree), overrides or {})
+    tree = deep_merge(_expand_paths(read_yaml_mapping(path, "study file")), overrides or {})
     return load_config(StudyConfig, overrides=tree, source=str(path))
 
 
