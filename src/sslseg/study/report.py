@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sslseg.atomic import write_text  # noqa: E402
+from sslseg.atomic import write_json, write_text  # noqa: E402
 from sslseg.study.spec import BASELINE  # noqa: E402
 
 
@@ -395,8 +395,6 @@ def report_study(
     finally:
         store.close()
     analysis = analyze(study, rows)
-    from sslseg.atomic import write_json
-
     write_json(folder / "report" / "analysis.json", analysis)
     rep: dict[str, dict[str, Any]] = {}
     if representation if representation is not None else study.analysis.representation:

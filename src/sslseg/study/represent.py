@@ -131,7 +131,7 @@ def analyse_dataset(
     """Every representation measure of one dataset (empty when no cell is finished)."""
     from sslseg.evaluate import load_model
     from sslseg.nn.unet import encoder_of
-    from sslseg.study.probe import global_embeddings, stage_cka, stage_features, tta_uncertainty
+    from sslseg.study.probe import global_embeddings, stage_features, tta_uncertainty
 
     cells = representative_cells(study, rows, ds.name)
     if not cells:
@@ -147,7 +147,9 @@ def analyse_dataset(
     out: dict[str, Any] = {}
 
     log(f"CKA on {len(images)} held-out images")
-    deepest = {n: stage_features(e, images)[-1] for n, e in tuned.items()}
+    # features of every fine-tuned encoder once: the deepest stage for the matrix, all stages below
+    tuned_stages = {n: stage_features(e, images) for n, e in tuned.items()}
+    deepest = {n: stages[-1] for n, stages in tuned_stages.items()}
     names = list(deepest)
     out["cka_between"] = {
         "labels": names,
@@ -158,7 +160,13 @@ def analyse_dataset(
     }
     pretrained = {n: _pretrained_encoder(study, c, channels) for n, c in cells.items()}
     out["cka_finetuning"] = {
-        "per_stage": {n: stage_cka(pretrained[n], tuned[n], images) for n in names},
+        "per_stage": {
+            n: [
+                linear_cka(a, b)
+                for a, b in zip(stage_features(pretrained[n], images), tuned_stages[n], strict=True)
+            ]
+            for n in names
+        },
         "what": "Linear CKA per encoder stage (shallow → deep) between each starting encoder and the same encoder "
         "after fine-tuning: low values mean fine-tuning rewrote that stage.",
     }
@@ -170,12 +178,14 @@ def analyse_dataset(
             log("nearest-neighbour retrieval")
             cls = [classes[samples[i].id] for i in with_class]
             imgs = [images[i] for i in with_class]
-            omega = {}
-            for n in names:
-                omega[n] = {
+            tuned_z = {n: global_embeddings(tuned[n], imgs) for n in names}
+            omega = {
+                n: {
                     "pretrained": nearest_neighbour_agreement(global_embeddings(pretrained[n], imgs), cls),
-                    "finetuned": nearest_neighbour_agreement(global_embeddings(tuned[n], imgs), cls),
+                    "finetuned": nearest_neighbour_agreement(tuned_z[n], cls),
                 }
+                for n in names
+            }
             out["retrieval"] = {
                 "omega": omega,
                 "chance": chance_agreement(cls),
@@ -183,7 +193,7 @@ def analyse_dataset(
                 "class_name": f"class ({ds.classes.name})",
             }
             show = next((n for n in names if n != BASELINE), names[0])
-            z = global_embeddings(tuned[show], imgs)
+            z = tuned_z[show]
             kind = study.analysis.embedding_map
             xy, explained = pca_2d(z) if kind == "pca" else (embedding_map(z, "umap"), np.array([]))
             out["embedding_map"] = {
