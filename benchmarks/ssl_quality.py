@@ -3,13 +3,17 @@
 against random initialisation fine-tuned the same way. Prints one JSON line per (method, seed) and a
 summary line per method with the mean and the relative AJI gain over random init.
 
-    python benchmarks/ssl_quality.py [--methods simclr,densecl] [--seeds 0,1,2] [--pretrain-epochs 8]
+    python benchmarks/ssl_quality.py [--methods densecl,modeco] [--seeds 0,1,2] [--pretrain-epochs 6]
+
+The defaults are a budget for 2 CPU cores (about 20 min per method with 3 seeds); on a GPU raise the
+steps, view size and crop size.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from pathlib import Path
 
 from _common import emit, hardware, require
@@ -27,10 +31,14 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--label-fraction", type=float, default=0.1)
-    ap.add_argument("--pretrain-epochs", type=int, default=8)
+    ap.add_argument("--pretrain-epochs", type=int, default=6)
     ap.add_argument("--pretrain-steps", type=int, default=40, help="steps per pretraining epoch")
-    ap.add_argument("--view-size", type=int, default=96)
-    ap.add_argument("--finetune-epochs", type=int, default=10)
+    ap.add_argument("--pretrain-batch", type=int, default=64)
+    ap.add_argument("--view-size", type=int, default=64)
+    ap.add_argument("--finetune-epochs", type=int, default=6)
+    ap.add_argument("--finetune-steps", type=int, default=25, help="steps per fine-tuning epoch")
+    ap.add_argument("--crop-size", type=int, default=128)
+    ap.add_argument("--val-images", type=int, default=16, help="validation images scored per epoch")
     ap.add_argument("--out", default="runs/bench_ssl_quality")
     args = ap.parse_args()
     train, test = require("dsb2018", "stage1_train"), require("dsb2018", "stage1_test")
@@ -54,18 +62,26 @@ def main() -> None:
                     "train": {
                         "seed": seed,
                         "epochs": args.finetune_epochs,
-                        "steps_per_epoch": 40,
+                        "steps_per_epoch": args.finetune_steps,
                         "batch_size": 8,
-                        "crop_size": 192,
+                        "crop_size": args.crop_size,
                         "patience": 6,
-                        "val_max_images": 30,
+                        "val_max_images": args.val_images,
                     },
                     "output": out / tag / f"finetune_seed{seed}",
                 }
             )
+            t0 = time.perf_counter()
             res = finetune(cfg, progress=False)
             row = {k: res.test[k] for k in ("aji", "dsb_score", "ap@0.5", "pq")}
-            emit(benchmark="ssl_quality", init=tag, seed=seed, **{k: round(v, 4) for k, v in row.items()})
+            rounded = {k: round(v, 4) for k, v in row.items()}
+            emit(
+                benchmark="ssl_quality",
+                init=tag,
+                seed=seed,
+                **rounded,
+                seconds=round(time.perf_counter() - t0),
+            )
             scores.append(row)
         return scores
 
@@ -81,7 +97,7 @@ def main() -> None:
                 "train": {
                     "epochs": args.pretrain_epochs,
                     "steps_per_epoch": args.pretrain_steps,
-                    "batch_size": 64,
+                    "batch_size": args.pretrain_batch,
                 },
                 "output": out / method / "pretrain",
             }

@@ -51,7 +51,7 @@ class StepTimer(L.Callback):
         self.stamps.append(time.perf_counter())
 
 
-def measure(method: str, steps: int, warmup: int, batch: int, size: int) -> dict:
+def measure(method: str, steps: int, warmup: int, batch: int, size: int, compile: bool = False) -> dict:
     torch.set_num_threads(torch.get_num_threads())
     data = require("dsb2018", "stage1_train")
     cfg = PretrainConfig.model_validate(
@@ -60,7 +60,12 @@ def measure(method: str, steps: int, warmup: int, batch: int, size: int) -> dict
             "encoder": "resnet18",
             "data": {"path": data},
             "views": {"size": size, "preset": "generic"},
-            "train": {"epochs": 1, "steps_per_epoch": warmup + steps, "batch_size": batch},
+            "train": {
+                "epochs": 1,
+                "steps_per_epoch": warmup + steps,
+                "batch_size": batch,
+                "compile": compile,
+            },
         }
     )
     t0 = time.perf_counter()
@@ -70,6 +75,8 @@ def measure(method: str, steps: int, warmup: int, batch: int, size: int) -> dict
     # bare limit: the same step on one fixed batch of views held in memory
     m = build_method(cfg, channels)
     m.train()
+    if compile:
+        m.encoder.compile()
     base = torch.stack([RandomBaseCrops(images, 2 * size, batch)[i] for i in range(batch)]).float()
     views = m.views(base, m.n_views)
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
@@ -99,6 +106,7 @@ def measure(method: str, steps: int, warmup: int, batch: int, size: int) -> dict
         "ratio": round(e2e / bare, 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "decode_once_s": round(decode_s, 1),
+        "compiled": compile,
     }
 
 
@@ -112,6 +120,7 @@ def main() -> None:
     ap.add_argument(
         "--peer", action="store_true", help="also run lightly's SimCLR here (pip install lightly)"
     )
+    ap.add_argument("--compile", action="store_true", help="torch.compile the encoder (train.compile)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one == "lightly_simclr":
@@ -121,7 +130,7 @@ def main() -> None:
         print(json.dumps(measure_lightly_simclr(images, args.batch, args.size, args.steps, args.warmup)))
         return
     if args.one:  # child process: one method, so peak memory is that method's own
-        print(json.dumps(measure(args.one, args.steps, args.warmup, args.batch, args.size)))
+        print(json.dumps(measure(args.one, args.steps, args.warmup, args.batch, args.size, args.compile)))
         return
     if args.peer:
         args.methods = "lightly_simclr," + args.methods
@@ -140,6 +149,7 @@ def main() -> None:
                 str(args.batch),
                 "--size",
                 str(args.size),
+                *(["--compile"] if args.compile else []),
             ],
             capture_output=True,
             text=True,

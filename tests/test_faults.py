@@ -324,3 +324,41 @@ def test_pretraining_runs_under_two_process_ddp_on_cpu(data, tmp_path):
     # an epoch's steps_per_epoch × batch samples are shared among the processes: 2 × 4 over 2 → 1 step each
     assert summary["processes"] == 2 and summary["steps"] == 1
     assert load_file(out / "encoder.safetensors")  # a complete, readable weights file
+
+
+def test_finetuning_runs_under_two_process_ddp_on_cpu(data, tmp_path):
+    """Both processes train and validate; rank 0 alone tunes, scores and writes the results (printed once)."""
+    out = tmp_path / "ddp"
+    sets = ["train.accelerator=cpu", "train.devices=2", "train.strategy=ddp", "train.steps_per_epoch=2"]
+    args = [
+        "finetune",
+        *FINETUNE[1 + len(EXACT) :],
+        "--epochs",
+        "2",
+        "--train",
+        str(data),
+        "--output",
+        str(out),
+    ]
+    args += [x for s in sets for x in ("--set", s)]
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sslseg", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('"test"') == 1  # one process reports
+    result = json.loads((out / "result.json").read_text())
+    assert result["epochs_run"] == 2 and result["test"]["aji"] >= 0
+    (metrics,) = (out / "logs").rglob("metrics.csv")
+    assert "val/score" in metrics.read_text()
+    assert check_checkpoint(out / "best.ckpt") is None
+
+
+def test_sync_batchnorm_on_cpu_is_refused_before_training(data, tmp_path, capsys):
+    r = sslseg(
+        capsys,
+        *FINETUNE,
+        *("--train", str(data), "--output", str(tmp_path / "r"), "--set", "train.sync_batchnorm=true"),
+    )
+    line = _one_line_error(*r)
+    assert "train.sync_batchnorm needs GPUs" in line

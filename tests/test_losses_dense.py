@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from sslseg.losses.dense import (
     cell_diagonal,
@@ -152,6 +154,37 @@ def test_pixel_consistency_sends_no_gradient_into_the_target():
     t = torch.randn(1, 3, 4, requires_grad=True)
     pixel_consistency(y, t, torch.ones(1, 3, 3, dtype=torch.bool)).backward()
     assert y.grad is not None and t.grad is None
+
+
+def _pixpro_worker(rank: int, world: int, init: str, y: torch.Tensor, t: torch.Tensor, pos, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        mine = y.chunk(world)[rank].clone().requires_grad_(True)
+        loss = pixel_consistency(mine, t.chunk(world)[rank], pos.chunk(world)[rank])
+        loss.backward()
+        loss = loss.detach()
+        dist.all_reduce(loss)
+        grad = [torch.empty_like(mine.grad) for _ in range(world)]
+        dist.all_gather(grad, mine.grad / world)  # DDP averages over the processes
+        if rank == 0:
+            torch.save({"loss": loss / world, "grad": torch.cat(grad)}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_pixel_consistency_under_ddp_averages_over_all_positive_pairs(tmp_path):
+    # image 0 has 1 positive pair, image 1 has 4: per-process means would weigh them 1:1, not 1:4
+    torch.manual_seed(0)
+    y, t = torch.randn(2, 2, 3), torch.randn(2, 2, 3)
+    pos = torch.tensor([[[True, False], [False, False]], [[True, True], [True, True]]])
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_pixpro_worker, args=(2, f"file://{tmp_path / 'init'}", y, t, pos, str(out)), nprocs=2)
+    ddp = torch.load(out)
+    single = y.clone().requires_grad_(True)
+    loss = pixel_consistency(single, t, pos)
+    loss.backward()
+    assert ddp["loss"].item() == pytest.approx(loss.item(), rel=1e-6)
+    torch.testing.assert_close(ddp["grad"], single.grad)
 
 
 # -- VICRegL ---------------------------------------------------------------------------------------------------

@@ -4,14 +4,17 @@ the collapse monitor and the divergence stop."""
 import json
 import warnings
 
+import lightning as L
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from sslseg.config import FinetuneConfig, PretrainConfig
 from sslseg.data.synth import write_synthetic_dataset
 from sslseg.errors import ConfigError, TrainingDiverged
 from sslseg.finetune import finetune
 from sslseg.metrics.representation import effective_rank, embedding_std
+from sslseg.nn.unet import build_encoder
 from sslseg.pretrain import build_method, pretrain
 
 SMALL = {"proj_hidden": 64, "proj_dim": 32}
@@ -96,6 +99,21 @@ def test_collapse_measures_and_warning(images):
         method.log_dict = lambda *a, **k: None  # no trainer attached in a unit test
         method.on_train_epoch_end()
     assert any("collapsed" in str(w.message) for w in caught)
+
+
+def test_compile_switch_compiles_the_encoder_and_keeps_weight_names(images, tmp_path):
+    # the "eager" backend traces with TorchDynamo without generating code: the switch's path, quickly
+    cfg = _cfg(images, tmp_path / "pre", compile=True, compile_backend="eager")
+    seen = {}
+
+    class Spy(L.Callback):
+        def on_train_end(self, trainer, module):
+            seen["compiled"] = module.encoder._compiled_call_impl is not None
+
+    res = pretrain(cfg, progress=False, callbacks=[Spy()])
+    assert seen["compiled"] and res.summary["steps"] == 2
+    plain = build_encoder("resnet18", 1).state_dict()
+    assert set(load_file(res.weights)) == set(plain)  # no "_orig_mod." prefixes
 
 
 def test_channels_last_switch_trains(images, tmp_path):

@@ -134,7 +134,8 @@ def finetune(
     )
     typer.echo(to_yaml(cfg), err=True)
     result = run_finetune(cfg, resume=resume)
-    typer.echo(json.dumps({"output": str(result.output), "test": result.test}, indent=2))
+    if result.main_process:
+        typer.echo(json.dumps({"output": str(result.output), "test": result.test}, indent=2))
 
 
 @app.command()
@@ -168,7 +169,10 @@ def pretrain(
     )
     typer.echo(to_yaml(cfg), err=True)
     result = run_pretrain(cfg, resume=resume)
-    typer.echo(json.dumps({"weights": str(result.weights), "seconds": round(result.summary["seconds"], 1)}))
+    if result.main_process:
+        typer.echo(
+            json.dumps({"weights": str(result.weights), "seconds": round(result.summary["seconds"], 1)})
+        )
 
 
 @app.command()

@@ -66,13 +66,18 @@ class TrainConfig(_Strict):
     )
     epochs: int = Field(30, ge=1)
     steps_per_epoch: int = Field(
-        50, ge=1, description="an epoch is a fixed number of steps, whatever the labels"
+        50,
+        ge=1,
+        description="an epoch is a fixed number of steps, whatever the labels; under DDP the epoch's "
+        "steps_per_epoch × batch_size crops are shared among the processes",
     )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(10, ge=1, description="early stopping, in epochs without a better val score")
     accelerator: str = "auto"
     devices: int | str = "auto"
+    strategy: str = Field("auto", description="Lightning strategy, e.g. 'ddp' for several processes")
+    sync_batchnorm: bool = Field(False, description="BatchNorm statistics over all processes (GPU only)")
     precision: str = Field("auto", description="'auto' = bf16-mixed on GPU, 32 on CPU")
     deterministic: bool = False
     val_max_images: int | None = Field(None, ge=1, description="cap validation images per epoch")
@@ -246,7 +251,12 @@ class PretrainTrainConfig(_Strict):
 
     seed: int = 0
     epochs: int = Field(10, ge=1)
-    steps_per_epoch: int | None = Field(None, ge=1, description="None = one pass over the images")
+    steps_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="None = one pass over the images; under DDP the epoch's steps_per_epoch × batch_size "
+        "samples are shared among the processes (batch_size is per process)",
+    )
     batch_size: int = Field(64, ge=2)
     accelerator: str = "auto"
     devices: int | str = "auto"
@@ -254,6 +264,12 @@ class PretrainTrainConfig(_Strict):
     precision: str = Field("auto", description="'auto' = bf16-mixed on GPU, 32 on CPU")
     sync_batchnorm: bool = False
     channels_last: bool = False
+    compile: bool = Field(
+        False,
+        description="torch.compile the encoder: views have one fixed size, so it compiles once; the first "
+        "steps are slower while it compiles; helps most on GPUs",
+    )
+    compile_backend: str = Field("inductor", description="torch.compile backend (with compile: true)")
     deterministic: bool = False
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from sslseg.errors import ConfigError
+
 
 def world_size() -> int:
     """Number of training processes (1 without DDP)."""
@@ -55,3 +57,13 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
+
+
+def check_sync_batchnorm(enabled: bool, accelerator: str) -> None:
+    """Fail early and clearly: torch's SyncBatchNorm only runs on GPUs, and would fail deep inside on CPU."""
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if enabled and on_cpu:
+        raise ConfigError(
+            "train.sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on CPU); "
+            "turn it off for CPU processes"
+        )

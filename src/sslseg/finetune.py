@@ -25,6 +25,7 @@ from sslseg.config import FinetuneConfig, load_config, to_yaml
 from sslseg.data.datasets import RandomCropDataset, load_samples
 from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.splits import labelled_subset, load_split, make_split, save_split
+from sslseg.distributed import check_sync_batchnorm
 from sslseg.errors import ConfigError, DataError
 from sslseg.evaluate import evaluate_samples, load_model, summarize, write_rows_csv
 from sslseg.memory import explain_out_of_memory
@@ -48,6 +49,7 @@ class FinetuneResult:
     best_checkpoint: Path
     test: dict[str, float]
     summary: dict[str, Any]
+    main_process: bool = True  # False in the other processes of a DDP run, which score nothing
 
 
 class EpochSummary(L.Callback):
@@ -104,6 +106,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     last = prepare_run_dir(out, resume)
     write_text(out / "config.yaml", to_yaml(cfg))
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    check_sync_batchnorm(cfg.train.sync_batchnorm, cfg.train.accelerator)
 
     samples = find_samples(cfg.data.train, layout=cfg.data.layout, mask_suffix=cfg.data.mask_suffix)
     if cfg.data.max_images:
@@ -161,6 +164,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         max_epochs=cfg.train.epochs,
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
+        strategy=cfg.train.strategy,
+        sync_batchnorm=cfg.train.sync_batchnorm,
         precision=_precision(cfg.train.precision),
         deterministic=cfg.train.deterministic,
         callbacks=callbacks,
@@ -177,6 +182,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     with explain_out_of_memory("train.batch_size", cfg.train.batch_size, inference=inference):
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
     fit_s = time.perf_counter() - t0
+    if not trainer.is_global_zero:  # under DDP one process picks, tunes and scores the best checkpoint
+        return FinetuneResult(out, out / "best.ckpt", {}, {}, main_process=False)
 
     best_path = Path(best_cb.best_model_path or last_cb.best_model_path)
     stable_best = out / "best.ckpt"

@@ -22,6 +22,7 @@ from sslseg.config import PretrainConfig, load_config, to_yaml
 from sslseg.data.datasets import RandomBaseCrops, load_unlabeled
 from sslseg.data.layouts import find_samples
 from sslseg.data.splits import load_split
+from sslseg.distributed import check_sync_batchnorm
 from sslseg.errors import ConfigError
 from sslseg.memory import explain_out_of_memory
 from sslseg.methods import get_method
@@ -43,6 +44,7 @@ class PretrainResult:
     output: Path
     weights: Path
     summary: dict[str, Any]
+    main_process: bool = True  # False in the other processes of a DDP run, which write nothing
 
 
 def _precision(setting: str) -> str:
@@ -77,6 +79,7 @@ def pretrain(
         raise ConfigError("data.path is not set: give the folder of unlabeled images")
     cfg = resolve_optim(cfg)  # also fails on an unknown method before any image is read
     load_config(get_method(cfg.method).Params, overrides=cfg.params, source=f"params of {cfg.method}")
+    check_sync_batchnorm(cfg.train.sync_batchnorm, cfg.train.accelerator)
     out = Path(cfg.output)
     last = prepare_run_dir(out, resume)
     write_text(out / "config.yaml", to_yaml(cfg))
@@ -144,4 +147,4 @@ def pretrain(
         for name, module in method.extra_weights().items():
             save_encoder(module, out / f"{name}.safetensors", {**summary, "part": name})
         write_json(out / "result.json", summary)
-    return PretrainResult(out, weights, summary)
+    return PretrainResult(out, weights, summary, main_process=trainer.is_global_zero)

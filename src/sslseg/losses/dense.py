@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from sslseg.augment.views import cell_centres
+from sslseg.distributed import gather_no_grad, world_size
 from sslseg.losses.contrastive import info_nce
 from sslseg.losses.noncontrastive import vicreg_loss
 
@@ -110,11 +111,15 @@ def propagate(x: torch.Tensor, values: torch.Tensor, gamma: float = 2.0) -> torc
 
 def pixel_consistency(y: torch.Tensor, target: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """PixPro's loss, one direction: −mean cos(y_i, t_j) over positive pairs (positives: B×N×M), so −1 at best;
-    0 when no pair of locations overlaps. The target (B×M×C) gets no gradient; computed in float32."""
+    0 when no pair of locations overlaps. The target (B×M×C) gets no gradient; computed in float32.
+
+    Under DDP the mean is over the positive pairs of all processes (processes hold different numbers of
+    pairs): each divides its sum by the global count, times the number of processes that DDP averages over."""
     with torch.autocast(device_type=y.device.type, enabled=False):
         cos = F.normalize(y.float(), dim=-1) @ F.normalize(target.detach().float(), dim=-1).transpose(1, 2)
         pos = positives.float()
-        return -(cos * pos).sum() / pos.sum().clamp_min(1)
+        count = gather_no_grad(pos.sum().reshape(1)).sum()
+        return -(cos * pos).sum() * world_size() / count.clamp_min(1)
 
 
 def vicregl_local_loss(

@@ -109,6 +109,8 @@ class SSLMethod(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.cfg.train.channels_last:  # NHWC convolutions: faster on recent CPUs and tensor-core GPUs
             self.to(memory_format=torch.channels_last)
+        if self.cfg.train.compile:  # in place: parameter names, hence checkpoints and weights, stay the same
+            self.encoder.compile(backend=self.cfg.train.compile_backend)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.after_step()

@@ -124,12 +124,20 @@ class SegmentationModule(L.LightningModule):
         )
         pred = probabilities_to_labels(probs, self.cfg.data.task, self.cfg.postprocess)
         scores = score_labels(pred, s.labels, self.cfg)
-        self.log("val/score", scores[primary_metric(self.cfg.data.task)], prog_bar=True, batch_size=1)
+        # under DDP each process scores its share of the images: the epoch's score is the mean over all
+        self.log(
+            "val/score",
+            scores[primary_metric(self.cfg.data.task)],
+            prog_bar=True,
+            batch_size=1,
+            sync_dist=True,
+        )
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay)
-        total = self.cfg.train.epochs * self.cfg.train.steps_per_epoch
+        # optimiser steps of the whole run: under DDP each process takes its share of an epoch's crops
+        total = int(self.trainer.estimated_stepping_batches)
         warmup = min(total // 20, 200)
         sched = torch.optim.lr_scheduler.SequentialLR(
             opt,
