@@ -48,6 +48,8 @@ class StepTimer(L.Callback):
         self.stamps: list[float] = []
 
     def on_train_batch_end(self, *args: object) -> None:
+        if torch.cuda.is_available():  # GPU work is queued: wait for the step to finish
+            torch.cuda.synchronize()
         self.stamps.append(time.perf_counter())
 
 
@@ -72,22 +74,28 @@ def measure(method: str, steps: int, warmup: int, batch: int, size: int, compile
     images, channels = load_unlabeled(find_samples(data), progress=False)
     decode_s = time.perf_counter() - t0
 
-    # bare limit: the same step on one fixed batch of views held in memory
-    m = build_method(cfg, channels)
+    # bare limit: the same step on one fixed batch of views held in memory, on the device and in the
+    # precision the end-to-end run uses (bf16 autocast on a GPU)
+    gpu = torch.cuda.is_available()
+    device = "cuda" if gpu else "cpu"
+    m = build_method(cfg, channels).to(device)
     m.train()
     if compile:
         m.encoder.compile()
-    base = torch.stack([RandomBaseCrops(images, 2 * size, batch)[i] for i in range(batch)]).float()
+    base = torch.stack([RandomBaseCrops(images, 2 * size, batch)[i] for i in range(batch)]).float().to(device)
     views = m.views(base, m.n_views)
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
-        loss, _ = m.ssl_loss(views)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=gpu):
+            loss, _ = m.ssl_loss(views)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         m.after_step()
+        if gpu:
+            torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t)
     bare = batch / (sum(times) / len(times))
@@ -107,6 +115,10 @@ def measure(method: str, steps: int, warmup: int, batch: int, size: int, compile
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "decode_once_s": round(decode_s, 1),
         "compiled": compile,
+        # on a GPU, what users size batches by: the peak memory the tensors took on the device
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20)
+        if torch.cuda.is_available()
+        else None,
     }
 
 

@@ -69,6 +69,11 @@ def test_evaluate_matches_run_test_scores(nuclei, tmp_path):
     mean = evaluate_checkpoint(res.best_checkpoint, nuclei, tmp_path / "eval", progress=False)
     assert (tmp_path / "eval" / "per_image.csv").read_text().count("\n") == 11
     assert 0 <= mean["aji"] <= 1
+    # --tta overrides the checkpoint's setting for this evaluation only
+    assert load_model(res.best_checkpoint, device="cpu", tta=True).cfg.inference.tta is True
+    assert load_model(res.best_checkpoint, device="cpu").cfg.inference.tta is False
+    with_tta = evaluate_checkpoint(res.best_checkpoint, nuclei, progress=False, tta=True)
+    assert 0 <= with_tta["aji"] <= 1 and with_tta != mean
 
 
 def test_semantic_multiclass_and_label_fraction(tmp_path):

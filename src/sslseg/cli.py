@@ -26,6 +26,13 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="override any setting: section.key=value (repeatable)"),
 ]
+TtaOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--tta/--no-tta",
+        help="average the 8 flips/quarter turns of each image (default: the model's inference.tta)",
+    ),
+]
 
 
 def _quiet_libraries() -> None:
@@ -202,11 +209,12 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="folder for per_image.csv and metrics.json")] = None,
     layout: str = "auto",
     mask_suffix: str | None = None,
+    tta: TtaOption = None,
 ) -> None:
     """Score a fine-tuned model on a labelled dataset at native resolution."""
     from sslseg.evaluate import evaluate_checkpoint
 
-    mean = evaluate_checkpoint(checkpoint, data, out, layout=layout, mask_suffix=mask_suffix)
+    mean = evaluate_checkpoint(checkpoint, data, out, layout=layout, mask_suffix=mask_suffix, tta=tta)
     typer.echo(json.dumps(mean, indent=2))
 
 
@@ -215,11 +223,12 @@ def predict(
     checkpoint: Path,
     inputs: list[Path],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("predictions"),
+    tta: TtaOption = None,
 ) -> None:
     """Segment images of any size (tiled); writes label maps (TIFF) and overlays (PNG)."""
     from sslseg.predict import predict_files
 
-    written = predict_files(checkpoint, inputs, out)
+    written = predict_files(checkpoint, inputs, out, tta=tta)
     typer.echo(f"wrote {len(written)} label maps and overlays to {out}")
 
 

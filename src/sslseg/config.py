@@ -107,6 +107,11 @@ class InferenceConfig(_Strict):
     tile_size: int = Field(512, ge=32)
     overlap: float = Field(0.25, ge=0, lt=1)
     batch_size: int = Field(4, ge=1)
+    tta: bool = Field(
+        False,
+        description="test-time augmentation: average the probabilities of the 8 flips and quarter turns "
+        "of each image (8× the inference time)",
+    )
 
 
 class FinetuneConfig(_Strict):

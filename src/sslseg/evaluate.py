@@ -19,8 +19,9 @@ from sslseg.segmentation.inference import predict_probabilities, probabilities_t
 from sslseg.segmentation.module import SegmentationModule, score_labels
 
 
-def load_model(checkpoint: str | Path, device: str = "auto") -> SegmentationModule:
-    """Load a fine-tuned model from a Lightning checkpoint (or a run folder holding `best.ckpt`)."""
+def load_model(checkpoint: str | Path, device: str = "auto", tta: bool | None = None) -> SegmentationModule:
+    """Load a fine-tuned model from a Lightning checkpoint (or a run folder holding `best.ckpt`); `tta`
+    overrides the test-time augmentation setting it was trained with."""
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "best.ckpt"
@@ -32,6 +33,9 @@ def load_model(checkpoint: str | Path, device: str = "auto") -> SegmentationModu
         module = SegmentationModule.load_from_checkpoint(path, map_location=device, load_init=False)
     except (RuntimeError, EOFError, KeyError, OSError, ValueError) as e:
         raise DataError(path, f"not a readable sslseg checkpoint (truncated or corrupt?): {e}") from None
+    if tta is not None:
+        inference = module.cfg.inference.model_copy(update={"tta": tta})
+        module.cfg = module.cfg.model_copy(update={"inference": inference})
     return module.eval()
 
 
@@ -73,9 +77,11 @@ def evaluate_checkpoint(
     layout: str = "auto",
     mask_suffix: str | None = None,
     progress: bool = True,
+    tta: bool | None = None,
 ) -> dict[str, float]:
-    """Score a checkpoint on a labelled dataset; writes `per_image.csv` and `metrics.json` to `out_dir`."""
-    module = load_model(checkpoint)
+    """Score a checkpoint on a labelled dataset; writes `per_image.csv` and `metrics.json` to `out_dir`.
+    `tta` overrides the checkpoint's test-time augmentation setting."""
+    module = load_model(checkpoint, tta=tta)
     cfg = module.cfg
     samples = find_samples(data, layout=layout, mask_suffix=mask_suffix)
     if any(s.label is None for s in samples):

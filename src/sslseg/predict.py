@@ -62,10 +62,15 @@ def collect_images(inputs: list[Path]) -> list[Path]:
 
 
 def predict_files(
-    checkpoint: str | Path, inputs: list[Path], out_dir: str | Path, progress: bool = True
+    checkpoint: str | Path,
+    inputs: list[Path],
+    out_dir: str | Path,
+    progress: bool = True,
+    tta: bool | None = None,
 ) -> list[Path]:
-    """Segment each image; writes `<stem>_labels.tif` and `<stem>_overlay.png` into `out_dir`."""
-    module = load_model(checkpoint)
+    """Segment each image; writes `<stem>_labels.tif` and `<stem>_overlay.png` into `out_dir`. `tta`
+    overrides the checkpoint's test-time augmentation setting."""
+    module = load_model(checkpoint, tta=tta)
     cfg = module.cfg
     out = Path(out_dir)
     written = []

@@ -18,6 +18,25 @@ def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
     return logits.softmax(dim=1) if task == "semantic" else logits.sigmoid()
 
 
+D4_SIZE = 8  # the flips and quarter turns of a square: the test-time augmentations
+
+
+def d4_transform(x: np.ndarray, index: int) -> np.ndarray:
+    """The `index`-th of the 8 rotations/flips of the last two axes (0 = identity): optional horizontal
+    flip, then k quarter turns."""
+    k, flip = index % 4, index >= 4
+    if flip:
+        x = x[..., ::-1]
+    return np.ascontiguousarray(np.rot90(x, k, axes=(-2, -1)))
+
+
+def d4_inverse(p: torch.Tensor, index: int) -> torch.Tensor:
+    """Undo `d4_transform(·, index)` on a prediction (…×H×W)."""
+    k, flip = index % 4, index >= 4
+    p = torch.rot90(p, -k, dims=(-2, -1))
+    return torch.flip(p, dims=(-1,)) if flip else p
+
+
 @torch.no_grad()
 def predict_probabilities(
     net: nn.Module,
@@ -26,8 +45,23 @@ def predict_probabilities(
     native_shape: tuple[int, int],
     cfg: InferenceConfig | None = None,
 ) -> torch.Tensor:
-    """Tiled forward pass over a C×h×w image; probabilities resized to the native H×W (K×H×W, CPU)."""
+    """Tiled forward pass over a C×h×w image; probabilities resized to the native H×W (K×H×W, CPU).
+    With `cfg.tta` the mean over the 8 flips/quarter turns, each mapped back before averaging."""
     cfg = cfg or InferenceConfig()
+    if not cfg.tta:
+        return _predict_once(net, image, task, native_shape, cfg)
+    h, w = native_shape
+    total = None
+    for t in range(D4_SIZE):
+        shape = (w, h) if t % 2 else (h, w)  # odd quarter turns swap the sides
+        p = d4_inverse(_predict_once(net, d4_transform(image, t), task, shape, cfg), t)
+        total = p if total is None else total + p
+    return (total / D4_SIZE).contiguous()
+
+
+def _predict_once(
+    net: nn.Module, image: np.ndarray, task: str, native_shape: tuple[int, int], cfg: InferenceConfig
+) -> torch.Tensor:
     device = next(net.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
 

@@ -23,11 +23,15 @@ from sslseg.metrics import aji, semantic_scores
 from sslseg.metrics.representation import linear_cka, rbf_cka
 from sslseg.metrics.uncertainty import inverted_agreement
 from sslseg.nn.unet import build_encoder, encoder_of
-from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
+from sslseg.segmentation.inference import (
+    D4_SIZE,
+    d4_inverse,
+    d4_transform,
+    predict_probabilities,
+    probabilities_to_labels,
+)
 from sslseg.segmentation.module import SegmentationModule, primary_metric
 from sslseg.weights import load_encoder, read_metadata
-
-D4_SIZE = 8
 
 
 @contextmanager
@@ -166,20 +170,6 @@ def stage_cka(
 # ------------------------------------------------------------------------------ test-time augmentation
 
 
-def _d4_forward(x: np.ndarray, index: int) -> np.ndarray:
-    """The `index`-th of the 8 rotations/flips of the last two axes: optional horizontal flip, then k·90°."""
-    k, flip = index % 4, index >= 4
-    if flip:
-        x = x[..., ::-1]
-    return np.ascontiguousarray(np.rot90(x, k, axes=(-2, -1)))
-
-
-def _d4_inverse(p: torch.Tensor, index: int) -> torch.Tensor:
-    k, flip = index % 4, index >= 4
-    p = torch.rot90(p, -k, dims=(-2, -1))
-    return torch.flip(p, dims=(-1,)) if flip else p
-
-
 def tta_predictions(module: SegmentationModule, sample: LoadedSample, n: int = D4_SIZE) -> list[np.ndarray]:
     """Label maps at native resolution for the first `n` of the 8 D4 test-time augmentations (identity
     first): each flipped/rotated image is predicted with the module's own inference and post-processing
@@ -189,14 +179,13 @@ def tta_predictions(module: SegmentationModule, sample: LoadedSample, n: int = D
     cfg = module.cfg
     task = cfg.data.task
     h, w = sample.native_shape
+    single = cfg.inference.model_copy(update={"tta": False})  # one orientation per prediction here
     out = []
     with _evaluating(module):
         for t in range(n):
             shape = (w, h) if t % 2 else (h, w)  # odd quarter turns swap the sides
-            probs = predict_probabilities(
-                module.net, _d4_forward(sample.image, t), task, shape, cfg.inference
-            )
-            probs = _d4_inverse(probs, t).contiguous()
+            probs = predict_probabilities(module.net, d4_transform(sample.image, t), task, shape, single)
+            probs = d4_inverse(probs, t).contiguous()
             out.append(probabilities_to_labels(probs, task, cfg.postprocess))
     return out
 
