@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sslseg.errors import ConfigError
 
@@ -43,7 +43,30 @@ class DataConfig(_Strict):
     label_fraction: float = Field(1.0, gt=0.0, le=1.0)
     normalization: Literal["per_image", "percentile"] = "per_image"
     scale: float = Field(1.0, gt=0.0, le=4.0, description="resize factor for training and inference")
+    object_size: float | None = Field(
+        None,
+        gt=0,
+        description="instance tasks: resize each image so its median object diameter (equivalent-circle) "
+        "is this many pixels; training images by their labels, other images by a first prediction; "
+        "None = off",
+    )
     max_images: int | None = Field(None, ge=1, description="use only the first N images (quick runs)")
+
+    @model_validator(mode="after")
+    def _one_working_scale(self) -> DataConfig:
+        """object_size chooses each image's working scale itself, and only instance labels give sizes."""
+        if self.object_size is not None:
+            if self.scale != 1.0:
+                raise ValueError(
+                    f"object_size ({self.object_size}) and scale ({self.scale}) are two ways of choosing the "
+                    "working scale; set only one (scale: 1.0 with object_size)"
+                )
+            if self.task != "instance":
+                raise ValueError(
+                    f"object_size applies to instance tasks (object diameters), not task '{self.task}'; "
+                    "use scale for semantic tasks"
+                )
+        return self
 
 
 class ModelConfig(_Strict):

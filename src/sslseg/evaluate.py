@@ -49,7 +49,9 @@ def evaluate_samples(
     for s in tqdm(samples, desc="evaluating", disable=not progress, leave=False):
         if s.labels is None:
             raise DataError(Path(s.id), "cannot evaluate an image without labels")
-        probs = predict_probabilities(module.net, s.image, cfg.data.task, s.native_shape, cfg.inference)
+        probs = predict_probabilities(
+            module.net, s.image, cfg.data.task, s.native_shape, cfg.inference, cfg.data.object_size
+        )
         pred = probabilities_to_labels(probs, cfg.data.task, cfg.postprocess)
         rows.append({"id": s.id, **score_labels(pred, s.labels, cfg)})
     return rows

@@ -119,16 +119,27 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     labelled = labelled_subset(split["train"], cfg.data.label_fraction, cfg.train.seed)
     by_id = {s.id: s for s in samples}
     d = cfg.data
-    loaded, channels = load_samples(
-        [by_id[i] for i in labelled + split["val"]],
+    # only training images may use their labels to choose their working scale (object_size); validation
+    # images are loaded at native scale and sized at inference, as test and new images are
+    train_set, channels = load_samples(
+        [by_id[i] for i in labelled],
         d.task,
         d.num_classes,
         None,
         d.normalization,
         d.scale,
         progress=progress,
+        object_size=d.object_size,
     )
-    train_set, val_set = loaded[: len(labelled)], loaded[len(labelled) :]
+    val_set, _ = load_samples(
+        [by_id[i] for i in split["val"]],
+        d.task,
+        d.num_classes,
+        channels,
+        d.normalization,
+        d.scale,
+        progress=progress,
+    )
     if cfg.train.val_max_images:
         val_set = val_set[: cfg.train.val_max_images]
 

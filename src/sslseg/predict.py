@@ -77,7 +77,9 @@ def predict_files(
     for path in tqdm(collect_images(inputs), desc="predicting", disable=not progress):
         raw = read_image(path)
         image = prepare_image(raw, module.hparams["in_channels"], cfg.data.normalization, cfg.data.scale)
-        probs = predict_probabilities(module.net, image, cfg.data.task, raw.shape[:2], cfg.inference)
+        probs = predict_probabilities(
+            module.net, image, cfg.data.task, raw.shape[:2], cfg.inference, cfg.data.object_size
+        )
         labels = probabilities_to_labels(probs, cfg.data.task, cfg.postprocess)
         label_path = out / f"{path.stem}_labels.tif"
         write_label(label_path, labels)

@@ -23,6 +23,7 @@ from sslseg.data.layouts import Sample
 from sslseg.data.normalize import Normalization, effective_channels, harmonise_channels, normalize
 from sslseg.data.targets import instance_targets, semantic_classes
 from sslseg.errors import DataError
+from sslseg.segmentation.scale import median_diameter, size_factor
 
 
 @dataclass
@@ -127,8 +128,19 @@ def load_samples(
     scale: float = 1.0,
     with_labels: bool = True,
     progress: bool = True,
+    object_size: float | None = None,
 ) -> tuple[list[LoadedSample], int]:
-    """Decode, harmonise and normalise every sample once; returns the samples and the channel count used."""
+    """Decode, harmonise and normalise every sample once; returns the samples and the channel count used.
+
+    With `object_size` (instance tasks, training samples only) each image's working scale is chosen from
+    its own labels so that its median object becomes `object_size` px across (images without objects keep
+    scale 1); targets follow the resized image, `labels` stay native. Validation and test samples must be
+    loaded without it: their scale is estimated at inference, as it will be for new images."""
+    if object_size is not None:
+        if task != "instance":
+            raise ValueError(f"object_size applies to instance tasks, not '{task}'")
+        if scale != 1.0:
+            raise ValueError(f"object_size and scale ({scale}) both choose the working scale; give one")
     raws = []
     for s in tqdm(samples, desc="reading images", disable=not progress or len(samples) < 20, leave=False):
         raws.append(read_image(s.image))
@@ -136,22 +148,28 @@ def load_samples(
     out = []
     for s, raw in zip(samples, raws, strict=True):
         shape = raw.shape[:2]
-        image = prepare_image(raw, channels, normalization, scale)
+        source = s.label if with_labels else None
         labels = target = None
-        if with_labels and s.label is not None:
-            labels = s.label.load(shape)
+        if source is not None:
+            labels = source.load(shape)
             if labels.shape != shape:
-                raise DataError(s.label.path, f"label size {labels.shape} differs from image size {shape}")
+                raise DataError(source.path, f"label size {labels.shape} differs from image size {shape}")
+            if task != "semantic" and labels.min(initial=0) < 0:
+                raise DataError(source.path, "instance labels must be ≥ 0 (0 = background)")
+        image_scale = scale
+        if object_size is not None:
+            diameter = median_diameter(labels) if labels is not None else None
+            image_scale = 1.0 if diameter is None else size_factor(diameter, object_size)
+        image = prepare_image(raw, channels, normalization, image_scale)
+        if source is not None and labels is not None:
             work = rescale_labels(labels, image.shape[1:])
             if task == "semantic":
                 try:
                     labels = semantic_classes(labels, num_classes)
                 except ValueError as e:
-                    raise DataError(s.label.path, str(e)) from None
+                    raise DataError(source.path, str(e)) from None
                 target = semantic_classes(work, num_classes)
             else:
-                if labels.min(initial=0) < 0:
-                    raise DataError(s.label.path, "instance labels must be ≥ 0 (0 = background)")
                 target = instance_targets(work.astype(np.int64))
         out.append(LoadedSample(s.id, image, target, labels, shape))
     return out, channels

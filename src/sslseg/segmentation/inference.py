@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslseg.config import InferenceConfig, PostprocessConfig
+from sslseg.data.datasets import rescale_image
 from sslseg.segmentation.postprocess import distance_to_instances, probabilities_to_classes
+from sslseg.segmentation.scale import median_diameter, size_factor
 from sslseg.segmentation.tiling import sliding_window
 
 
@@ -37,6 +39,9 @@ def d4_inverse(p: torch.Tensor, index: int) -> torch.Tensor:
     return torch.flip(p, dims=(-1,)) if flip else p
 
 
+RESCALE_TOLERANCE = 1.25  # a size estimate this close to the target is not worth a second pass
+
+
 @torch.no_grad()
 def predict_probabilities(
     net: nn.Module,
@@ -44,10 +49,32 @@ def predict_probabilities(
     task: str,
     native_shape: tuple[int, int],
     cfg: InferenceConfig | None = None,
+    object_size: float | None = None,
 ) -> torch.Tensor:
     """Tiled forward pass over a C×h×w image; probabilities resized to the native H×W (K×H×W, CPU).
-    With `cfg.tta` the mean over the 8 flips/quarter turns, each mapped back before averaging."""
+    With `cfg.tta` the mean over the 8 flips/quarter turns, each mapped back before averaging.
+
+    With `object_size` (instance tasks) the objects of a first prediction give the image's median object
+    diameter; when it is off the target by more than RESCALE_TOLERANCE, the image is resized so objects
+    become `object_size` px across (as in training) and predicted again."""
     cfg = cfg or InferenceConfig()
+    probs = _predict_oriented(net, image, task, native_shape, cfg)
+    if object_size is None or task != "instance":
+        return probs
+    p = probs.numpy()
+    diameter = median_diameter(distance_to_instances(p[0], p[1], PostprocessConfig()))
+    if diameter is None:  # nothing found: no size to go by
+        return probs
+    factor = size_factor(diameter * image.shape[1] / native_shape[0], object_size)  # in working pixels
+    if 1 / RESCALE_TOLERANCE <= factor <= RESCALE_TOLERANCE:
+        return probs
+    return _predict_oriented(net, rescale_image(image, factor), task, native_shape, cfg)
+
+
+def _predict_oriented(
+    net: nn.Module, image: np.ndarray, task: str, native_shape: tuple[int, int], cfg: InferenceConfig
+) -> torch.Tensor:
+    """One prediction, or with `cfg.tta` the mean over the 8 flips/quarter turns mapped back."""
     if not cfg.tta:
         return _predict_once(net, image, task, native_shape, cfg)
     h, w = native_shape

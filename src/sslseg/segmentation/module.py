@@ -120,7 +120,12 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         s = self.val_samples[int(batch[0])]
         probs = predict_probabilities(
-            self.net, s.image, self.cfg.data.task, s.native_shape, self.cfg.inference
+            self.net,
+            s.image,
+            self.cfg.data.task,
+            s.native_shape,
+            self.cfg.inference,
+            object_size=self.cfg.data.object_size,
         )
         pred = probabilities_to_labels(probs, self.cfg.data.task, self.cfg.postprocess)
         scores = score_labels(pred, s.labels, self.cfg)

@@ -31,7 +31,9 @@ def tune_postprocess(
     grid = grid or GRID
     metric = primary_metric(cfg.data.task)
     probs = [
-        predict_probabilities(module.net, s.image, cfg.data.task, s.native_shape, cfg.inference)
+        predict_probabilities(
+            module.net, s.image, cfg.data.task, s.native_shape, cfg.inference, cfg.data.object_size
+        )
         for s in samples
     ]
 

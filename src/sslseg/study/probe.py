@@ -184,7 +184,8 @@ def tta_predictions(module: SegmentationModule, sample: LoadedSample, n: int = D
     with _evaluating(module):
         for t in range(n):
             shape = (w, h) if t % 2 else (h, w)  # odd quarter turns swap the sides
-            probs = predict_probabilities(module.net, d4_transform(sample.image, t), task, shape, single)
+            image = d4_transform(sample.image, t)
+            probs = predict_probabilities(module.net, image, task, shape, single, cfg.data.object_size)
             probs = d4_inverse(probs, t).contiguous()
             out.append(probabilities_to_labels(probs, task, cfg.postprocess))
     return out

@@ -106,7 +106,9 @@ def _examples_png(modules: dict[str, Any], samples: list[LoadedSample], task: st
         panels = [("image", None), ("ground truth", s.labels)]
         for n in names:
             m = modules[n]
-            probs = predict_probabilities(m.net, s.image, task, s.native_shape, m.cfg.inference)
+            probs = predict_probabilities(
+                m.net, s.image, task, s.native_shape, m.cfg.inference, object_size=m.cfg.data.object_size
+            )
             panels.append((n, probabilities_to_labels(probs, task, m.cfg.postprocess)))
         base = img if img.ndim == 2 else img.mean(axis=2)
         if base.shape != s.native_shape:

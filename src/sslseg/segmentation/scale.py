@@ -1,0 +1,28 @@
+"""Object-size normalisation (as Cellpose's diameter): each image is resized so that its median object
+becomes a fixed number of pixels across, so one network sees nuclei at one size whatever the magnification."""
+
+from __future__ import annotations
+
+import numpy as np
+
+MIN_FACTOR, MAX_FACTOR = 0.25, 4.0  # a wrong size estimate must not blow an image up or shrink it away
+
+
+def median_diameter(labels: np.ndarray) -> float | None:
+    """Median over the objects of an instance map (0 = background) of the equivalent-circle diameter
+    2·sqrt(area/π), in pixels; None when the map holds no object."""
+    ids = np.asarray(labels).ravel()
+    if ids.size == 0 or ids.max() <= 0:
+        return None
+    if ids.max() <= ids.size:
+        areas = np.bincount(ids.astype(np.int64, copy=False))[1:]
+    else:  # sparse ids (e.g. 32-bit hashes): count only the ids present instead of a huge bincount
+        areas = np.unique(ids[ids > 0], return_counts=True)[1]
+    areas = areas[areas > 0]
+    return float(np.median(2.0 * np.sqrt(areas / np.pi)))
+
+
+def size_factor(diameter: float, object_size: float) -> float:
+    """The resize factor that brings objects of `diameter` px to `object_size` px, clamped to
+    [MIN_FACTOR, MAX_FACTOR]."""
+    return float(np.clip(object_size / diameter, MIN_FACTOR, MAX_FACTOR))

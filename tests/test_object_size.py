@@ -1,0 +1,227 @@
+"""Object-size normalisation: the median-diameter measure, the clamped factor, training images resized by
+their labels (never validation images), inference that re-predicts at the size it measured, the config
+checks, and one tiny end-to-end run."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from scipy import ndimage
+from torch import nn
+
+import sslseg.finetune as finetune_module
+from sslseg.config import DataConfig, FinetuneConfig, InferenceConfig, load_config
+from sslseg.data.datasets import load_samples
+from sslseg.data.io import write_image, write_label
+from sslseg.data.layouts import LabelFile, Sample
+from sslseg.data.synth import write_synthetic_dataset
+from sslseg.errors import ConfigError
+from sslseg.finetune import finetune
+from sslseg.segmentation.inference import predict_probabilities
+from sslseg.segmentation.scale import median_diameter, size_factor
+
+
+def _discs(shape: tuple[int, int], radius: float, spacing: int) -> np.ndarray:
+    """Instance map of discs of `radius` px centred on a grid of `spacing` px."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    cy, cx = yy % spacing - spacing / 2 + 0.5, xx % spacing - spacing / 2 + 0.5
+    ids = (yy // spacing) * (shape[1] // spacing + 1) + xx // spacing + 1
+    return np.where(cy**2 + cx**2 <= radius**2, ids, 0).astype(np.int32)
+
+
+# ------------------------------------------------------------------------------------------ the measures
+
+
+def test_median_diameter_of_known_squares_and_of_an_empty_map():
+    labels = np.zeros((40, 40), np.int32)
+    labels[0:4, 0:4] = 1  # area 16
+    labels[10:20, 10:20] = 2  # area 100
+    labels[30:36, 30:36] = 5  # area 36 (ids need not be consecutive)
+    assert median_diameter(labels) == pytest.approx(2 * math.sqrt(36 / math.pi))
+    labels[30:36, 30:36] = 0  # two objects: the mean of the two diameters
+    expected = (2 * math.sqrt(16 / math.pi) + 2 * math.sqrt(100 / math.pi)) / 2
+    assert median_diameter(labels) == pytest.approx(expected)
+    assert median_diameter(np.zeros((8, 8), np.uint16)) is None
+    sparse = np.zeros((10, 10), np.int64)
+    sparse[:3, :3] = 2**40  # ids far beyond the pixel count still work
+    assert median_diameter(sparse) == pytest.approx(2 * math.sqrt(9 / math.pi))
+
+
+def test_size_factor_is_clamped():
+    assert size_factor(10.0, 20.0) == pytest.approx(2.0)
+    assert size_factor(40.0, 20.0) == pytest.approx(0.5)
+    assert size_factor(2.0, 30.0) == 4.0
+    assert size_factor(300.0, 30.0) == 0.25
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def _sample(root: Path, name: str, labels: np.ndarray) -> Sample:
+    image = np.where(labels > 0, 200, 20).astype(np.uint8)
+    write_image(root / "images" / f"{name}.tif", image)
+    write_label(root / "labels" / f"{name}.tif", labels)
+    return Sample(name, root / "images" / f"{name}.tif", LabelFile(root / "labels" / f"{name}.tif"))
+
+
+def test_training_images_are_resized_so_objects_have_the_target_size(tmp_path):
+    small = _discs((64, 64), 4, 16)  # ~8 px nuclei
+    large = _discs((96, 80), 12, 32)  # ~24 px nuclei
+    samples = [
+        _sample(tmp_path, "small", small),
+        _sample(tmp_path, "large", large),
+        _sample(tmp_path, "empty", np.zeros((40, 48), np.int32)),
+    ]
+    loaded, _ = load_samples(samples, "instance", object_size=16, progress=False)
+    for s, native in zip(loaded, (small, large), strict=False):
+        fg, _ = ndimage.label(s.target[0] > 0.5)
+        assert fg.shape == s.image.shape[1:]
+        assert median_diameter(fg) == pytest.approx(16, abs=2)  # the targets follow the resized image
+        assert np.array_equal(s.labels, native) and s.native_shape == native.shape  # scored natively
+    for s, native in zip(loaded, (small, large), strict=False):
+        factor = 16 / median_diameter(native)  # ~2 for the small nuclei, ~2/3 for the large ones
+        assert s.image.shape[1:] == tuple(round(n * factor) for n in native.shape)
+    assert loaded[2].image.shape[1:] == (40, 48)  # no objects: left at scale 1
+    plain, _ = load_samples(samples, "instance", progress=False)  # validation/test: native scale
+    assert [s.image.shape[1:] for s in plain] == [(64, 64), (96, 80), (40, 48)]
+
+
+def test_object_size_with_scale_or_a_semantic_task_is_refused_when_loading(tmp_path):
+    samples = [_sample(tmp_path, "a", _discs((32, 32), 4, 16))]
+    with pytest.raises(ValueError, match="scale"):
+        load_samples(samples, "instance", scale=0.5, object_size=16, progress=False)
+    with pytest.raises(ValueError, match="instance"):
+        load_samples(samples, "semantic", object_size=16, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def test_config_refuses_object_size_with_scale_or_semantic_task():
+    assert DataConfig(object_size=20).object_size == 20
+    with pytest.raises(ConfigError, match=r"object_size \(20.0\) and scale \(0.5\)"):
+        load_config(FinetuneConfig, overrides={"data": {"object_size": 20, "scale": 0.5}})
+    with pytest.raises(ConfigError, match="object_size applies to instance tasks"):
+        load_config(FinetuneConfig, overrides={"data": {"object_size": 20, "task": "semantic"}})
+    with pytest.raises(ValidationError, match="greater than 0"):
+        DataConfig(object_size=0)
+
+
+# --------------------------------------------------------------------------------------------- inference
+
+
+class BlobNet(nn.Module):
+    """A fake instance network: whatever the image, discs of `radius` input pixels on a grid of 4·radius,
+    so the objects it finds grow or shrink (in native pixels) with the size the image is predicted at."""
+
+    def __init__(self, radius: float = 4.0, empty: bool = False) -> None:
+        super().__init__()
+        self.radius, self.empty = radius, empty
+        self.dummy = nn.Parameter(torch.zeros(()))  # inference looks up the device of the parameters
+        self.seen: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        self.seen.append((h, w))
+        spacing = 4 * self.radius
+        yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+        d = torch.hypot(yy % spacing - spacing / 2, xx % spacing - spacing / 2) / self.radius
+        fg = (1 - d) * 20 - (1000 if self.empty else 0)  # logit: inside the disc where d < 1
+        p = (1 - d).clamp(1e-3, 1 - 1e-3)
+        dist = torch.log(p / (1 - p))
+        return torch.stack([fg, dist])[None].expand(b, -1, -1, -1) + self.dummy
+
+
+def _diameter(probs: torch.Tensor) -> float:
+    found, _ = ndimage.label(probs[0].numpy() > 0.5)
+    d = median_diameter(found)
+    assert d is not None
+    return d
+
+
+CFG = InferenceConfig(tile_size=512)
+
+
+@pytest.mark.parametrize(
+    ("object_size", "rescaled_to", "native_diameter"),
+    [
+        (16.0, (128, 128), 4.0),  # objects too small (8 px): predicted again at ~2× (126 px, padded)
+        (4.0, (32, 32), 16.0),  # too large: predicted again at ~½×
+        (9.0, None, 8.0),  # close enough (factor 1.125): the first prediction is kept
+    ],
+)
+def test_inference_predicts_again_at_the_measured_scale(object_size, rescaled_to, native_diameter):
+    net = BlobNet(radius=4)
+    image = np.zeros((1, 64, 64), np.float32)
+    probs = predict_probabilities(net, image, "instance", (64, 64), CFG, object_size=object_size)
+    assert probs.shape == (2, 64, 64)
+    assert net.seen == [(64, 64)] + ([rescaled_to] if rescaled_to else [])
+    assert _diameter(probs) == pytest.approx(native_diameter, rel=0.25)
+
+
+def test_inference_sizes_objects_in_working_pixels_and_returns_native_shape():
+    # a working image at half the native size: 8 px objects there are 16 px natively, already the target
+    net = BlobNet(radius=4)
+    probs = predict_probabilities(net, np.zeros((1, 64, 64), np.float32), "instance", (128, 128), CFG, 8.0)
+    assert probs.shape == (2, 128, 128) and net.seen == [(64, 64)]
+    net = BlobNet(radius=4)
+    probs = predict_probabilities(net, np.zeros((1, 64, 48), np.float32), "instance", (128, 96), CFG, 16.0)
+    assert probs.shape == (2, 128, 96) and net.seen == [(64, 64), (128, 128)]  # one square tile each
+
+
+def test_inference_keeps_the_first_prediction_without_objects_or_without_object_size():
+    image = np.zeros((1, 64, 64), np.float32)
+    net = BlobNet(empty=True)
+    probs = predict_probabilities(net, image, "instance", (64, 64), CFG, object_size=16.0)
+    assert probs.shape == (2, 64, 64) and net.seen == [(64, 64)]
+    net = BlobNet()
+    predict_probabilities(net, image, "instance", (64, 64), CFG)
+    assert net.seen == [(64, 64)]
+
+
+def test_inference_with_tta_rescales_every_orientation():
+    net = BlobNet(radius=4)
+    cfg = InferenceConfig(tile_size=512, tta=True)
+    probs = predict_probabilities(net, np.zeros((1, 64, 64), np.float32), "instance", (64, 64), cfg, 16.0)
+    assert probs.shape == (2, 64, 64)
+    assert net.seen == [(64, 64)] * 8 + [(128, 128)] * 8
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+def test_finetune_with_object_size_sizes_only_the_training_images(tmp_path, monkeypatch):
+    data = write_synthetic_dataset(tmp_path / "synth", n_images=8, size=64, seed=2)
+    calls: list[tuple[int, float | None]] = []
+    real = finetune_module.load_samples
+
+    def spy(samples, *args, **kwargs):
+        calls.append((len(samples), kwargs.get("object_size")))
+        return real(samples, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "load_samples", spy)
+    cfg = FinetuneConfig.model_validate(
+        {
+            "data": {
+                "train": data,
+                "task": "instance",
+                "val_fraction": 0.25,
+                "test_fraction": 0.25,
+                "object_size": 24,
+            },
+            "model": {"encoder": "resnet18", "decoder_channels": [16, 16, 8, 8, 8]},
+            "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "crop_size": 32},
+            "inference": {"tile_size": 64},
+            "output": tmp_path / "run",
+        }
+    )
+    res = finetune(cfg, progress=False)
+    summary = json.loads((res.output / "result.json").read_text())
+    assert 0.0 <= summary["test"]["aji"] <= 1.0
+    n_train, n_val = summary["n_labelled"], summary["n_val"]
+    # training images sized by their labels; validation and test images at native scale
+    assert calls == [(n_train, 24.0), (n_val, None), (summary["n_test"], None)]
