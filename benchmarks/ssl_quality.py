@@ -23,7 +23,10 @@ from sslseg.finetune import finetune
 from sslseg.methods import METHODS
 from sslseg.pretrain import pretrain
 
-DENSE = {"densecl", "pixpro", "vicregl", "detco", "modeco"}
+# the methods whose loss works below the image level (locations, tiles, stages or pixels): the dense
+# methods of the reference (DenseCL, DetCo, MoDeCo) and the dense ones beyond it (VICRegL, PixPro, masked
+# image modelling through the U-Net decoder)
+DENSE = {"densecl", "pixpro", "vicregl", "detco", "modeco", "masked"}
 
 
 def main() -> None:
