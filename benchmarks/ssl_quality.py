@@ -26,6 +26,7 @@ from sslseg.pretrain import pretrain
 # the methods whose loss works below the image level (locations, tiles, stages or pixels): the dense
 # methods of the reference (DenseCL, DetCo, MoDeCo) and the dense ones beyond it (VICRegL, PixPro, masked
 # image modelling through the U-Net decoder)
+DECODER = [128, 64, 32, 16, 16]  # the fine-tuning U-Net's decoder; methods that pretrain one use it too
 DENSE = {"densecl", "pixpro", "vicregl", "detco", "modeco", "masked"}
 
 
@@ -61,7 +62,7 @@ def main() -> None:
                         "val_fraction": 0.1,
                         "label_fraction": args.label_fraction,
                     },
-                    "model": {"encoder": "resnet18", "init": init, "decoder_channels": [128, 64, 32, 16, 16]},
+                    "model": {"encoder": "resnet18", "init": init, "decoder_channels": DECODER},
                     "train": {
                         "seed": seed,
                         "epochs": args.finetune_epochs,
@@ -95,6 +96,9 @@ def main() -> None:
             {
                 "method": method,
                 "encoder": "resnet18",
+                "params": {"decoder_channels": DECODER}
+                if "decoder_channels" in METHODS[method].Params.model_fields
+                else {},
                 "data": {"path": train},
                 "views": {"size": args.view_size},
                 "train": {

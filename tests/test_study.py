@@ -63,6 +63,20 @@ def test_grid_expansion_counts_dependencies_and_order(tmp_path):
     assert {j.fraction for j in first} == {0.1}
 
 
+def test_methods_that_pretrain_a_decoder_get_the_fine_tuned_decoder_shape(tmp_path):
+    pretrainings = [{"name": "random", "init": "random"}, {"name": "masked", "method": "masked"}]
+    pretrainings.append(
+        {"name": "ae", "method": "autoencoder", "params": {"decoder_channels": [8, 8, 8, 8, 8]}}
+    )
+    pretrainings.append({"name": "simclr", "method": "simclr"})
+    finetune = {"model": {"decoder_channels": [32, 16, 16, 8, 8]}}
+    study = _study(tmp_path, pretrainings=pretrainings, finetune=finetune)
+    jobs = {j.pretraining: j for j in expand(study) if j.kind == "pretrain"}
+    assert jobs["masked"].config["params"]["decoder_channels"] == [32, 16, 16, 8, 8]
+    assert jobs["ae"].config["params"]["decoder_channels"] == [8, 8, 8, 8, 8]  # the user's own setting wins
+    assert "decoder_channels" not in jobs["simclr"].config["params"]
+
+
 def test_hashes_are_stable_and_follow_the_settings(tmp_path):
     a = {j.key: j.hash for j in expand(_study(tmp_path))}
     assert a == {j.key: j.hash for j in expand(_study(tmp_path))}

@@ -28,6 +28,7 @@ from sslseg.config import (
     read_yaml_mapping,
 )
 from sslseg.data.locations import real_data_root
+from sslseg.methods import get_method
 
 EncoderState = Literal["finetuned", "frozen"]
 BASELINE = "random"  # the pretraining every other one is compared with
@@ -195,12 +196,16 @@ def fraction_tag(fraction: float) -> str:
 
 
 def _pretrain_job(study: StudyConfig, ds: StudyDataset, p: Pretraining) -> Job:
+    params = dict(p.params)
+    decoder = (study.finetune.get("model") or {}).get("decoder_channels")
+    if decoder is not None and "decoder_channels" in get_method(p.method).Params.model_fields:
+        params.setdefault("decoder_channels", decoder)  # a pretrained decoder must fit the fine-tuned U-Net
     tree = deep_merge(study.pretrain, p.pretrain)
     tree = deep_merge(
         tree,
         {
             "method": p.method,
-            "params": p.params,
+            "params": params,
             "encoder": study.encoder,
             "data": {
                 "path": str(ds.unlabeled or ds.train),
