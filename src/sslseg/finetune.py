@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 import sslseg
 from sslseg.atomic import atomic_path, write_json, write_text
 from sslseg.config import FinetuneConfig, load_config, to_yaml
-from sslseg.data.datasets import RandomCropDataset, load_samples
+from sslseg.data.datasets import LoadedSample, RandomCropDataset, load_samples
 from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.splits import labelled_subset, load_split, make_split, save_split
 from sslseg.distributed import check_sync_batchnorm
@@ -131,17 +131,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         progress=progress,
         object_size=d.object_size,
     )
-    val_set, _ = load_samples(
-        [by_id[i] for i in split["val"]],
-        d.task,
-        d.num_classes,
-        channels,
-        d.normalization,
-        d.scale,
-        progress=progress,
-    )
-    if cfg.train.val_max_images:
-        val_set = val_set[: cfg.train.val_max_images]
+    val_set = _validation_set(cfg, split, by_id, channels, progress)
 
     module = SegmentationModule(cfg.model_dump(mode="json"), channels)
     module.val_samples = val_set
@@ -272,8 +262,23 @@ def tune_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     split = load_split(out / "split.json", list(samples))
     summary = json.loads((out / "result.json").read_text())
     channels = summary["in_channels"]
+    val_set = _validation_set(cfg, split, samples, channels, progress)
+    summary["postprocess_tuning"] = tune_checkpoint(out / "best.ckpt", val_set)
+    summary["test"] = _score_test(
+        out, out / "best.ckpt", _test_samples(cfg, split, samples), channels, progress
+    )
+    write_json(out / "result.json", summary)
+    return summary
+
+
+def _validation_set(
+    cfg: FinetuneConfig, split: dict[str, list[str]], by_id: dict[str, Sample], channels: int, progress: bool
+) -> list[LoadedSample]:
+    """The validation images (up to train.val_max_images), loaded like test images: at the working scale,
+    never sized by their own labels."""
+    d = cfg.data
     val_set, _ = load_samples(
-        [samples[i] for i in split["val"]],
+        [by_id[i] for i in split["val"]],
         d.task,
         d.num_classes,
         channels,
@@ -281,14 +286,7 @@ def tune_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         d.scale,
         progress=progress,
     )
-    if cfg.train.val_max_images:
-        val_set = val_set[: cfg.train.val_max_images]
-    summary["postprocess_tuning"] = tune_checkpoint(out / "best.ckpt", val_set)
-    summary["test"] = _score_test(
-        out, out / "best.ckpt", _test_samples(cfg, split, samples), channels, progress
-    )
-    write_json(out / "result.json", summary)
-    return summary
+    return val_set[: cfg.train.val_max_images] if cfg.train.val_max_images else val_set
 
 
 def _test_samples(cfg: FinetuneConfig, split: dict[str, list[str]], by_id: dict[str, Sample]) -> list[Sample]:
