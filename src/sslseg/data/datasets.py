@@ -161,7 +161,7 @@ def load_samples(
             diameter = median_diameter(labels) if labels is not None else None
             image_scale = 1.0 if diameter is None else size_factor(diameter, object_size)
         image = prepare_image(raw, channels, normalization, image_scale)
-        if source is not None and labels is not None:
+        if labels is not None:
             work = rescale_labels(labels, image.shape[1:])
             if task == "semantic":
                 try:
