@@ -42,7 +42,11 @@ def test_instance_run_writes_every_output_and_scores_the_test_split(nuclei, tmp_
     out = res.output
     for name in ("config.yaml", "split.json", "best.ckpt", "result.json", "test_per_image.csv"):
         assert (out / name).is_file(), name
-    assert (out / "checkpoints" / "last.ckpt").is_file()
+    # last.ckpt holds everything --resume needs; best.ckpt only what loading needs (a third of the size)
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(out / "best.ckpt", map_location="cpu", weights_only=False)
+    assert "optimizer_states" in last and "optimizer_states" not in best and "state_dict" in best
+    assert (out / "best.ckpt").stat().st_size < 0.5 * (out / "checkpoints" / "last.ckpt").stat().st_size
     assert res.summary["n_test"] == 2 and res.summary["n_val"] == 2 and res.summary["n_labelled"] == 6
     for key in ("aji", "aji_plus", "pq", "dsb_score", "f1@0.5"):
         assert 0.0 <= res.test[key] <= 1.0

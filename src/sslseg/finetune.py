@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from sslseg.rundir import (
     csv_log_version,
     last_checkpoint,
     prepare_run_dir,
+    save_model_checkpoint,
 )
 from sslseg.segmentation.module import SegmentationModule, ValidationImages
 from sslseg.segmentation.tuning import tune_postprocess
@@ -154,6 +154,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         monitor=monitor,
         mode="max",
         save_top_k=1,
+        save_weights_only=True,  # resuming needs only last.ckpt; best is for loading
     )
     last_cb = last_checkpoint(out / "checkpoints")  # every epoch, for --resume
     callbacks: list[L.Callback] = [best_cb, last_cb, RandomStateCheckpoint()]
@@ -188,8 +189,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
 
     best_path = Path(best_cb.best_model_path or last_cb.best_model_path)
     stable_best = out / "best.ckpt"
-    shutil.copyfile(best_path, out / ".best.ckpt.tmp")
-    (out / ".best.ckpt.tmp").replace(stable_best)
+    save_model_checkpoint(best_path, stable_best)
 
     best_state = torch.load(stable_best, map_location="cpu", weights_only=False)["state_dict"]
     moved = weight_change(initial_weights, best_state, ("net.encoder.", "net.decoder."))

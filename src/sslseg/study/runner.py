@@ -153,6 +153,9 @@ def worker_loop(study_json: dict[str, Any], runner: str, poll: float = 5.0, prog
                 continue
             beat.stop()
             store.finish(row["key"], runner, metrics, seconds, info)
+            # a done job is never resumed: its resume state (optimiser and all, the largest files of a
+            # study) goes; the products stay (best.ckpt, encoder.safetensors, results)
+            shutil.rmtree(Path(row["config"]["output"]) / "checkpoints", ignore_errors=True)
             ran += 1
             c = store.counts(keys)
             print(
