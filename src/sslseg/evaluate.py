@@ -15,7 +15,6 @@ from sslseg.data.datasets import LoadedSample, load_samples
 from sslseg.data.layouts import find_samples
 from sslseg.errors import DataError
 from sslseg.metrics import mean_scores
-from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
 from sslseg.segmentation.module import SegmentationModule, score_labels
 
 
@@ -49,11 +48,7 @@ def evaluate_samples(
     for s in tqdm(samples, desc="evaluating", disable=not progress, leave=False):
         if s.labels is None:
             raise DataError(Path(s.id), "cannot evaluate an image without labels")
-        probs = predict_probabilities(
-            module.net, s.image, cfg.data.task, s.native_shape, cfg.inference, cfg.data.object_size
-        )
-        pred = probabilities_to_labels(probs, cfg.data.task, cfg.postprocess)
-        rows.append({"id": s.id, **score_labels(pred, s.labels, cfg)})
+        rows.append({"id": s.id, **score_labels(module.segment(s.image, s.native_shape), s.labels, cfg)})
     return rows
 
 

@@ -14,7 +14,6 @@ from sslseg.data.datasets import prepare_image
 from sslseg.data.io import IMAGE_EXTENSIONS, read_image, write_label
 from sslseg.errors import DataError
 from sslseg.evaluate import load_model
-from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
 
 _PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48]], np.uint8)
 
@@ -77,10 +76,7 @@ def predict_files(
     for path in tqdm(collect_images(inputs), desc="predicting", disable=not progress):
         raw = read_image(path)
         image = prepare_image(raw, module.hparams["in_channels"], cfg.data.normalization, cfg.data.scale)
-        probs = predict_probabilities(
-            module.net, image, cfg.data.task, raw.shape[:2], cfg.inference, cfg.data.object_size
-        )
-        labels = probabilities_to_labels(probs, cfg.data.task, cfg.postprocess)
+        labels = module.segment(image, raw.shape[:2])
         label_path = out / f"{path.stem}_labels.tif"
         write_label(label_path, labels)
         with atomic_path(out / f"{path.stem}_overlay.png") as tmp:

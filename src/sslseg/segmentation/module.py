@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
@@ -91,6 +92,20 @@ class SegmentationModule(L.LightningModule):
             encoder_of(self.net).eval()  # frozen means BatchNorm statistics frozen too
         return self
 
+    def probabilities(self, image: np.ndarray, native_shape: tuple[int, int]) -> torch.Tensor:
+        """Class/instance maps at `native_shape` for one prepared C×H×W image, by the checkpoint's own
+        inference settings (tiling, test-time augmentation, object-size rescaling)."""
+        cfg = self.cfg
+        return predict_probabilities(
+            self.net, image, cfg.data.task, native_shape, cfg.inference, cfg.data.object_size
+        )
+
+    def segment(self, image: np.ndarray, native_shape: tuple[int, int]) -> np.ndarray:
+        """The label map of one prepared image: `probabilities`, then the checkpoint's post-processing."""
+        return probabilities_to_labels(
+            self.probabilities(image, native_shape), self.cfg.data.task, self.cfg.postprocess
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -119,16 +134,7 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         s = self.val_samples[int(batch[0])]
-        probs = predict_probabilities(
-            self.net,
-            s.image,
-            self.cfg.data.task,
-            s.native_shape,
-            self.cfg.inference,
-            object_size=self.cfg.data.object_size,
-        )
-        pred = probabilities_to_labels(probs, self.cfg.data.task, self.cfg.postprocess)
-        scores = score_labels(pred, s.labels, self.cfg)
+        scores = score_labels(self.segment(s.image, s.native_shape), s.labels, self.cfg)
         # under DDP each process scores its share of the images: the epoch's score is the mean over all
         self.log(
             "val/score",

@@ -13,7 +13,7 @@ import numpy as np
 from sslseg.config import PostprocessConfig
 from sslseg.data.datasets import LoadedSample
 from sslseg.metrics import instance_scores
-from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
+from sslseg.segmentation.inference import probabilities_to_labels
 from sslseg.segmentation.module import SegmentationModule, primary_metric
 
 GRID = {
@@ -30,12 +30,7 @@ def tune_postprocess(
     cfg = module.cfg
     grid = grid or GRID
     metric = primary_metric(cfg.data.task)
-    probs = [
-        predict_probabilities(
-            module.net, s.image, cfg.data.task, s.native_shape, cfg.inference, cfg.data.object_size
-        )
-        for s in samples
-    ]
+    probs = [module.probabilities(s.image, s.native_shape) for s in samples]
 
     def score(post: PostprocessConfig) -> float:
         return float(

@@ -93,7 +93,6 @@ def _examples_png(modules: dict[str, Any], samples: list[LoadedSample], task: st
     import matplotlib.pyplot as plt
     from skimage.color import label2rgb
 
-    from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
     from sslseg.study.report import png_base64
 
     names = list(modules)
@@ -105,11 +104,7 @@ def _examples_png(modules: dict[str, Any], samples: list[LoadedSample], task: st
         img = (img - img.min()) / max(float(img.max() - img.min()), 1e-6)
         panels = [("image", None), ("ground truth", s.labels)]
         for n in names:
-            m = modules[n]
-            probs = predict_probabilities(
-                m.net, s.image, task, s.native_shape, m.cfg.inference, object_size=m.cfg.data.object_size
-            )
-            panels.append((n, probabilities_to_labels(probs, task, m.cfg.postprocess)))
+            panels.append((n, modules[n].segment(s.image, s.native_shape)))
         base = img if img.ndim == 2 else img.mean(axis=2)
         if base.shape != s.native_shape:
             from skimage.transform import resize
