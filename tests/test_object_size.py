@@ -183,12 +183,17 @@ def test_inference_keeps_the_first_prediction_without_objects_or_without_object_
     assert net.seen == [(64, 64)]
 
 
-def test_inference_with_tta_rescales_every_orientation():
-    net = BlobNet(radius=4)
+def test_inference_with_tta_sizes_once_then_predicts_every_orientation():
+    # one orientation to measure the objects, then the 8 at the scale that prediction asks for
     cfg = InferenceConfig(tile_size=512, tta=True)
-    probs = predict_probabilities(net, np.zeros((1, 64, 64), np.float32), "instance", (64, 64), cfg, 16.0)
+    image = np.zeros((1, 64, 64), np.float32)
+    net = BlobNet(radius=4)
+    probs = predict_probabilities(net, image, "instance", (64, 64), cfg, 16.0)
     assert probs.shape == (2, 64, 64)
-    assert net.seen == [(64, 64)] * 8 + [(128, 128)] * 8
+    assert net.seen == [(64, 64)] + [(128, 128)] * 8
+    net = BlobNet(radius=4)  # close enough to the target: the 8 orientations at the native scale, the
+    predict_probabilities(net, image, "instance", (64, 64), cfg, 9.0)  # first being the measuring one
+    assert net.seen == [(64, 64)] * 8
 
 
 # ------------------------------------------------------------------------------------------- end to end

@@ -90,7 +90,9 @@ def test_killed_study_resumes_and_two_runners_share_the_rest(tmp_path):
     # done jobs keep their products, not their resume state
     cells = tmp_path / "study" / "cells"
     assert not list(tmp_path.glob("study/**/checkpoints"))
-    assert len(list(cells.glob("**/best.ckpt"))) == 4 and list(tmp_path.glob("study/pretrain/**/encoder.safetensors"))
+    assert len(list(cells.glob("**/best.ckpt"))) == 4 and list(
+        tmp_path.glob("study/pretrain/**/encoder.safetensors")
+    )
     for key, r in after.items():
         if key in done_before:
             assert r["attempts"] == 1 and r["runner"] == before[key]["runner"]  # never redone

@@ -56,33 +56,42 @@ def predict_probabilities(
 
     With `object_size` (instance tasks) the objects of a first prediction give the image's median object
     diameter; when it is off the target by more than RESCALE_TOLERANCE, the image is resized so objects
-    become `object_size` px across (as in training) and predicted again."""
+    become `object_size` px across (as in training) and predicted again. The size estimate takes one
+    orientation even with `cfg.tta`: a median over objects does not need eight."""
     cfg = cfg or InferenceConfig()
-    probs = _predict_oriented(net, image, task, native_shape, cfg)
     if object_size is None or task != "instance":
-        return probs
+        return _predict_oriented(net, image, task, native_shape, cfg)
+    probs = _predict_once(net, image, task, native_shape, cfg)
     p = probs.numpy()
     diameter = median_diameter(distance_to_instances(p[0], p[1], PostprocessConfig()))
-    if diameter is None:  # nothing found: no size to go by
-        return probs
-    factor = size_factor(diameter * image.shape[1] / native_shape[0], object_size)  # in working pixels
+    factor = 1.0  # nothing found: no size to go by
+    if diameter is not None:
+        factor = size_factor(diameter * image.shape[1] / native_shape[0], object_size)  # working pixels
     if 1 / RESCALE_TOLERANCE <= factor <= RESCALE_TOLERANCE:
-        return probs
+        return _predict_oriented(net, image, task, native_shape, cfg, identity=probs)
     return _predict_oriented(net, rescale_image(image, factor), task, native_shape, cfg)
 
 
 def _predict_oriented(
-    net: nn.Module, image: np.ndarray, task: str, native_shape: tuple[int, int], cfg: InferenceConfig
+    net: nn.Module,
+    image: np.ndarray,
+    task: str,
+    native_shape: tuple[int, int],
+    cfg: InferenceConfig,
+    identity: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One prediction, or with `cfg.tta` the mean over the 8 flips/quarter turns mapped back."""
+    """One prediction, or with `cfg.tta` the mean over the 8 flips/quarter turns mapped back;
+    `identity` is the untransformed prediction when the caller has it already."""
+    if identity is None:
+        identity = _predict_once(net, image, task, native_shape, cfg)
     if not cfg.tta:
-        return _predict_once(net, image, task, native_shape, cfg)
+        return identity
     h, w = native_shape
-    total = None
-    for t in range(D4_SIZE):
+    total = identity
+    for t in range(1, D4_SIZE):
         shape = (w, h) if t % 2 else (h, w)  # odd quarter turns swap the sides
         p = d4_inverse(_predict_once(net, d4_transform(image, t), task, shape, cfg), t)
-        total = p if total is None else total + p
+        total = total + p
     return (total / D4_SIZE).contiguous()
 
 
