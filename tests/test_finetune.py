@@ -1,6 +1,7 @@
 """End-to-end fine-tuning on tiny synthetic data: both tasks, frozen encoders, resume, evaluate, predict."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from sslseg.evaluate import evaluate_checkpoint, load_model
 from sslseg.finetune import finetune, tune_run
 from sslseg.nn.unet import build_encoder
 from sslseg.predict import predict_files
+from sslseg.segmentation.module import SegmentationModule
 from sslseg.weights import save_encoder
 
 TINY_TRAIN = {"epochs": 2, "steps_per_epoch": 2, "batch_size": 2, "crop_size": 64}
@@ -135,3 +137,23 @@ def test_fresh_run_refuses_a_folder_with_earlier_checkpoints(nuclei, tmp_path):
         finetune(_cfg(nuclei, tmp_path / "run"), progress=False)
     with pytest.raises(ConfigError, match="no checkpoint to resume from"):
         finetune(_cfg(nuclei, tmp_path / "other"), resume=True, progress=False)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_encoder_learning_rate_is_scaled_through_the_whole_schedule(tmp_path, freeze):
+    cfg = _cfg(tmp_path, tmp_path / "run", train={"encoder_lr_scale": 0.1}, model={"frozen": freeze})
+    module = SegmentationModule(cfg.model_dump(mode="json"), in_channels=1)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=40)  # all the schedule asks of a trainer
+    setup = module.configure_optimizers()
+    opt, sched = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    encoder = {id(p) for p in module.net.encoder.parameters()}
+    groups = [[id(p) in encoder for p in g["params"]] for g in opt.param_groups]
+    if freeze:  # nothing of the frozen encoder is optimised
+        assert len(groups) == 1 and not any(groups[0])
+        return
+    assert len(groups) == 2 and not any(groups[0]) and all(groups[1])
+    assert sum(len(g) for g in groups) == sum(1 for _ in module.parameters())
+    for _ in range(30):  # warm-up and cosine: the ratio holds at every step
+        assert opt.param_groups[1]["lr"] == pytest.approx(0.1 * opt.param_groups[0]["lr"], rel=0.02)
+        opt.step()
+        sched.step()

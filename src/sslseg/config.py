@@ -95,6 +95,12 @@ class TrainConfig(_Strict):
         "steps_per_epoch × batch_size crops are shared among the processes",
     )
     lr: float = Field(1e-3, gt=0)
+    encoder_lr_scale: float = Field(
+        1.0,
+        gt=0,
+        description="the encoder's learning rate is lr × this (e.g. 0.1 to keep a pretrained encoder near "
+        "its start while the new decoder learns at lr)",
+    )
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(10, ge=1, description="early stopping, in epochs without a better val score")
     accelerator: str = "auto"

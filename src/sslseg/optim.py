@@ -67,7 +67,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torc
     return LARS(groups, lr=lr, momentum=cfg.momentum)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_fraction: float):
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_fraction: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up then cosine decay to `min_fraction` of the base rate, stepped every batch."""
 
     def factor(step: int) -> float:

@@ -17,6 +17,7 @@ from sslseg.data.datasets import LoadedSample
 from sslseg.errors import TrainingDiverged
 from sslseg.metrics import instance_scores, semantic_scores
 from sslseg.nn.unet import build_unet, encoder_of, freeze
+from sslseg.optim import warmup_cosine
 from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
 from sslseg.weights import decoder_beside, load_decoder, load_encoder
 
@@ -145,17 +146,16 @@ class SegmentationModule(L.LightningModule):
         )
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay)
+        lr = self.cfg.train.lr
+        encoder = [p for p in self.net.encoder.parameters() if p.requires_grad]
+        ids = {id(p) for p in encoder}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        groups = [{"params": rest, "lr": lr}]
+        if encoder:  # a frozen encoder has nothing to optimise
+            groups.append({"params": encoder, "lr": lr * self.cfg.train.encoder_lr_scale})
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=self.cfg.train.weight_decay)
         # optimiser steps of the whole run: under DDP each process takes its share of an epoch's crops
         total = int(self.trainer.estimated_stepping_batches)
-        warmup = min(total // 20, 200)
-        sched = torch.optim.lr_scheduler.SequentialLR(
-            opt,
-            [
-                torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=max(warmup, 1)),
-                torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total - warmup, 1), eta_min=1e-6),
-            ],
-            milestones=[max(warmup, 1)],
-        )
+        # one factor for every group, so the encoder keeps its scale; ends at 1e-6 for the default lr
+        sched = warmup_cosine(opt, max(min(total // 20, 200), 1), total, min_fraction=1e-3)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
