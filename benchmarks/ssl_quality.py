@@ -4,6 +4,7 @@ against random initialisation fine-tuned the same way. Prints one JSON line per 
 summary line per method with the mean and the relative AJI gain over random init.
 
     python benchmarks/ssl_quality.py [--methods densecl,modeco] [--seeds 0,1,2] [--pretrain-epochs 6]
+    python benchmarks/ssl_quality.py --pretrained-from runs/earlier --encoder-lr-scale 0.1 --out runs/new
 
 The defaults are a budget for 2 CPU cores (about 20 min per method with 3 seeds); on a GPU raise the
 steps, view size and crop size.
@@ -12,10 +13,13 @@ steps, view size and crop size.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
+import yaml
 from _common import emit, hardware, require
 
 from sslseg.config import FinetuneConfig, PretrainConfig
@@ -43,13 +47,24 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=25, help="steps per fine-tuning epoch")
     ap.add_argument("--crop-size", type=int, default=128)
     ap.add_argument("--val-images", type=int, default=16, help="validation images scored per epoch")
+    ap.add_argument(
+        "--encoder-lr-scale",
+        type=float,
+        default=1.0,
+        help="train.encoder_lr_scale when fine-tuning a pretrained encoder (random init keeps 1)",
+    )
+    ap.add_argument(
+        "--pretrained-from",
+        type=Path,
+        help="an earlier run's --out: reuse its pretraining of a method when its settings are the same",
+    )
     ap.add_argument("--out", default="runs/bench_ssl_quality")
     args = ap.parse_args()
     train, test = require("dsb2018", "stage1_train"), require("dsb2018", "stage1_test")
     out = Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
 
-    def finetune_all(init: str, tag: str) -> list[dict[str, float]]:
+    def finetune_all(init: str, tag: str, encoder_lr_scale: float = 1.0) -> list[dict[str, float]]:
         scores = []
         for seed in seeds:
             cfg = FinetuneConfig.model_validate(
@@ -71,6 +86,7 @@ def main() -> None:
                         "crop_size": args.crop_size,
                         "patience": 6,
                         "val_max_images": args.val_images,
+                        "encoder_lr_scale": encoder_lr_scale,
                     },
                     "output": out / tag / f"finetune_seed{seed}",
                 }
@@ -109,9 +125,12 @@ def main() -> None:
                 "output": out / method / "pretrain",
             }
         )
-        pre = pretrain(cfg, progress=False)
-        pretrain_seconds[method] = pre.summary["seconds"]
-        results[method] = finetune_all(str(pre.weights), method)
+        weights, seconds = _earlier_pretraining(args.pretrained_from, method, cfg)
+        if weights is None:
+            pre = pretrain(cfg, progress=False)
+            weights, seconds = pre.weights, pre.summary["seconds"]
+        pretrain_seconds[method] = seconds
+        results[method] = finetune_all(str(weights), method, args.encoder_lr_scale)
 
     base = statistics.mean(r["aji"] for r in results["random"])
     for tag, rows in results.items():
@@ -129,8 +148,26 @@ def main() -> None:
             pretrain_seconds=round(pretrain_seconds.get(tag, 0.0), 1),
             seeds=seeds,
             label_fraction=args.label_fraction,
+            encoder_lr_scale=1.0 if tag == "random" else args.encoder_lr_scale,
             hardware=hardware(),
         )
+
+
+def _earlier_pretraining(earlier: Path | None, method: str, cfg: PretrainConfig) -> tuple[Path | None, float]:
+    """The encoder and pretraining seconds of an earlier run of this benchmark when it pretrained `method`
+    with exactly these settings (its saved config, output folder aside); (None, 0) otherwise."""
+    if earlier is None:
+        return None, 0.0
+    run = earlier / method / "pretrain"
+    weights, saved = run / "encoder.safetensors", run / "config.yaml"
+    if not (weights.is_file() and saved.is_file() and (run / "result.json").is_file()):
+        return None, 0.0
+    before = PretrainConfig.model_validate(yaml.safe_load(saved.read_text()))
+    if before.model_dump(exclude={"output"}) != cfg.model_dump(exclude={"output"}):
+        print(f"{run}: pretrained with other settings; pretraining again", file=sys.stderr)
+        return None, 0.0
+    print(f"{run}: same settings, reusing its encoder", file=sys.stderr)
+    return weights, json.loads((run / "result.json").read_text())["seconds"]
 
 
 if __name__ == "__main__":
