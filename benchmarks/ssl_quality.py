@@ -56,7 +56,9 @@ def main() -> None:
     ap.add_argument(
         "--pretrained-from",
         type=Path,
-        help="an earlier run's --out: reuse its pretraining of a method when its settings are the same",
+        nargs="+",
+        default=[],
+        help="earlier runs' --out: reuse a pretraining of a method from them when its settings are the same",
     )
     ap.add_argument("--out", default="runs/bench_ssl_quality")
     args = ap.parse_args()
@@ -153,21 +155,20 @@ def main() -> None:
         )
 
 
-def _earlier_pretraining(earlier: Path | None, method: str, cfg: PretrainConfig) -> tuple[Path | None, float]:
-    """The encoder and pretraining seconds of an earlier run of this benchmark when it pretrained `method`
-    with exactly these settings (its saved config, output folder aside); (None, 0) otherwise."""
-    if earlier is None:
-        return None, 0.0
-    run = earlier / method / "pretrain"
-    weights, saved = run / "encoder.safetensors", run / "config.yaml"
-    if not (weights.is_file() and saved.is_file() and (run / "result.json").is_file()):
-        return None, 0.0
-    before = PretrainConfig.model_validate(yaml.safe_load(saved.read_text()))
-    if before.model_dump(exclude={"output"}) != cfg.model_dump(exclude={"output"}):
-        print(f"{run}: pretrained with other settings; pretraining again", file=sys.stderr)
-        return None, 0.0
-    print(f"{run}: same settings, reusing its encoder", file=sys.stderr)
-    return weights, json.loads((run / "result.json").read_text())["seconds"]
+def _earlier_pretraining(earlier: list[Path], method: str, cfg: PretrainConfig) -> tuple[Path | None, float]:
+    """The encoder and pretraining seconds of an earlier run of this benchmark that pretrained `method`
+    with exactly these settings (its saved config, output folder aside); (None, 0) when none did."""
+    for folder in earlier:
+        run = folder / method / "pretrain"
+        weights, saved = run / "encoder.safetensors", run / "config.yaml"
+        if not (weights.is_file() and saved.is_file() and (run / "result.json").is_file()):
+            continue
+        before = PretrainConfig.model_validate(yaml.safe_load(saved.read_text()))
+        if before.model_dump(exclude={"output"}) == cfg.model_dump(exclude={"output"}):
+            print(f"{run}: same settings, reusing its encoder", file=sys.stderr)
+            return weights, json.loads((run / "result.json").read_text())["seconds"]
+        print(f"{run}: pretrained with other settings", file=sys.stderr)
+    return None, 0.0
 
 
 if __name__ == "__main__":
