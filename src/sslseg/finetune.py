@@ -189,9 +189,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
 
     best_path = Path(best_cb.best_model_path or last_cb.best_model_path)
     stable_best = out / "best.ckpt"
-    save_model_checkpoint(best_path, stable_best)
-
-    best_state = torch.load(stable_best, map_location="cpu", weights_only=False)["state_dict"]
+    best_state = save_model_checkpoint(best_path, stable_best)["state_dict"]
     moved = weight_change(initial_weights, best_state, ("net.encoder.", "net.decoder."))
     tuning = {}
     if d.task == "instance" and cfg.postprocess.tune and val_set:

@@ -92,12 +92,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 MODEL_KEYS = ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step")
 
 
-def save_model_checkpoint(source: Path, target: Path) -> None:
+def save_model_checkpoint(source: Path, target: Path) -> dict[str, Any]:
     """Write the model part of the Lightning checkpoint `source` to `target`, atomically: a third of the
-    size of a full checkpoint and all that loading, evaluating and predicting need."""
+    size of a full checkpoint and all that loading, evaluating and predicting need. Returns that part."""
     full = torch.load(source, map_location="cpu", weights_only=False)
+    model = {k: full[k] for k in MODEL_KEYS if k in full}
     with atomic_path(target) as tmp:
-        torch.save({k: full[k] for k in MODEL_KEYS if k in full}, tmp)
+        torch.save(model, tmp)
+    return model
 
 
 def last_checkpoint(checkpoints: Path) -> ModelCheckpoint:

@@ -147,7 +147,7 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         lr = self.cfg.train.lr
-        encoder = [p for p in self.net.encoder.parameters() if p.requires_grad]
+        encoder = [p for p in encoder_of(self.net).parameters() if p.requires_grad]
         ids = {id(p) for p in encoder}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
         groups = [{"params": rest, "lr": lr}]
