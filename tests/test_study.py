@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -180,8 +181,9 @@ def test_sync_redoes_jobs_whose_settings_changed(tmp_path):
     assert store.rows([row["key"]])[0]["status"] == "pending"
 
 
-def _claim_all(path: str, keys: list[str], name: str, out: str) -> None:
+def _claim_all(path: str, keys: list[str], name: str, out: str, start: Any) -> None:
     store = ResultStore(path)
+    start.wait(120)  # all runners race from here: a slow process start must not leave one alone
     got = []
     while True:
         row = store.claim(name, keys)
@@ -202,9 +204,11 @@ def test_concurrent_runners_never_run_a_job_twice(tmp_path):
     store.sync(jobs)
     keys = [j.key for j in jobs]
     ctx = mp.get_context("spawn")
+    start = ctx.Barrier(4)
     procs = [
         ctx.Process(
-            target=_claim_all, args=(str(tmp_path / "results.sqlite"), keys, f"r{i}", str(tmp_path / f"r{i}"))
+            target=_claim_all,
+            args=(str(tmp_path / "results.sqlite"), keys, f"r{i}", str(tmp_path / f"r{i}"), start),
         )
         for i in range(4)
     ]
