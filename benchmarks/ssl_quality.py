@@ -5,6 +5,10 @@ summary line per method with the mean and the relative AJI gain over random init
 
     python benchmarks/ssl_quality.py [--methods densecl,modeco] [--seeds 0,1,2] [--pretrain-epochs 6]
     python benchmarks/ssl_quality.py --pretrained-from runs/earlier --encoder-lr-scale 0.1 --out runs/new
+    python benchmarks/ssl_quality.py --frozen --out runs/frozen   # the reference's other encoder state
+
+`--frozen` freezes the encoder (BatchNorm too) of every initialisation, random init included, and trains the
+decoder only: the reference compares each state against random init in the same state.
 
 The defaults are a budget for 2 CPU cores (about 20 min per method with 3 seeds); on a GPU raise the
 steps, view size and crop size.
@@ -60,8 +64,15 @@ def main() -> None:
         default=[],
         help="earlier runs' --out: reuse a pretraining of a method from them when its settings are the same",
     )
+    ap.add_argument(
+        "--frozen",
+        action="store_true",
+        help="freeze the encoder of every initialisation (random init too) and train the decoder only",
+    )
     ap.add_argument("--out", default="runs/bench_ssl_quality")
     args = ap.parse_args()
+    if args.frozen and args.encoder_lr_scale != 1.0:
+        ap.error("--encoder-lr-scale has no effect with --frozen: a frozen encoder is not trained")
     train, test = require("dsb2018", "stage1_train"), require("dsb2018", "stage1_test")
     out = Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -79,7 +90,12 @@ def main() -> None:
                         "val_fraction": 0.1,
                         "label_fraction": args.label_fraction,
                     },
-                    "model": {"encoder": "resnet18", "init": init, "decoder_channels": DECODER},
+                    "model": {
+                        "encoder": "resnet18",
+                        "init": init,
+                        "decoder_channels": DECODER,
+                        "frozen": args.frozen,
+                    },
                     "train": {
                         "seed": seed,
                         "epochs": args.finetune_epochs,
@@ -101,6 +117,7 @@ def main() -> None:
                 benchmark="ssl_quality",
                 init=tag,
                 seed=seed,
+                encoder="frozen" if args.frozen else "fine-tuned",
                 **rounded,
                 seconds=round(time.perf_counter() - t0),
             )
@@ -150,6 +167,7 @@ def main() -> None:
             pretrain_seconds=round(pretrain_seconds.get(tag, 0.0), 1),
             seeds=seeds,
             label_fraction=args.label_fraction,
+            encoder="frozen" if args.frozen else "fine-tuned",
             encoder_lr_scale=1.0 if tag == "random" else args.encoder_lr_scale,
             hardware=hardware(),
         )
