@@ -30,6 +30,7 @@ from sslseg.config import FinetuneConfig, PretrainConfig
 from sslseg.finetune import finetune
 from sslseg.methods import METHODS
 from sslseg.pretrain import pretrain
+from sslseg.study.stats import welch_greater
 
 # the methods whose loss works below the image level (locations, tiles, stages or pixels): the dense
 # methods of the reference (DenseCL, DetCo, MoDeCo) and the dense ones beyond it (VICRegL, PixPro, masked
@@ -163,6 +164,10 @@ def main() -> None:
             mean_dsb_score=round(statistics.mean(r["dsb_score"] for r in rows), 4),
             random_init_mean_aji=round(base, 4),
             relative_aji_gain=round(aji / base - 1, 4),
+            # one-sided Welch test of "higher AJI than random init" over the seeds (None for random itself)
+            p_aji_above_random=None
+            if tag == "random"
+            else round(welch_greater([r["aji"] for r in rows], [r["aji"] for r in results["random"]]), 4),
             bar="a dense method ≥ +5 % relative AJI over random init",
             pretrain_seconds=round(pretrain_seconds.get(tag, 0.0), 1),
             seeds=seeds,
