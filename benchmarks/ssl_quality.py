@@ -29,7 +29,7 @@ from _common import emit, hardware, require
 from sslseg.config import FinetuneConfig, PretrainConfig
 from sslseg.finetune import finetune
 from sslseg.methods import METHODS
-from sslseg.pretrain import pretrain
+from sslseg.pretrain import pretrain, resolve_optim
 from sslseg.study.stats import welch_greater
 
 # the methods whose loss works below the image level (locations, tiles, stages or pixels): the dense
@@ -187,7 +187,8 @@ def _earlier_pretraining(earlier: list[Path], method: str, cfg: PretrainConfig) 
         if not (weights.is_file() and saved.is_file() and (run / "result.json").is_file()):
             continue
         before = PretrainConfig.model_validate(yaml.safe_load(saved.read_text()))
-        if before.model_dump(exclude={"output"}) == cfg.model_dump(exclude={"output"}):
+        # the saved config holds the method's optimiser defaults, as pretrain() resolved them
+        if before.model_dump(exclude={"output"}) == resolve_optim(cfg).model_dump(exclude={"output"}):
             print(f"{run}: same settings, reusing its encoder", file=sys.stderr)
             return weights, json.loads((run / "result.json").read_text())["seconds"]
         print(f"{run}: pretrained with other settings", file=sys.stderr)
