@@ -3,6 +3,7 @@ shipped it (per-object masks). Prints JSON lines: each figure beside the bar and
 
     python benchmarks/dsb2018_instance.py [--epochs 30] [--out runs/bench_dsb]
     python benchmarks/dsb2018_instance.py --object-size 24 --baseline   # with and without, one run
+    python benchmarks/dsb2018_instance.py --object-size 24 --bright-objects --compare-without bright-objects
     python benchmarks/dsb2018_instance.py --tta                         # also score with TTA (8× slower)
 """
 
@@ -33,19 +34,32 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench_dsb2018")
     ap.add_argument("--object-size", type=float, help="data.object_size: median nucleus diameter to work at")
     ap.add_argument(
-        "--baseline", action="store_true", help="with --object-size: also train without it, same budget"
+        "--bright-objects", action="store_true", help="data.bright_objects: invert dark-on-bright images"
     )
+    ap.add_argument(
+        "--compare-without",
+        choices=["object-size", "bright-objects"],
+        help="first train the same budget without this one option, for a comparison in one run",
+    )
+    ap.add_argument("--baseline", action="store_true", help="the same as --compare-without object-size")
     ap.add_argument("--tta", action="store_true", help="also score the test set with test-time augmentation")
     args = ap.parse_args()
-    variants = [args.object_size]
-    if args.baseline and args.object_size is not None:
-        variants.insert(0, None)
-    for object_size in variants:
-        run(args, object_size)
+    without = "object-size" if args.baseline else args.compare_without
+    if without == "object-size" and args.object_size is None:
+        ap.error("comparing without --object-size needs --object-size")
+    if without == "bright-objects" and not args.bright_objects:
+        ap.error("comparing without --bright-objects needs --bright-objects")
+    if without == "object-size":
+        run(args, None, args.bright_objects)
+    elif without == "bright-objects":
+        run(args, args.object_size, False)
+    run(args, args.object_size, args.bright_objects)
 
 
-def run(args: argparse.Namespace, object_size: float | None) -> None:
+def run(args: argparse.Namespace, object_size: float | None, bright_objects: bool) -> None:
     tag = "baseline" if object_size is None else f"object_size_{object_size:g}"
+    if bright_objects:
+        tag += "_bright_objects"
     cfg = FinetuneConfig.model_validate(
         {
             "data": {
@@ -56,6 +70,7 @@ def run(args: argparse.Namespace, object_size: float | None) -> None:
                 "val_fraction": 0.1,
                 "split_seed": 0,
                 "object_size": object_size,
+                "bright_objects": bright_objects,
             },
             "model": {"encoder": args.encoder, "init": "random", "decoder_channels": [128, 64, 32, 16, 16]},
             "train": {
@@ -84,6 +99,7 @@ def run(args: argparse.Namespace, object_size: float | None) -> None:
     emit(
         benchmark=f"dsb2018_instance/{tag}",
         object_size=object_size,
+        bright_objects=bright_objects,
         test_seconds=round(res.summary["test_seconds"], 1),
         wall_seconds=round(wall, 1),
         fit_seconds=round(res.summary["fit_seconds"], 1),

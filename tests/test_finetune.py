@@ -1,5 +1,6 @@
 """End-to-end fine-tuning on tiny synthetic data: both tasks, frozen encoders, resume, evaluate, predict."""
 
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -111,6 +112,19 @@ def test_frozen_encoder_keeps_weights_and_batchnorm_stats(nuclei, tmp_path):
     model = load_model(res.best_checkpoint, device="cpu")
     for k, v in enc.state_dict().items():
         assert torch.equal(model.net.encoder.state_dict()[k], v), k
+
+
+def test_pretraining_with_other_intensity_handling_is_warned_about(tmp_path):
+    enc = build_encoder("resnet18", in_channels=1)
+    meta = {"encoder": "resnet18", "in_channels": 1, "bright_objects": True}
+    w = save_encoder(enc, tmp_path / "enc.safetensors", meta)
+    mismatched = _cfg(tmp_path, tmp_path / "run", model={"init": str(w)})
+    with pytest.warns(UserWarning, match="bright_objects=True but fine-tuning uses False"):
+        SegmentationModule(mismatched.model_dump(mode="json"), in_channels=1)
+    matched = _cfg(tmp_path, tmp_path / "run", model={"init": str(w)}, data={"bright_objects": True})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SegmentationModule(matched.model_dump(mode="json"), in_channels=1)
 
 
 def test_resume_continues_from_last_checkpoint(nuclei, tmp_path):

@@ -42,6 +42,11 @@ class DataConfig(_Strict):
     split_file: Path | None = Field(None, description="JSON split to reuse (written beside every run)")
     label_fraction: float = Field(1.0, gt=0.0, le=1.0)
     normalization: Literal["per_image", "percentile"] = "per_image"
+    bright_objects: bool = Field(
+        False,
+        description="invert images whose objects are darker than their background (H&E, brightfield), so "
+        "all show bright objects on dark as fluorescence does; for datasets that mix the two",
+    )
     scale: float = Field(1.0, gt=0.0, le=4.0, description="resize factor for training and inference")
     object_size: float | None = Field(
         None,
@@ -320,6 +325,11 @@ class PretrainDataConfig(_Strict):
         None,
         ge=16,
         description="side of the native-resolution crop views are drawn from (None = 2 × view size)",
+    )
+    bright_objects: bool = Field(
+        False,
+        description="invert images whose objects are darker than their background (H&E, brightfield), so "
+        "all show bright objects on dark as fluorescence does; for datasets that mix the two",
     )
 
 

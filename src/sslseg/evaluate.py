@@ -91,6 +91,7 @@ def evaluate_checkpoint(
         normalization=cfg.data.normalization,
         scale=cfg.data.scale,
         progress=progress,
+        bright_objects=cfg.data.bright_objects,
     )
     rows = evaluate_samples(module, loaded, progress)
     mean = summarize(rows)

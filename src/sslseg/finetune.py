@@ -130,6 +130,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         d.scale,
         progress=progress,
         object_size=d.object_size,
+        bright_objects=d.bright_objects,
     )
     val_set = _validation_set(cfg, split, by_id, channels, progress)
 
@@ -241,7 +242,14 @@ def _score_test(
     best = load_model(checkpoint)
     d = best.cfg.data
     test_loaded, _ = load_samples(
-        test_samples, d.task, d.num_classes, channels, d.normalization, d.scale, progress=progress
+        test_samples,
+        d.task,
+        d.num_classes,
+        channels,
+        d.normalization,
+        d.scale,
+        progress=progress,
+        bright_objects=d.bright_objects,
     )
     rows = evaluate_samples(best, test_loaded, progress)
     write_rows_csv(out / "test_per_image.csv", rows)
@@ -283,6 +291,7 @@ def _validation_set(
         d.normalization,
         d.scale,
         progress=progress,
+        bright_objects=d.bright_objects,
     )
     return val_set[: cfg.train.val_max_images] if cfg.train.val_max_images else val_set
 

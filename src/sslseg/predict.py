@@ -75,7 +75,13 @@ def predict_files(
     written = []
     for path in tqdm(collect_images(inputs), desc="predicting", disable=not progress):
         raw = read_image(path)
-        image = prepare_image(raw, module.hparams["in_channels"], cfg.data.normalization, cfg.data.scale)
+        image = prepare_image(
+            raw,
+            module.hparams["in_channels"],
+            cfg.data.normalization,
+            cfg.data.scale,
+            cfg.data.bright_objects,
+        )
         labels = module.segment(image, raw.shape[:2])
         label_path = out / f"{path.stem}_labels.tif"
         write_label(label_path, labels)

@@ -92,7 +92,7 @@ def pretrain(
         samples = [s for s in samples if s.id in keep]
     if cfg.data.max_images:
         samples = samples[: cfg.data.max_images]
-    images, channels = load_unlabeled(samples, progress=progress)
+    images, channels = load_unlabeled(samples, progress=progress, bright_objects=cfg.data.bright_objects)
     method = build_method(cfg, channels)
 
     base = cfg.data.base_size or 2 * cfg.views.size
@@ -131,6 +131,7 @@ def pretrain(
         "encoder": cfg.encoder,
         "in_channels": channels,
         "normalization": "per_image",
+        "bright_objects": cfg.data.bright_objects,
         "data": str(cfg.data.path),
         "n_images": len(images),
         "epochs": trainer.current_epoch,

@@ -20,7 +20,13 @@ from tqdm.auto import tqdm
 
 from sslseg.data.io import read_image
 from sslseg.data.layouts import Sample
-from sslseg.data.normalize import Normalization, effective_channels, harmonise_channels, normalize
+from sslseg.data.normalize import (
+    Normalization,
+    brighten_objects,
+    effective_channels,
+    harmonise_channels,
+    normalize,
+)
 from sslseg.data.targets import instance_targets, semantic_classes
 from sslseg.errors import DataError
 from sslseg.segmentation.scale import median_diameter, size_factor
@@ -113,10 +119,18 @@ def _channel_change(kind: int, channels: int) -> str:
 
 
 def prepare_image(
-    raw: np.ndarray, channels: int, normalization: Normalization = "per_image", scale: float = 1.0
+    raw: np.ndarray,
+    channels: int,
+    normalization: Normalization = "per_image",
+    scale: float = 1.0,
+    bright_objects: bool = False,
 ) -> np.ndarray:
-    """Raw H×W×C image → normalised float32 C×h×w at the working scale."""
-    return rescale_image(normalize(harmonise_channels(raw, channels), normalization), scale)
+    """Raw H×W×C image → normalised float32 C×h×w at the working scale (`bright_objects`: dark-on-bright
+    images inverted first, see `brighten_objects`)."""
+    image = harmonise_channels(raw, channels)
+    if bright_objects:
+        image = brighten_objects(image)
+    return rescale_image(normalize(image, normalization), scale)
 
 
 def load_samples(
@@ -129,6 +143,7 @@ def load_samples(
     with_labels: bool = True,
     progress: bool = True,
     object_size: float | None = None,
+    bright_objects: bool = False,
 ) -> tuple[list[LoadedSample], int]:
     """Decode, harmonise and normalise every sample once; returns the samples and the channel count used.
 
@@ -160,7 +175,7 @@ def load_samples(
         if object_size is not None:
             diameter = median_diameter(labels) if labels is not None else None
             image_scale = 1.0 if diameter is None else size_factor(diameter, object_size)
-        image = prepare_image(raw, channels, normalization, image_scale)
+        image = prepare_image(raw, channels, normalization, image_scale, bright_objects)
         if labels is not None:
             work = rescale_labels(labels, image.shape[1:])
             if task == "semantic":
@@ -240,15 +255,19 @@ def scale_unit(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.nd
 
 
 def load_unlabeled(
-    samples: Sequence[Sample], channels: int | None = None, progress: bool = True
+    samples: Sequence[Sample],
+    channels: int | None = None,
+    progress: bool = True,
+    bright_objects: bool = False,
 ) -> tuple[list[np.ndarray], int]:
-    """Decode every image once into [0, 1] float16 C×H×W arrays; returns them and the channel count."""
+    """Decode every image once into [0, 1] float16 C×H×W arrays; returns them and the channel count
+    (`bright_objects`: dark-on-bright images inverted first, as fine-tuning does with the same setting)."""
     raws = [
         read_image(s.image)
         for s in tqdm(samples, desc="reading images", disable=not progress or len(samples) < 20, leave=False)
     ]
     raws, channels = harmonise_dataset(raws, [s.image for s in samples], channels)
-    return [scale_unit(r) for r in raws], channels
+    return [scale_unit(brighten_objects(r) if bright_objects else r) for r in raws], channels
 
 
 class RandomBaseCrops(Dataset):

@@ -26,6 +26,19 @@ def harmonise_channels(image: np.ndarray, channels: int) -> np.ndarray:
     raise ValueError(f"cannot turn a {c}-channel image into {channels} channels")
 
 
+def brighten_objects(image: np.ndarray) -> np.ndarray:
+    """Invert an H×W×C image whose objects are darker than its background (H&E, brightfield), so that every
+    image shows bright objects on a dark background, as fluorescence does; others are returned unchanged.
+
+    The background covers most pixels, so the median intensity lies on its side of the mean: a median above
+    the mean means a bright background. Negation is enough, as the normalisations that follow are
+    translation-invariant."""
+    gray = image.astype(np.float32).mean(axis=2)
+    if np.median(gray) > gray.mean():
+        return -image.astype(np.float32)
+    return image
+
+
 def effective_channels(image: np.ndarray) -> int:
     """Channels that carry signal: RGBA with constant alpha counts as RGB, RGB with equal planes as gray."""
     c = image.shape[2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -74,6 +75,13 @@ class SegmentationModule(L.LightningModule):
         self.decoder_init: str | None = None  # the pretrained decoder loaded with the encoder, if any
         if load_init and m.init not in ("random", "imagenet"):
             encoder_meta = load_encoder(encoder_of(self.net), m.init, m.encoder, in_channels)
+            if bool(encoder_meta.get("bright_objects", False)) != self.cfg.data.bright_objects:
+                warnings.warn(
+                    f"{m.init} was pretrained with data.bright_objects={encoder_meta.get('bright_objects', False)}"
+                    f" but fine-tuning uses {self.cfg.data.bright_objects}: the encoder will see some images "
+                    "inverted from how it learned them",
+                    stacklevel=2,
+                )
             decoder = decoder_beside(m.init)
             if decoder is not None:
                 load_decoder(
