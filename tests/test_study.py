@@ -78,6 +78,13 @@ def test_methods_that_pretrain_a_decoder_get_the_fine_tuned_decoder_shape(tmp_pa
     assert "decoder_channels" not in jobs["simclr"].config["params"]
 
 
+def test_a_dataset_setting_for_dark_on_bright_images_reaches_pretraining_and_fine_tuning(tmp_path):
+    datasets = [{"name": "he", "train": str(tmp_path / "data"), "task": "instance", "bright_objects": True}]
+    jobs = expand(_study(tmp_path, datasets=datasets))
+    assert {j.config["data"]["bright_objects"] for j in jobs} == {True}
+    assert {j.config["data"]["bright_objects"] for j in expand(_study(tmp_path))} == {False}
+
+
 def test_hashes_are_stable_and_follow_the_settings(tmp_path):
     a = {j.key: j.hash for j in expand(_study(tmp_path))}
     assert a == {j.key: j.hash for j in expand(_study(tmp_path))}

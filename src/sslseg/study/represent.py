@@ -55,7 +55,9 @@ def heldout_samples(study: StudyConfig, ds: StudyDataset, channels: int) -> list
     if ds.test is not None:
         chosen = find_samples(ds.test, layout=ds.test_layout, mask_suffix=ds.mask_suffix) + chosen
     chosen = chosen[: study.analysis.max_images]
-    loaded, _ = load_samples(chosen, ds.task, ds.num_classes, channels, progress=False)
+    loaded, _ = load_samples(
+        chosen, ds.task, ds.num_classes, channels, progress=False, bright_objects=ds.bright_objects
+    )
     return loaded
 
 

@@ -53,6 +53,10 @@ class StudyDataset(_Strict):
         None, description="images for pretraining; default: the train/val images of `train`"
     )
     views: ViewPreset = Field("generic", description="view preset of the pretraining on this data")
+    bright_objects: bool = Field(
+        False,
+        description="invert dark-on-bright images (H&E, brightfield) for pretraining, fine-tuning and analysis",
+    )
     classes: Path | None = Field(
         None, description="CSV of image-level classes (id,class) for nearest-neighbour retrieval"
     )
@@ -212,6 +216,7 @@ def _pretrain_job(study: StudyConfig, ds: StudyDataset, p: Pretraining) -> Job:
                 "layout": "auto" if ds.unlabeled else ds.layout,
                 # unlabeled images given separately are all usable; else only the train/val split
                 "split_file": None if ds.unlabeled else str(split_path(study, ds)),
+                "bright_objects": ds.bright_objects,
             },
             "views": {"preset": ds.views},
             "output": str(study_dir(study) / "pretrain" / ds.name / p.name),
