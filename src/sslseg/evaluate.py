@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sslseg.atomic import write_json, write_text
-from sslseg.data.datasets import LoadedSample, load_samples
+from sslseg.data.datasets import LoadedSample, load_heldout
 from sslseg.data.layouts import find_samples
 from sslseg.errors import DataError
 from sslseg.metrics import mean_scores
@@ -83,16 +83,7 @@ def evaluate_checkpoint(
     samples = find_samples(data, layout=layout, mask_suffix=mask_suffix)
     if any(s.label is None for s in samples):
         raise DataError(Path(data), "evaluation needs labels, but this dataset has images without labels")
-    loaded, _ = load_samples(
-        samples,
-        cfg.data.task,
-        cfg.data.num_classes,
-        channels=module.hparams["in_channels"],
-        normalization=cfg.data.normalization,
-        scale=cfg.data.scale,
-        progress=progress,
-        bright_objects=cfg.data.bright_objects,
-    )
+    loaded = load_heldout(samples, cfg.data, module.hparams["in_channels"], progress)
     rows = evaluate_samples(module, loaded, progress)
     mean = summarize(rows)
     if out_dir is not None:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 import sslseg
 from sslseg.atomic import atomic_path, write_json, write_text
 from sslseg.config import FinetuneConfig, load_config, to_yaml
-from sslseg.data.datasets import LoadedSample, RandomCropDataset, load_samples
+from sslseg.data.datasets import LoadedSample, RandomCropDataset, load_heldout, load_samples
 from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.splits import labelled_subset, load_split, make_split, save_split
 from sslseg.distributed import check_sync_batchnorm
@@ -240,18 +240,7 @@ def _score_test(
     if not test_samples:
         return {}
     best = load_model(checkpoint)
-    d = best.cfg.data
-    test_loaded, _ = load_samples(
-        test_samples,
-        d.task,
-        d.num_classes,
-        channels,
-        d.normalization,
-        d.scale,
-        progress=progress,
-        bright_objects=d.bright_objects,
-    )
-    rows = evaluate_samples(best, test_loaded, progress)
+    rows = evaluate_samples(best, load_heldout(test_samples, best.cfg.data, channels, progress), progress)
     write_rows_csv(out / "test_per_image.csv", rows)
     return summarize(rows)
 
@@ -282,17 +271,7 @@ def _validation_set(
 ) -> list[LoadedSample]:
     """The validation images (up to train.val_max_images), loaded like test images: at the working scale,
     never sized by their own labels."""
-    d = cfg.data
-    val_set, _ = load_samples(
-        [by_id[i] for i in split["val"]],
-        d.task,
-        d.num_classes,
-        channels,
-        d.normalization,
-        d.scale,
-        progress=progress,
-        bright_objects=d.bright_objects,
-    )
+    val_set = load_heldout([by_id[i] for i in split["val"]], cfg.data, channels, progress)
     return val_set[: cfg.train.val_max_images] if cfg.train.val_max_images else val_set
 
 

@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from sslseg.data.normalize import (
 from sslseg.data.targets import instance_targets, semantic_classes
 from sslseg.errors import DataError
 from sslseg.segmentation.scale import median_diameter, size_factor
+
+if TYPE_CHECKING:
+    from sslseg.config import DataConfig
 
 
 @dataclass
@@ -244,6 +248,24 @@ class RandomCropDataset(Dataset):
                 tgt_t = F.interpolate(tgt_t[None], size=size, mode="bilinear", align_corners=False)[0]
                 tgt_t[0] = (tgt_t[0] > 0.5).float()
         return img_t, tgt_t
+
+
+def load_heldout(
+    samples: Sequence[Sample], data: DataConfig, channels: int, progress: bool = True
+) -> list[LoadedSample]:
+    """Validation, test or evaluation images with the intensity handling and working scale of `data`, as
+    inference reads new images: never sized by their own labels."""
+    loaded, _ = load_samples(
+        samples,
+        data.task,
+        data.num_classes,
+        channels,
+        data.normalization,
+        data.scale,
+        progress=progress,
+        bright_objects=data.bright_objects,
+    )
+    return loaded
 
 
 def scale_unit(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
