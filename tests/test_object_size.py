@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from scipy import ndimage
 from torch import nn
 
+import sslseg.data.datasets as datasets_module
 import sslseg.finetune as finetune_module
 from sslseg.config import DataConfig, FinetuneConfig, InferenceConfig, load_config
 from sslseg.data.datasets import load_samples
@@ -208,7 +209,8 @@ def test_finetune_with_object_size_sizes_only_the_training_images(tmp_path, monk
         calls.append((len(samples), kwargs.get("object_size")))
         return real(samples, *args, **kwargs)
 
-    monkeypatch.setattr(finetune_module, "load_samples", spy)
+    monkeypatch.setattr(finetune_module, "load_samples", spy)  # the training images
+    monkeypatch.setattr(datasets_module, "load_samples", spy)  # validation and test, through load_heldout
     cfg = FinetuneConfig.model_validate(
         {
             "data": {
