@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 from scipy import ndimage
 from torch import nn
@@ -23,7 +24,7 @@ from sslseg.data.synth import write_synthetic_dataset
 from sslseg.errors import ConfigError
 from sslseg.finetune import finetune
 from sslseg.segmentation.inference import predict_probabilities
-from sslseg.segmentation.scale import median_diameter, size_factor
+from sslseg.segmentation.scale import median_diameter, size_factor, typical_area
 
 
 def _discs(shape: tuple[int, int], radius: float, spacing: int) -> np.ndarray:
@@ -172,6 +173,44 @@ def test_inference_sizes_objects_in_working_pixels_and_returns_native_shape():
     net = BlobNet(radius=4)
     probs = predict_probabilities(net, np.zeros((1, 64, 48), np.float32), "instance", (128, 96), CFG, 16.0)
     assert probs.shape == (2, 128, 96) and net.seen == [(64, 64), (128, 128)]  # one square tile each
+
+
+class SpeckledNet(nn.Module):
+    """One large nucleus (radius 14 px in a 64 px image) among 30 noise specks of 3×3 px, the way an
+    under-trained network sees a few large nuclei at high magnification."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+        self.seen: list[tuple[int, int]] = []
+        yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+        disc = (1 - torch.hypot(yy - 24, xx - 24) / 14).clamp(min=0)
+        specks = torch.zeros(64, 64)
+        for i in range(30):
+            y, x = 44 + 6 * (i // 10), 2 + 6 * (i % 10)
+            specks[y : y + 3, x : x + 3] = 1
+        self.pattern = torch.stack([((disc > 0) | (specks > 0)).float() * 40 - 20, disc * 20 - 10])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        self.seen.append((h, w))
+        out = F.interpolate(self.pattern[None], size=(h, w), mode="nearest")
+        return out.expand(b, -1, -1, -1) + self.dummy
+
+
+def test_a_swarm_of_specks_does_not_pass_for_the_typical_object():
+    # count median: a 3×3 speck (3.4 px across), which would blow the image up 4×; the large nucleus is
+    # 28 px across, so an object size of 14 halves the image
+    net = SpeckledNet()
+    predict_probabilities(net, np.zeros((1, 64, 64), np.float32), "instance", (64, 64), CFG, 14.0)
+    assert net.seen == [(64, 64), (32, 32)]
+
+
+def test_typical_area_is_the_object_holding_the_median_pixel():
+    assert typical_area(np.array([4, 4, 4, 4, 900])) == 900
+    assert typical_area(np.array([100, 100, 120])) == 100
+    with pytest.raises(ValueError):
+        typical_area(np.array([0]))
 
 
 def test_inference_keeps_the_first_prediction_without_objects_or_without_object_size():

@@ -91,4 +91,11 @@ def test_relative_min_size_drops_specks_next_to_large_objects():
         1  # specks
     )
     pred = distance_to_instances(fg, np.zeros((64, 64)), PostprocessConfig(min_size=0, min_size_fraction=0.1))
-    assert pred.max() == 2  # median area 144 → limit 14.4 px: the two 4-pixel specks go, both nuclei stay
+    assert pred.max() == 2  # typical area 900 → limit 90 px: the two 4-pixel specks go, both nuclei stay
+    swarm = fg.copy()
+    for i in range(10):  # ten more specks: now most objects are specks, yet the typical one is not
+        swarm[2 * i, 60:62] = 1
+    pred = distance_to_instances(
+        swarm, np.zeros((64, 64)), PostprocessConfig(min_size=0, min_size_fraction=0.1)
+    )
+    assert pred.max() == 2

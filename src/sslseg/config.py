@@ -128,7 +128,8 @@ class PostprocessConfig(_Strict):
         0.0,
         ge=0,
         lt=1,
-        description="also drop objects smaller than this fraction of the image's median object",
+        description="also drop objects smaller than this fraction of the image's typical object (the one "
+        "holding the median object pixel)",
     )
     tune: bool = Field(
         True, description="after training, choose thresholds on the validation split (instance tasks)"

@@ -14,6 +14,8 @@ from sslseg.segmentation.postprocess import distance_to_instances, probabilities
 from sslseg.segmentation.scale import median_diameter, size_factor
 from sslseg.segmentation.tiling import sliding_window
 
+SIZING_SPECK_FRACTION = 0.1  # objects under a tenth of the typical object's area are not measured
+
 
 def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
     """Logits → probabilities: softmax over classes, or sigmoid for [foreground, distance]."""
@@ -63,7 +65,10 @@ def predict_probabilities(
         return _predict_oriented(net, image, task, native_shape, cfg)
     probs = _predict_once(net, image, task, native_shape, cfg)
     p = probs.numpy()
-    diameter = median_diameter(distance_to_instances(p[0], p[1], PostprocessConfig()))
+    # specks are dropped before measuring: hundreds of them on a few large nuclei would otherwise pass for
+    # the median object and blow the image up instead of shrinking it
+    first = distance_to_instances(p[0], p[1], PostprocessConfig(min_size_fraction=SIZING_SPECK_FRACTION))
+    diameter = median_diameter(first)
     factor = 1.0  # nothing found: no size to go by
     if diameter is not None:
         factor = size_factor(diameter * image.shape[1] / native_shape[0], object_size)  # working pixels

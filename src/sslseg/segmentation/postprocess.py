@@ -7,6 +7,7 @@ from scipy import ndimage
 from skimage.segmentation import relabel_sequential, watershed
 
 from sslseg.config import PostprocessConfig
+from sslseg.segmentation.scale import typical_area
 
 
 def distance_to_instances(
@@ -28,8 +29,9 @@ def distance_to_instances(
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
     if labels.max() > 0 and (cfg.min_size > 0 or cfg.min_size_fraction > 0):
         sizes = np.bincount(labels.ravel())
-        # specks of noise are small next to this image's own nuclei, whatever the magnification
-        limit = max(cfg.min_size, cfg.min_size_fraction * float(np.median(sizes[1:][sizes[1:] > 0])))
+        # specks of noise are small next to this image's own nuclei, whatever the magnification; the
+        # typical nucleus is taken by area, so that hundreds of specks cannot pass for it
+        limit = max(cfg.min_size, cfg.min_size_fraction * typical_area(sizes[1:]))
         small = sizes < limit
         small[0] = False
         labels[small[labels]] = 0

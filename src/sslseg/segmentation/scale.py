@@ -22,6 +22,16 @@ def median_diameter(labels: np.ndarray) -> float | None:
     return float(np.median(2.0 * np.sqrt(areas / np.pi)))
 
 
+def typical_area(areas: np.ndarray) -> float:
+    """The area of the object that holds the median object pixel (an area-weighted median). Unlike the
+    median over objects, a swarm of noise specks cannot make it small: they hold few of the pixels."""
+    a = np.sort(np.asarray(areas)[np.asarray(areas) > 0])
+    if a.size == 0:
+        raise ValueError("typical_area needs at least one object")
+    cumulative = np.cumsum(a)
+    return float(a[np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
 def size_factor(diameter: float, object_size: float) -> float:
     """The resize factor that brings objects of `diameter` px to `object_size` px, clamped to
     [MIN_FACTOR, MAX_FACTOR]."""
