@@ -22,6 +22,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# the one setting that fine-tuning and pretraining data must share for an encoder to see images alike
+BRIGHT_OBJECTS = (
+    "invert images whose objects are darker than their background (H&E, brightfield), so all show bright "
+    "objects on dark as fluorescence does; for datasets that mix the two"
+)
+
+
 class DataConfig(_Strict):
     """Where the images are, how they are split and how much of the training split is labelled."""
 
@@ -42,11 +49,7 @@ class DataConfig(_Strict):
     split_file: Path | None = Field(None, description="JSON split to reuse (written beside every run)")
     label_fraction: float = Field(1.0, gt=0.0, le=1.0)
     normalization: Literal["per_image", "percentile"] = "per_image"
-    bright_objects: bool = Field(
-        False,
-        description="invert images whose objects are darker than their background (H&E, brightfield), so "
-        "all show bright objects on dark as fluorescence does; for datasets that mix the two",
-    )
+    bright_objects: bool = Field(False, description=BRIGHT_OBJECTS)
     scale: float = Field(1.0, gt=0.0, le=4.0, description="resize factor for training and inference")
     object_size: float | None = Field(
         None,
@@ -327,11 +330,7 @@ class PretrainDataConfig(_Strict):
         ge=16,
         description="side of the native-resolution crop views are drawn from (None = 2 × view size)",
     )
-    bright_objects: bool = Field(
-        False,
-        description="invert images whose objects are darker than their background (H&E, brightfield), so "
-        "all show bright objects on dark as fluorescence does; for datasets that mix the two",
-    )
+    bright_objects: bool = Field(False, description=BRIGHT_OBJECTS)
 
 
 class PretrainConfig(_Strict):

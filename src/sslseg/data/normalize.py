@@ -33,10 +33,9 @@ def brighten_objects(image: np.ndarray) -> np.ndarray:
     The background covers most pixels, so the median intensity lies on its side of the mean: a median above
     the mean means a bright background. Negation is enough, as the normalisations that follow are
     translation-invariant."""
-    gray = image.astype(np.float32).mean(axis=2)
-    if np.median(gray) > gray.mean():
-        return -image.astype(np.float32)
-    return image
+    x = image.astype(np.float32)
+    gray = x.mean(axis=2)
+    return -x if np.median(gray) > gray.mean() else image
 
 
 def effective_channels(image: np.ndarray) -> int:

@@ -75,10 +75,10 @@ class SegmentationModule(L.LightningModule):
         self.decoder_init: str | None = None  # the pretrained decoder loaded with the encoder, if any
         if load_init and m.init not in ("random", "imagenet"):
             encoder_meta = load_encoder(encoder_of(self.net), m.init, m.encoder, in_channels)
-            if bool(encoder_meta.get("bright_objects", False)) != self.cfg.data.bright_objects:
+            pretrained_bright = bool(encoder_meta.get("bright_objects", False))
+            if pretrained_bright != self.cfg.data.bright_objects:
                 warnings.warn(
-                    f"{m.init} was pretrained with data.bright_objects={encoder_meta.get('bright_objects', False)}"
-                    f" but fine-tuning uses {self.cfg.data.bright_objects}: the encoder will see some images "
+                    f"{m.init} was pretrained with data.bright_objects={pretrained_bright} but fine-tuning uses {self.cfg.data.bright_objects}: the encoder will see some images "
                     "inverted from how it learned them",
                     stacklevel=2,
                 )

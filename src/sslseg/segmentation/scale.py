@@ -25,7 +25,8 @@ def median_diameter(labels: np.ndarray) -> float | None:
 def typical_area(areas: np.ndarray) -> float:
     """The area of the object that holds the median object pixel (an area-weighted median). Unlike the
     median over objects, a swarm of noise specks cannot make it small: they hold few of the pixels."""
-    a = np.sort(np.asarray(areas)[np.asarray(areas) > 0])
+    a = np.asarray(areas)
+    a = np.sort(a[a > 0])
     if a.size == 0:
         raise ValueError("typical_area needs at least one object")
     cumulative = np.cumsum(a)
