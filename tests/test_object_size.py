@@ -117,8 +117,9 @@ def test_config_refuses_object_size_with_scale_or_semantic_task():
 
 
 class BlobNet(nn.Module):
-    """A fake instance network: whatever the image, discs of `radius` input pixels on a grid of 4·radius,
-    so the objects it finds grow or shrink (in native pixels) with the size the image is predicted at."""
+    """A fake instance network that cuts whatever it sees into discs of `radius` input pixels on a grid of
+    4·radius, the way a network fragments objects far larger than those it was trained on: its pieces keep
+    their size in input pixels however the image is resized."""
 
     def __init__(self, radius: float = 4.0, empty: bool = False) -> None:
         super().__init__()
@@ -138,6 +139,35 @@ class BlobNet(nn.Module):
         return torch.stack([fg, dist])[None].expand(b, -1, -1, -1) + self.dummy
 
 
+class ContentNet(nn.Module):
+    """A fake instance network that segments what the image shows: foreground where it is brighter than
+    0.5, and each object's distance to its border, normalised to 1 at its centre. Its objects shrink and
+    grow with the image, as a well-trained network's do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+        self.seen: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(tuple(x.shape[-2:]))
+        out = []
+        for image in x[:, 0].numpy():
+            mask = image > 0.5
+            objects, n = ndimage.label(mask)
+            dist = ndimage.distance_transform_edt(mask)
+            peak = ndimage.maximum(dist, objects, np.arange(n + 1)) if n else np.zeros(1)
+            p = np.clip(dist / np.maximum(np.asarray(peak)[objects], 1), 1e-3, 1 - 1e-3)
+            fg = np.where(mask, 20.0, -20.0)
+            out.append(np.stack([fg, np.log(p / (1 - p))]))
+        return torch.from_numpy(np.stack(out)).float() + self.dummy
+
+
+def _disc_image(shape: tuple[int, int], radius: float) -> np.ndarray:
+    """A 1×H×W image of bright discs of `radius` px, 4·radius apart."""
+    return (_discs(shape, radius, int(4 * radius)) > 0).astype(np.float32)[None]
+
+
 def _diameter(probs: torch.Tensor) -> float:
     found, _ = ndimage.label(probs[0].numpy() > 0.5)
     d = median_diameter(found)
@@ -149,30 +179,43 @@ CFG = InferenceConfig(tile_size=512)
 
 
 @pytest.mark.parametrize(
-    ("object_size", "rescaled_to", "native_diameter"),
+    ("object_size", "rescaled_to"),
     [
-        (16.0, (128, 128), 4.0),  # objects too small (8 px): predicted again at ~2× (126 px, padded)
-        (4.0, (32, 32), 16.0),  # too large: predicted again at ~½×
-        (9.0, None, 8.0),  # close enough (factor 1.125): the first prediction is kept
+        (16.0, (128, 128)),  # objects too small (8 px): predicted again at 2×
+        (4.0, (32, 32)),  # too large: predicted again at ½×
+        (9.0, None),  # close enough (factor 1.125): the first prediction is kept
     ],
 )
-def test_inference_predicts_again_at_the_measured_scale(object_size, rescaled_to, native_diameter):
-    net = BlobNet(radius=4)
-    image = np.zeros((1, 64, 64), np.float32)
+def test_inference_predicts_again_at_the_measured_scale(object_size, rescaled_to):
+    net = ContentNet()
+    image = _disc_image((64, 64), radius=4)
     probs = predict_probabilities(net, image, "instance", (64, 64), CFG, object_size=object_size)
     assert probs.shape == (2, 64, 64)
-    assert net.seen == [(64, 64)] + ([rescaled_to] if rescaled_to else [])
-    assert _diameter(probs) == pytest.approx(native_diameter, rel=0.25)
+    # the first prediction, the fragment check at half the size (objects halve: whole ones), the rescaled one
+    assert net.seen == [(64, 64), (32, 32)] + ([rescaled_to] if rescaled_to else [])
+    assert _diameter(probs) == pytest.approx(8.0, rel=0.25)
+
+
+def test_fragments_of_oversized_objects_are_measured_at_a_smaller_size():
+    # a network that cuts everything into 8 px pieces: the pieces keep their size at ½× and ¼×, so the
+    # objects are taken to be 32 px across and the image is shrunk to ¼ (as far as MIN_FACTOR allows)
+    net = BlobNet(radius=4)
+    predict_probabilities(net, np.zeros((1, 128, 128), np.float32), "instance", (128, 128), CFG, 8.0)
+    assert net.seen == [(128, 128), (64, 64), (32, 32), (32, 32)]
+    # pieces already under half the target at ½× stop the check: 8 px pieces, target 20 px
+    net = BlobNet(radius=4)
+    predict_probabilities(net, np.zeros((1, 64, 64), np.float32), "instance", (64, 64), CFG, 20.0)
+    assert net.seen == [(64, 64), (32, 32), (160, 160)]
 
 
 def test_inference_sizes_objects_in_working_pixels_and_returns_native_shape():
     # a working image at half the native size: 8 px objects there are 16 px natively, already the target
-    net = BlobNet(radius=4)
-    probs = predict_probabilities(net, np.zeros((1, 64, 64), np.float32), "instance", (128, 128), CFG, 8.0)
-    assert probs.shape == (2, 128, 128) and net.seen == [(64, 64)]
-    net = BlobNet(radius=4)
-    probs = predict_probabilities(net, np.zeros((1, 64, 48), np.float32), "instance", (128, 96), CFG, 16.0)
-    assert probs.shape == (2, 128, 96) and net.seen == [(64, 64), (128, 128)]  # one square tile each
+    net = ContentNet()
+    probs = predict_probabilities(net, _disc_image((64, 64), 4), "instance", (128, 128), CFG, 8.0)
+    assert probs.shape == (2, 128, 128) and net.seen == [(64, 64), (32, 32)]
+    net = ContentNet()
+    probs = predict_probabilities(net, _disc_image((64, 48), 4), "instance", (128, 96), CFG, 16.0)
+    assert probs.shape == (2, 128, 96) and net.seen == [(64, 64), (32, 32), (128, 128)]  # square tiles
 
 
 class SpeckledNet(nn.Module):
@@ -203,7 +246,7 @@ def test_a_swarm_of_specks_does_not_pass_for_the_typical_object():
     # 28 px across, so an object size of 14 halves the image
     net = SpeckledNet()
     predict_probabilities(net, np.zeros((1, 64, 64), np.float32), "instance", (64, 64), CFG, 14.0)
-    assert net.seen == [(64, 64), (32, 32)]
+    assert net.seen == [(64, 64), (32, 32), (32, 32)]  # measure, check for fragments, predict at ½×
 
 
 def test_typical_area_is_the_object_holding_the_median_pixel():
@@ -224,16 +267,17 @@ def test_inference_keeps_the_first_prediction_without_objects_or_without_object_
 
 
 def test_inference_with_tta_sizes_once_then_predicts_every_orientation():
-    # one orientation to measure the objects, then the 8 at the scale that prediction asks for
+    # one orientation to measure the objects (and one at ½× to check for fragments), then the 8 at the
+    # scale that measurement asks for
     cfg = InferenceConfig(tile_size=512, tta=True)
-    image = np.zeros((1, 64, 64), np.float32)
-    net = BlobNet(radius=4)
+    image = _disc_image((64, 64), 4)
+    net = ContentNet()
     probs = predict_probabilities(net, image, "instance", (64, 64), cfg, 16.0)
     assert probs.shape == (2, 64, 64)
-    assert net.seen == [(64, 64)] + [(128, 128)] * 8
-    net = BlobNet(radius=4)  # close enough to the target: the 8 orientations at the native scale, the
-    predict_probabilities(net, image, "instance", (64, 64), cfg, 9.0)  # first being the measuring one
-    assert net.seen == [(64, 64)] * 8
+    assert net.seen == [(64, 64), (32, 32)] + [(128, 128)] * 8
+    net = ContentNet()  # close enough to the target: the 8 orientations at the native scale, the first
+    predict_probabilities(net, image, "instance", (64, 64), cfg, 9.0)  # being the measuring one
+    assert net.seen == [(64, 64), (32, 32)] + [(64, 64)] * 7
 
 
 # ------------------------------------------------------------------------------------------- end to end

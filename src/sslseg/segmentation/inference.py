@@ -11,10 +11,14 @@ from torch import nn
 from sslseg.config import InferenceConfig, PostprocessConfig
 from sslseg.data.datasets import rescale_image
 from sslseg.segmentation.postprocess import distance_to_instances, probabilities_to_classes
-from sslseg.segmentation.scale import median_diameter, size_factor
+from sslseg.segmentation.scale import MIN_FACTOR, median_diameter, size_factor
 from sslseg.segmentation.tiling import sliding_window
 
 SIZING_SPECK_FRACTION = 0.1  # objects under a tenth of the typical object's area are not measured
+# Halving an image halves whole objects, but a network shown objects far larger than it was trained on cuts
+# them into pieces of about its trained size, and those pieces keep (or grow in) size: objects that keep at
+# least this fraction of their measured size when the image is halved are taken for fragments.
+FRAGMENT_SHRINK = 0.75
 
 
 def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
@@ -57,24 +61,49 @@ def predict_probabilities(
     With `cfg.tta` the mean over the 8 flips/quarter turns, each mapped back before averaging.
 
     With `object_size` (instance tasks) the objects of a first prediction give the image's median object
-    diameter; when it is off the target by more than RESCALE_TOLERANCE, the image is resized so objects
-    become `object_size` px across (as in training) and predicted again. The size estimate takes one
-    orientation even with `cfg.tta`: a median over objects does not need eight."""
+    diameter (checked for fragments by `_whole_object_diameter`); when it is off the target by more than
+    RESCALE_TOLERANCE, the image is resized so objects become `object_size` px across (as in training) and
+    predicted again. The size estimate takes one orientation even with `cfg.tta`: a median over objects
+    does not need eight."""
     cfg = cfg or InferenceConfig()
     if object_size is None or task != "instance":
         return _predict_oriented(net, image, task, native_shape, cfg)
     probs = _predict_once(net, image, task, native_shape, cfg)
-    p = probs.numpy()
-    # specks are dropped before measuring: hundreds of them on a few large nuclei would otherwise pass for
-    # the median object and blow the image up instead of shrinking it
-    first = distance_to_instances(p[0], p[1], PostprocessConfig(min_size_fraction=SIZING_SPECK_FRACTION))
-    diameter = median_diameter(first)
+    diameter = _sizing_diameter(probs)
     factor = 1.0  # nothing found: no size to go by
     if diameter is not None:
-        factor = size_factor(diameter * image.shape[1] / native_shape[0], object_size)  # working pixels
+        diameter *= image.shape[1] / native_shape[0]  # in working pixels
+        factor = size_factor(_whole_object_diameter(net, image, cfg, diameter, object_size), object_size)
     if 1 / RESCALE_TOLERANCE <= factor <= RESCALE_TOLERANCE:
         return _predict_oriented(net, image, task, native_shape, cfg, identity=probs)
     return _predict_oriented(net, rescale_image(image, factor), task, native_shape, cfg)
+
+
+def _sizing_diameter(probs: torch.Tensor) -> float | None:
+    """Median object diameter of an instance prediction, in its pixels. Specks are dropped before
+    measuring: hundreds of them on a few large nuclei would otherwise pass for the median object and blow
+    the image up instead of shrinking it."""
+    p = probs.numpy()
+    return median_diameter(
+        distance_to_instances(p[0], p[1], PostprocessConfig(min_size_fraction=SIZING_SPECK_FRACTION))
+    )
+
+
+def _whole_object_diameter(
+    net: nn.Module, image: np.ndarray, cfg: InferenceConfig, diameter: float, object_size: float
+) -> float:
+    """The object diameter in working pixels: `diameter`, unless those objects are fragments (see
+    FRAGMENT_SHRINK). Then the image is halved, down to MIN_FACTOR, until its objects shrink with it or
+    come out under half the target size, and the last measurement before that is scaled back."""
+    scale = 1.0
+    while scale / 2 >= MIN_FACTOR:
+        half = rescale_image(image, scale / 2)
+        measured = _sizing_diameter(_predict_once(net, half, "instance", half.shape[1:], cfg))
+        # objects under half the target are whole ones seen small, whatever their size before
+        if measured is None or measured < max(object_size / 2, FRAGMENT_SHRINK * diameter):
+            break
+        scale, diameter = scale / 2, measured
+    return diameter / scale
 
 
 def _predict_oriented(
