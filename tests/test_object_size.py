@@ -206,6 +206,11 @@ def test_fragments_of_oversized_objects_are_measured_at_a_smaller_size():
     net = BlobNet(radius=4)
     predict_probabilities(net, np.zeros((1, 64, 64), np.float32), "instance", (64, 64), CFG, 20.0)
     assert net.seen == [(64, 64), (32, 32), (160, 160)]
+    # without the check, the pieces are taken at their word: 8 px, enlarged 2.5× for a target of 20 px
+    net = BlobNet(radius=4)
+    cfg = CFG.model_copy(update={"check_fragments": False})
+    predict_probabilities(net, np.zeros((1, 64, 64), np.float32), "instance", (64, 64), cfg, 20.0)
+    assert net.seen == [(64, 64), (160, 160)]
 
 
 def test_inference_sizes_objects_in_working_pixels_and_returns_native_shape():

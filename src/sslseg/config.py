@@ -150,6 +150,11 @@ class InferenceConfig(_Strict):
         description="test-time augmentation: average the probabilities of the 8 flips and quarter turns "
         "of each image (8× the inference time)",
     )
+    check_fragments: bool = Field(
+        True,
+        description="with data.object_size: predict once more at half the size to tell fragments of objects "
+        "larger than the network was trained on from whole ones (a quarter of a pass per image)",
+    )
 
 
 class FinetuneConfig(_Strict):

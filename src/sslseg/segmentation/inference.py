@@ -61,9 +61,9 @@ def predict_probabilities(
     With `cfg.tta` the mean over the 8 flips/quarter turns, each mapped back before averaging.
 
     With `object_size` (instance tasks) the objects of a first prediction give the image's median object
-    diameter (checked for fragments by `_whole_object_diameter`); when it is off the target by more than
-    RESCALE_TOLERANCE, the image is resized so objects become `object_size` px across (as in training) and
-    predicted again. The size estimate takes one orientation even with `cfg.tta`: a median over objects
+    diameter (with `cfg.check_fragments`, checked for fragments by `_whole_object_diameter`); when it is
+    off the target by more than RESCALE_TOLERANCE, the image is resized so objects become `object_size` px
+    across (as in training) and predicted again. The size estimate takes one orientation even with `cfg.tta`: a median over objects
     does not need eight."""
     cfg = cfg or InferenceConfig()
     if object_size is None or task != "instance":
@@ -73,7 +73,9 @@ def predict_probabilities(
     factor = 1.0  # nothing found: no size to go by
     if diameter is not None:
         diameter *= image.shape[1] / native_shape[0]  # in working pixels
-        factor = size_factor(_whole_object_diameter(net, image, cfg, diameter, object_size), object_size)
+        if cfg.check_fragments:
+            diameter = _whole_object_diameter(net, image, cfg, diameter, object_size)
+        factor = size_factor(diameter, object_size)
     if 1 / RESCALE_TOLERANCE <= factor <= RESCALE_TOLERANCE:
         return _predict_oriented(net, image, task, native_shape, cfg, identity=probs)
     return _predict_oriented(net, rescale_image(image, factor), task, native_shape, cfg)
