@@ -9,7 +9,6 @@ split, which the check was not designed on. Prints one JSON line per metric, off
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from _common import emit, hardware, require
 
 from sslseg.data.datasets import load_heldout
 from sslseg.data.layouts import find_samples
-from sslseg.errors import DataError
+from sslseg.data.splits import load_split
 from sslseg.evaluate import evaluate_samples, load_model, summarize
 
 METRICS = ("aji", "pq", "ap@0.5", "dsb_score")
@@ -32,32 +31,30 @@ def main() -> None:
     data = module.cfg.data
     if data.object_size is None:
         raise SystemExit(f"{args.run}: trained without data.object_size, so there is no sizing to compare")
-    split_file = args.run / "split.json"
-    if not split_file.is_file():
-        raise DataError(split_file, "split file not found beside the checkpoint")
-    val_ids = set(json.loads(split_file.read_text())["val"])
+    train = {s.id: s for s in find_samples(data.train, data.layout, data.mask_suffix)}
+    split = load_split(args.run / "split.json", list(train))
     sets = {
         "stage1_test": find_samples(require("dsb2018", "stage1_test"), layout="dsb"),
-        "validation": [s for s in find_samples(data.train, data.layout, data.mask_suffix) if s.id in val_ids],
+        "validation": [train[i] for i in split.get("val", [])],
     }
     channels = module.hparams["in_channels"]
     for name, samples in sets.items():
         loaded = load_heldout(samples, data, channels, progress=False)
-        scores, seconds = {}, {}
+        means, ap50, seconds = {}, {}, {}  # each keyed by whether the check was on
         for check in (False, True):
             inference = module.cfg.inference.model_copy(update={"check_fragments": check})
             module.cfg = module.cfg.model_copy(update={"inference": inference})
             t0 = time.perf_counter()
             rows = evaluate_samples(module, loaded, progress=False)
             seconds[check] = round(time.perf_counter() - t0, 1)
-            scores[check] = (summarize(rows), {r["id"]: r["ap@0.5"] for r in rows})
-        changed = {i: (a, scores[True][1][i]) for i, a in scores[False][1].items() if a != scores[True][1][i]}
+            means[check], ap50[check] = summarize(rows), {r["id"]: r["ap@0.5"] for r in rows}
+        changed = {i: (a, ap50[True][i]) for i, a in ap50[False].items() if a != ap50[True][i]}
         for metric in METRICS:
             emit(
                 benchmark=f"object_sizing/{name}",
                 metric=metric,
-                without_check=round(scores[False][0][metric], 4),
-                with_check=round(scores[True][0][metric], 4),
+                without_check=round(means[False][metric], 4),
+                with_check=round(means[True][metric], 4),
             )
         emit(
             benchmark=f"object_sizing/{name}",

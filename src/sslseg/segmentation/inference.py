@@ -63,8 +63,8 @@ def predict_probabilities(
     With `object_size` (instance tasks) the objects of a first prediction give the image's median object
     diameter (with `cfg.check_fragments`, checked for fragments by `_whole_object_diameter`); when it is
     off the target by more than RESCALE_TOLERANCE, the image is resized so objects become `object_size` px
-    across (as in training) and predicted again. The size estimate takes one orientation even with `cfg.tta`: a median over objects
-    does not need eight."""
+    across (as in training) and predicted again. The size estimate takes one orientation even with
+    `cfg.tta`: a median over objects does not need eight."""
     cfg = cfg or InferenceConfig()
     if object_size is None or task != "instance":
         return _predict_oriented(net, image, task, native_shape, cfg)

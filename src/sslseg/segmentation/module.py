@@ -78,8 +78,9 @@ class SegmentationModule(L.LightningModule):
             pretrained_bright = bool(encoder_meta.get("bright_objects", False))
             if pretrained_bright != self.cfg.data.bright_objects:
                 warnings.warn(
-                    f"{m.init} was pretrained with data.bright_objects={pretrained_bright} but fine-tuning uses {self.cfg.data.bright_objects}: the encoder will see some images "
-                    "inverted from how it learned them",
+                    f"{m.init} was pretrained with data.bright_objects={pretrained_bright} but fine-tuning "
+                    f"uses {self.cfg.data.bright_objects}: the encoder will see some images inverted from how "
+                    "it learned them",
                     stacklevel=2,
                 )
             decoder = decoder_beside(m.init)
