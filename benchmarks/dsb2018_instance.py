@@ -5,6 +5,7 @@ shipped it (per-object masks). Prints JSON lines: each figure beside the bar and
     python benchmarks/dsb2018_instance.py --object-size 24 --baseline   # with and without, one run
     python benchmarks/dsb2018_instance.py --object-size 24 --bright-objects --compare-without bright-objects
     python benchmarks/dsb2018_instance.py --tta                         # also score with TTA (8× slower)
+    python benchmarks/dsb2018_instance.py --gamma-jitter 0.4 --shuffle-channels  # stronger augmentation
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main() -> None:
     )
     ap.add_argument("--baseline", action="store_true", help="the same as --compare-without object-size")
     ap.add_argument("--tta", action="store_true", help="also score the test set with test-time augmentation")
+    ap.add_argument("--gamma-jitter", type=float, default=0.0, help="train.gamma_jitter (e.g. 0.4)")
+    ap.add_argument("--shuffle-channels", action="store_true", help="train.shuffle_channels")
     args = ap.parse_args()
     without = "object-size" if args.baseline else args.compare_without
     if without == "object-size" and args.object_size is None:
@@ -60,6 +63,10 @@ def run(args: argparse.Namespace, object_size: float | None, bright_objects: boo
     tag = "baseline" if object_size is None else f"object_size_{object_size:g}"
     if bright_objects:
         tag += "_bright_objects"
+    if args.gamma_jitter:
+        tag += f"_gamma_{args.gamma_jitter:g}"
+    if args.shuffle_channels:
+        tag += "_shuffle_channels"
     cfg = FinetuneConfig.model_validate(
         {
             "data": {
@@ -81,6 +88,8 @@ def run(args: argparse.Namespace, object_size: float | None, bright_objects: boo
                 "lr": 1e-3,
                 "patience": 10,
                 "val_max_images": 40,
+                "gamma_jitter": args.gamma_jitter,
+                "shuffle_channels": args.shuffle_channels,
             },
             "output": f"{args.out}/{tag}",
         }
@@ -100,6 +109,8 @@ def run(args: argparse.Namespace, object_size: float | None, bright_objects: boo
         benchmark=f"dsb2018_instance/{tag}",
         object_size=object_size,
         bright_objects=bright_objects,
+        gamma_jitter=args.gamma_jitter,
+        shuffle_channels=args.shuffle_channels,
         test_seconds=round(res.summary["test_seconds"], 1),
         wall_seconds=round(wall, 1),
         fit_seconds=round(res.summary["fit_seconds"], 1),

@@ -171,3 +171,19 @@ def test_encoder_learning_rate_is_scaled_through_the_whole_schedule(tmp_path, fr
         assert opt.param_groups[1]["lr"] == pytest.approx(0.1 * opt.param_groups[0]["lr"], rel=0.02)
         opt.step()
         sched.step()
+
+
+def test_augmentation_settings_reach_the_training_step(nuclei, tmp_path, monkeypatch):
+    import sslseg.segmentation.module as module_file
+
+    seen = []
+    real = module_file.augment_batch
+
+    def recording(images, targets, **kwargs):
+        seen.append(kwargs)
+        return real(images, targets, **kwargs)
+
+    monkeypatch.setattr(module_file, "augment_batch", recording)
+    train = {"epochs": 1, "gamma_jitter": 0.5, "shuffle_channels": True}
+    finetune(_cfg(nuclei, tmp_path / "run", train=train, postprocess={"tune": False}), progress=False)
+    assert seen and all(k == {"gamma": 0.5, "shuffle_channels": True} for k in seen)

@@ -95,6 +95,16 @@ class TrainConfig(_Strict):
     scale_range: tuple[float, float] = Field(
         (1.0, 1.0), description="random zoom of training crops (e.g. [0.6, 1.6] for mixed magnifications)"
     )
+    gamma_jitter: float = Field(
+        0.0,
+        ge=0,
+        le=1.5,
+        description="sd of log γ of a random gamma curve on each training crop (e.g. 0.4), for test images "
+        "whose objects are dimmer or brighter relative to one another than the training images'; 0 = off",
+    )
+    shuffle_channels: bool = Field(
+        False, description="random channel order per training crop, for stains and colours not in training"
+    )
     epochs: int = Field(30, ge=1)
     steps_per_epoch: int = Field(
         50,

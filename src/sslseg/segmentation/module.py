@@ -132,7 +132,10 @@ class SegmentationModule(L.LightningModule):
         )
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images, targets = augment_batch(*batch)
+        train = self.cfg.train
+        images, targets = augment_batch(
+            *batch, gamma=train.gamma_jitter, shuffle_channels=train.shuffle_channels
+        )
         loss = self.loss(self(images), targets)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
