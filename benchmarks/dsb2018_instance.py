@@ -44,6 +44,7 @@ def main() -> None:
     )
     ap.add_argument("--baseline", action="store_true", help="the same as --compare-without object-size")
     ap.add_argument("--tta", action="store_true", help="also score the test set with test-time augmentation")
+    ap.add_argument("--seed", type=int, default=0, help="train.seed: initialisation and crops (split fixed)")
     ap.add_argument("--gamma-jitter", type=float, default=0.0, help="train.gamma_jitter (e.g. 0.4)")
     ap.add_argument("--shuffle-channels", action="store_true", help="train.shuffle_channels")
     args = ap.parse_args()
@@ -63,6 +64,8 @@ def run(args: argparse.Namespace, object_size: float | None, bright_objects: boo
     tag = "baseline" if object_size is None else f"object_size_{object_size:g}"
     if bright_objects:
         tag += "_bright_objects"
+    if args.seed:
+        tag += f"_seed_{args.seed}"
     if args.gamma_jitter:
         tag += f"_gamma_{args.gamma_jitter:g}"
     if args.shuffle_channels:
@@ -88,6 +91,7 @@ def run(args: argparse.Namespace, object_size: float | None, bright_objects: boo
                 "lr": 1e-3,
                 "patience": 10,
                 "val_max_images": 40,
+                "seed": args.seed,
                 "gamma_jitter": args.gamma_jitter,
                 "shuffle_channels": args.shuffle_channels,
             },
@@ -109,6 +113,7 @@ def run(args: argparse.Namespace, object_size: float | None, bright_objects: boo
         benchmark=f"dsb2018_instance/{tag}",
         object_size=object_size,
         bright_objects=bright_objects,
+        seed=args.seed,
         gamma_jitter=args.gamma_jitter,
         shuffle_channels=args.shuffle_channels,
         test_seconds=round(res.summary["test_seconds"], 1),

@@ -16,6 +16,7 @@ from sslseg.metrics import (
     instance_scores,
     matching_scores,
     mean_scores,
+    missed_objects,
     overlap_table,
     panoptic_quality,
 )
@@ -455,3 +456,65 @@ def test_large_map_with_hundreds_of_objects():
     assert (s["pq"], s["dq"], s["sq"]) == pytest.approx((40 / 46, 1.0, 40 / 46))
     assert s["f1@0.8"] == 1.0 and s["f1@0.9"] == 0.0
     assert s["dsb_score"] == pytest.approx(0.8)  # 0.5 ... 0.85 pass (0.870 > 0.85), 0.9 and 0.95 fail
+
+
+# ---------------------------------------------------------------- why objects are lost
+
+
+def test_missed_objects_hand_computed():
+    gt = np.zeros((20, 40), dtype=np.int32)
+    gt[2:10, 2:10], gt[2:10, 10:18] = 1, 2  # two touching objects...
+    gt[12:18, 2:8] = 3  # ...one nobody finds
+    gt[12:18, 20:30] = 4  # one found at 30 %
+    gt[2:10, 25:34] = 5  # one cut in three pieces
+    gt[12:18, 34:40] = 6  # one found well
+    pred = np.zeros_like(gt)
+    pred[2:10, 2:18] = 1  # ...merged into one prediction
+    pred[12:18, 20:23] = 2
+    pred[2:10, 25:28], pred[2:10, 28:31], pred[2:10, 31:34] = 3, 4, 5
+    pred[12:18, 35:40] = 6
+    pred[0:2, 36:40] = 7  # a false positive
+    counts = missed_objects(gt, pred)
+    assert counts == {"matched": 1, "merged": 2, "missed": 2, "misshapen": 1, "false_positives": 7 - 1}
+    assert missed_objects(gt, gt) == {
+        "matched": 6,
+        "merged": 0,
+        "missed": 0,
+        "misshapen": 0,
+        "false_positives": 0,
+    }
+    assert missed_objects(gt, np.zeros_like(gt))["missed"] == 6
+    assert missed_objects(np.zeros_like(gt), pred)["false_positives"] == 7
+    with pytest.raises(ValueError, match="IoU >= 0.5"):
+        missed_objects(gt, pred, threshold=0.3)
+
+
+def _missed_objects_oracle(gt: np.ndarray, pred: np.ndarray) -> dict[str, int]:
+    """The definitions of missed_objects, one object pair at a time."""
+    g_ids, p_ids = [i for i in np.unique(gt) if i], [j for j in np.unique(pred) if j]
+    area = {i: int((gt == i).sum()) for i in g_ids}
+    inter = {(i, j): int(((gt == i) & (pred == j)).sum()) for i in g_ids for j in p_ids}
+    iou = {(i, j): v / (area[i] + int((pred == j).sum()) - v) for (i, j), v in inter.items()}
+    out = dict.fromkeys(("matched", "merged", "missed", "misshapen"), 0)
+    for i in g_ids:
+        if any(iou[i, j] > 0.5 for j in p_ids):
+            out["matched"] += 1
+        elif sum(inter[i, j] for j in p_ids) < 0.5 * area[i]:
+            out["missed"] += 1
+        else:
+            j = max(p_ids, key=lambda j: (inter[i, j], j))
+            merges = any(inter[k, j] > 0.5 * area[k] for k in g_ids if k != i)
+            out["merged" if merges else "misshapen"] += 1
+    out["false_positives"] = len(p_ids) - out["matched"]
+    return out
+
+
+def test_missed_objects_match_oracle():
+    totals = dict.fromkeys(("matched", "merged", "missed", "misshapen"), 0)
+    for gt, pred in _random_cases()[::2]:
+        fast = missed_objects(gt, pred)
+        assert fast == _missed_objects_oracle(gt, pred)
+        assert sum(fast[k] for k in totals) == len(np.unique(gt)) - 1
+        for k in totals:
+            totals[k] += fast[k]
+    assert all(totals.values())  # every kind of loss occurs in the random cases

@@ -7,6 +7,7 @@ from sslseg.metrics.instance import (
     instance_scores,
     matching_scores,
     mean_scores,
+    missed_objects,
     overlap_table,
     panoptic_quality,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "instance_scores",
     "matching_scores",
     "mean_scores",
+    "missed_objects",
     "overlap_table",
     "panoptic_quality",
     "semantic_scores",

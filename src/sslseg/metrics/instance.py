@@ -312,6 +312,43 @@ def instance_scores(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return out
 
 
+def missed_objects(gt: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> dict[str, int]:
+    """Why true objects go unmatched at an IoU threshold of 0.5 or more, to tell which repair would pay.
+
+    Each true object without a prediction over `threshold` IoU counts once, as `merged` (its largest
+    overlapping prediction also covers more than half of another true object), `missed` (less than half
+    of it lies in any prediction) or `misshapen` (covered, but outlined too loosely, tightly or in pieces).
+    `matched` and `false_positives` (predictions matched to nothing) complete the count."""
+    if _check_threshold(threshold) < 0.5:
+        raise ValueError(
+            f"objects are counted by a one-to-one matching, which needs IoU >= 0.5, got {threshold}"
+        )
+    t = overlap_table(gt, pred)
+    hit = t.iou > threshold  # above 0.5 IoU, each object has at most one such partner
+    matched_gt = np.zeros(t.n_gt, dtype=bool)
+    matched_gt[t.rows[hit]] = True
+    covered = np.bincount(t.rows, weights=t.inter, minlength=t.n_gt) / np.maximum(t.gt_area, 1)
+    holds_most = t.inter > 0.5 * t.gt_area[t.rows]  # the pair's prediction holds most of its true object
+    n_held = np.bincount(t.cols[holds_most], minlength=t.n_pred)
+    largest = np.zeros(t.n_gt, dtype=np.intp)  # pair index of each true object's largest overlap
+    order = np.lexsort((t.inter, t.rows))  # per true object, its largest overlap comes last
+    largest[t.rows[order]] = order
+    lost = ~matched_gt
+    missed = lost & (covered < 0.5)
+    # a lost object that is not missed has a largest overlap: does its prediction hold another true object?
+    pair = largest[lost & ~missed]
+    merged = np.zeros(t.n_gt, dtype=bool)
+    merged[lost & ~missed] = n_held[t.cols[pair]] - holds_most[pair] >= 1
+    n_matched = int(matched_gt.sum())
+    return {
+        "matched": n_matched,
+        "merged": int(merged.sum()),
+        "missed": int(missed.sum()),
+        "misshapen": int((lost & ~missed & ~merged).sum()),
+        "false_positives": t.n_pred - n_matched,
+    }
+
+
 def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
     """Mean of each key over per-image score dicts; all rows must carry the same keys."""
     if not rows:
