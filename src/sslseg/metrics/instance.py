@@ -332,7 +332,9 @@ def missed_objects(gt: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> 
     n_held = np.bincount(t.cols[holds_most], minlength=t.n_pred)
     largest = np.zeros(t.n_gt, dtype=np.intp)  # pair index of each true object's largest overlap
     order = np.lexsort((t.inter, t.rows))  # per true object, its largest overlap comes last
-    largest[t.rows[order]] = order
+    sorted_rows = t.rows[order]
+    last = np.append(sorted_rows[1:] != sorted_rows[:-1], True) if order.size else order.astype(bool)
+    largest[sorted_rows[last]] = order[last]
     lost = ~matched_gt
     missed = lost & (covered < 0.5)
     # a lost object that is not missed has a largest overlap: does its prediction hold another true object?
