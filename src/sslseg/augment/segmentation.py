@@ -54,8 +54,8 @@ def augment_batch(
 
 
 def random_gamma(images: torch.Tensor, sd: float) -> torch.Tensor:
-    """Bend each image's intensities by a gamma curve, γ = exp(N(0, sd)), so that dim objects become as
-    bright as others (γ < 1) or fainter (γ > 1); a linear gain cannot change their ratio.
+    """Bend each image's intensities by a gamma curve, γ = exp(N(0, sd)), so that dim objects come out
+    closer to bright ones (γ < 1) or further below them (γ > 1); a linear gain keeps their ratio.
 
     The curve acts on the image's own range, the same for all its channels, and the mean and standard
     deviation of every channel are restored afterwards, as the per-image normalisation at inference would."""
