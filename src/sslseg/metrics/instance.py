@@ -331,10 +331,9 @@ def missed_objects(gt: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> 
     holds_most = t.inter > 0.5 * t.gt_area[t.rows]  # the pair's prediction holds most of its true object
     n_held = np.bincount(t.cols[holds_most], minlength=t.n_pred)
     largest = np.zeros(t.n_gt, dtype=np.intp)  # pair index of each true object's largest overlap
-    order = np.lexsort((t.inter, t.rows))  # per true object, its largest overlap comes last
-    sorted_rows = t.rows[order]
-    last = np.append(sorted_rows[1:] != sorted_rows[:-1], True) if order.size else order.astype(bool)
-    largest[sorted_rows[last]] = order[last]
+    descending = np.lexsort((t.inter, t.rows))[::-1]  # per true object, its largest overlap comes first
+    rows, first = np.unique(t.rows[descending], return_index=True)
+    largest[rows] = descending[first]
     lost = ~matched_gt
     missed = lost & (covered < 0.5)
     # a lost object that is not missed has a largest overlap: does its prediction hold another true object?
