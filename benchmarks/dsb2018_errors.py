@@ -47,7 +47,14 @@ def main() -> None:
             **{k: c[k] for k in ("matched", "merged", "missed", "misshapen", "false_positives")},
             lost_share={k: round(c[k] / max(true, 1), 3) for k in ("merged", "missed", "misshapen")},
         )
-    emit(benchmark="dsb2018_errors", checkpoint=str(args.run), tta=args.tta, hardware=hardware())
+    head = module.cfg.model.instance_head
+    emit(
+        benchmark="dsb2018_errors",
+        checkpoint=str(args.run),
+        instance_head=head,
+        tta=args.tta,
+        hardware=hardware(),
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ shipped it (per-object masks). Prints JSON lines: each figure beside the bar and
     python benchmarks/dsb2018_instance.py --object-size 24 --bright-objects --compare-without bright-objects
     python benchmarks/dsb2018_instance.py --tta                         # also score with TTA (8× slower)
     python benchmarks/dsb2018_instance.py --gamma-jitter 0.4 --shuffle-channels  # stronger augmentation
+    python benchmarks/dsb2018_instance.py --instance-head contact --compare-without instance-head
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--compare-without",
-        choices=["object-size", "bright-objects"],
+        choices=["object-size", "bright-objects", "instance-head"],
         help="first train the same budget without this one option, for a comparison in one run",
     )
     ap.add_argument("--baseline", action="store_true", help="the same as --compare-without object-size")
@@ -47,23 +48,32 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="train.seed: initialisation and crops (split fixed)")
     ap.add_argument("--gamma-jitter", type=float, default=0.0, help="train.gamma_jitter (e.g. 0.4)")
     ap.add_argument("--shuffle-channels", action="store_true", help="train.shuffle_channels")
+    ap.add_argument(
+        "--instance-head", default="distance", help="model.instance_head (sslseg.segmentation.heads)"
+    )
     args = ap.parse_args()
     without = "object-size" if args.baseline else args.compare_without
     if without == "object-size" and args.object_size is None:
         ap.error("comparing without --object-size needs --object-size")
     if without == "bright-objects" and not args.bright_objects:
         ap.error("comparing without --bright-objects needs --bright-objects")
+    if without == "instance-head" and args.instance_head == "distance":
+        ap.error("comparing without --instance-head needs another head than 'distance'")
     if without == "object-size":
-        run(args, None, args.bright_objects)
+        run(args, None, args.bright_objects, args.instance_head)
     elif without == "bright-objects":
-        run(args, args.object_size, False)
-    run(args, args.object_size, args.bright_objects)
+        run(args, args.object_size, False, args.instance_head)
+    elif without == "instance-head":
+        run(args, args.object_size, args.bright_objects, "distance")
+    run(args, args.object_size, args.bright_objects, args.instance_head)
 
 
-def run(args: argparse.Namespace, object_size: float | None, bright_objects: bool) -> None:
+def run(args: argparse.Namespace, object_size: float | None, bright_objects: bool, head: str) -> None:
     tag = "baseline" if object_size is None else f"object_size_{object_size:g}"
     if bright_objects:
         tag += "_bright_objects"
+    if head != "distance":
+        tag += f"_{head}"
     if args.seed:
         tag += f"_seed_{args.seed}"
     if args.gamma_jitter:
@@ -82,7 +92,12 @@ def run(args: argparse.Namespace, object_size: float | None, bright_objects: boo
                 "object_size": object_size,
                 "bright_objects": bright_objects,
             },
-            "model": {"encoder": args.encoder, "init": "random", "decoder_channels": [128, 64, 32, 16, 16]},
+            "model": {
+                "encoder": args.encoder,
+                "init": "random",
+                "decoder_channels": [128, 64, 32, 16, 16],
+                "instance_head": head,
+            },
             "train": {
                 "epochs": args.epochs,
                 "steps_per_epoch": args.steps_per_epoch,
@@ -113,6 +128,7 @@ def run(args: argparse.Namespace, object_size: float | None, bright_objects: boo
         benchmark=f"dsb2018_instance/{tag}",
         object_size=object_size,
         bright_objects=bright_objects,
+        instance_head=head,
         seed=args.seed,
         gamma_jitter=args.gamma_jitter,
         shuffle_channels=args.shuffle_channels,

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sslseg.data.targets import instance_target_layout
 from sslseg.errors import ConfigError
 
 Task = Literal["semantic", "instance"]
@@ -83,7 +84,18 @@ class ModelConfig(_Strict):
     encoder: str = "resnet18"
     init: str = Field("random", description="'random', 'imagenet' (local weights) or a weights file")
     frozen: bool = False
+    instance_head: str = Field(
+        "distance",
+        description="instance tasks: what the network predicts besides foreground (sslseg.segmentation.heads):"
+        " 'distance' (normalised distance map) or 'contact' (distance and the borders where objects touch)",
+    )
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+
+    @field_validator("instance_head")
+    @classmethod
+    def _known_head(cls, head: str) -> str:
+        instance_target_layout(head)  # an unknown name is an error that lists the valid ones
+        return head
 
 
 class TrainConfig(_Strict):
@@ -131,10 +143,13 @@ class TrainConfig(_Strict):
 
 
 class PostprocessConfig(_Strict):
-    """Instance post-processing: marker-controlled watershed on the predicted distance map."""
+    """Instance post-processing: marker-controlled watershed on the predicted distance (and contact) map."""
 
     fg_threshold: float = Field(0.5, gt=0, lt=1)
     seed_threshold: float = Field(0.5, gt=0, lt=1)
+    contact_threshold: float = Field(
+        0.5, gt=0, lt=1, description="instance_head 'contact': seeds are cut where contact is at least this"
+    )
     smooth_sigma: float = Field(1.0, ge=0)
     min_size: int = Field(8, ge=0, description="objects smaller than this many pixels are dropped")
     min_size_fraction: float = Field(

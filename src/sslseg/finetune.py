@@ -24,6 +24,7 @@ from sslseg.config import FinetuneConfig, load_config, to_yaml
 from sslseg.data.datasets import LoadedSample, RandomCropDataset, load_heldout, load_samples
 from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.splits import labelled_subset, load_split, make_split, save_split
+from sslseg.data.targets import instance_target_layout
 from sslseg.distributed import check_sync_batchnorm
 from sslseg.errors import ConfigError, DataError
 from sslseg.evaluate import evaluate_samples, load_model, summarize, write_rows_csv
@@ -131,6 +132,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         progress=progress,
         object_size=d.object_size,
         bright_objects=d.bright_objects,
+        instance_head=cfg.model.instance_head,
     )
     val_set = _validation_set(cfg, split, by_id, channels, progress)
 
@@ -143,6 +145,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
             cfg.train.crop_size,
             cfg.train.steps_per_epoch * cfg.train.batch_size,
             cfg.train.scale_range,
+            instance_target_layout(cfg.model.instance_head).binary if d.task == "instance" else (),
         ),
         batch_size=cfg.train.batch_size,
         num_workers=0,

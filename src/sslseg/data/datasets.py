@@ -28,7 +28,7 @@ from sslseg.data.normalize import (
     harmonise_channels,
     normalize,
 )
-from sslseg.data.targets import instance_targets, semantic_classes
+from sslseg.data.targets import instance_target_layout, semantic_classes
 from sslseg.errors import DataError
 from sslseg.segmentation.scale import median_diameter, size_factor
 
@@ -148,8 +148,10 @@ def load_samples(
     progress: bool = True,
     object_size: float | None = None,
     bright_objects: bool = False,
+    instance_head: str = "distance",
 ) -> tuple[list[LoadedSample], int]:
     """Decode, harmonise and normalise every sample once; returns the samples and the channel count used.
+    Instance targets are the maps of `instance_head` (`sslseg.data.targets.INSTANCE_TARGETS`).
 
     With `object_size` (instance tasks, training samples only) each image's working scale is chosen from
     its own labels so that its median object becomes `object_size` px across (images without objects keep
@@ -160,6 +162,7 @@ def load_samples(
             raise ValueError(f"object_size applies to instance tasks, not '{task}'")
         if scale != 1.0:
             raise ValueError(f"object_size and scale ({scale}) both choose the working scale; give one")
+    make_instance_targets = instance_target_layout(instance_head).make
     raws = []
     for s in tqdm(samples, desc="reading images", disable=not progress or len(samples) < 20, leave=False):
         raws.append(read_image(s.image))
@@ -189,7 +192,7 @@ def load_samples(
                     raise DataError(source.path, str(e)) from None
                 target = semantic_classes(work, num_classes)
             else:
-                target = instance_targets(work.astype(np.int64))
+                target = make_instance_targets(work.astype(np.int64))
         out.append(LoadedSample(s.id, image, target, labels, shape))
     return out, channels
 
@@ -199,7 +202,8 @@ class RandomCropDataset(Dataset):
 
     With a `scale_range` other than (1, 1), each crop is zoomed by a log-uniform factor, so the network sees
     objects at sizes the training images do not show (nuclei imaged at another magnification). Distance
-    targets are normalised per object, so they stay valid under zoom; class maps are resized nearest.
+    targets are normalised per object, so they stay valid under zoom; class maps are resized nearest, and
+    the `binary_channels` of dense targets (foreground, contact) are re-binarised after interpolation.
     """
 
     def __init__(
@@ -208,6 +212,7 @@ class RandomCropDataset(Dataset):
         crop_size: int,
         length: int,
         scale_range: tuple[float, float] = (1.0, 1.0),
+        binary_channels: tuple[int, ...] = (0,),
     ) -> None:
         if not samples:
             raise ValueError("no labelled training samples")
@@ -217,6 +222,7 @@ class RandomCropDataset(Dataset):
         self.crop = crop_size
         self.length = length
         self.log_scale = (float(np.log(scale_range[0])), float(np.log(scale_range[1])))
+        self.binary_channels = list(binary_channels)
 
     def __len__(self) -> int:
         return self.length
@@ -244,9 +250,10 @@ class RandomCropDataset(Dataset):
             img_t = F.interpolate(img_t[None], size=size, mode="bilinear", align_corners=False)[0]
             if tgt_t.ndim == 2:  # class map
                 tgt_t = F.interpolate(tgt_t[None, None].float(), size=size, mode="nearest")[0, 0].long()
-            else:  # [foreground, distance]: bilinear, foreground re-binarised
+            else:  # dense maps: bilinear, binary ones (foreground, contact) re-binarised
                 tgt_t = F.interpolate(tgt_t[None], size=size, mode="bilinear", align_corners=False)[0]
-                tgt_t[0] = (tgt_t[0] > 0.5).float()
+                b = self.binary_channels
+                tgt_t[b] = (tgt_t[b] > 0.5).float()
         return img_t, tgt_t
 
 

@@ -1,10 +1,19 @@
-"""Training targets derived from labels: class maps for semantic tasks, foreground + per-instance
-normalised distance maps for instance tasks (the reference's distance-map regression)."""
+"""Training targets derived from labels: class maps for semantic tasks, and for instance tasks the maps
+each instance representation learns (`INSTANCE_TARGETS`): foreground + per-instance normalised distance
+(the reference's distance-map regression), optionally with the borders where objects touch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
+
+# Pixels within this many pixels (chessboard) of two different objects are contact pixels: both sides of a
+# shared border and the narrow background gaps between near neighbours. Two pixels wide on each side is what
+# a network at the working scale of ~24 px nuclei can still place; wider bands swallow small nuclei.
+CONTACT_RADIUS = 2
 
 
 def instance_distance_map(labels: np.ndarray) -> np.ndarray:
@@ -26,6 +35,52 @@ def instance_distance_map(labels: np.ndarray) -> np.ndarray:
 def instance_targets(labels: np.ndarray) -> np.ndarray:
     """2×H×W float32 target for instance training: [foreground, normalised distance]."""
     return np.stack([(labels > 0).astype(np.float32), instance_distance_map(labels)])
+
+
+def contact_map(labels: np.ndarray, radius: int = CONTACT_RADIUS) -> np.ndarray:
+    """1 where a (2·radius+1)² window sees two different objects, else 0 (float32 H×W).
+
+    The largest and the smallest object id in each window differ exactly where two objects meet, so one
+    maximum and one minimum filter mark every touching border and narrow gap at once, whatever the count."""
+    labels = np.asarray(labels, dtype=np.int64)
+    size = 2 * radius + 1
+    none = int(labels.max(initial=0)) + 1  # stands for background in the minimum, so that it never wins
+    largest = ndimage.maximum_filter(labels, size=size, mode="constant", cval=0)
+    smallest = ndimage.minimum_filter(
+        np.where(labels > 0, labels, none), size=size, mode="constant", cval=none
+    )
+    return ((smallest != none) & (largest != smallest)).astype(np.float32)
+
+
+def contact_targets(labels: np.ndarray) -> np.ndarray:
+    """3×H×W float32 target: [foreground, normalised distance, contact] (see `contact_map`)."""
+    return np.concatenate([instance_targets(labels), contact_map(labels)[None]])
+
+
+@dataclass(frozen=True)
+class TargetLayout:
+    """The target maps of one instance representation: how they are made from an instance label map, and
+    which of its channels are binary (re-binarised after a zoom, where interpolation blurs them)."""
+
+    channels: tuple[str, ...]
+    make: Callable[[np.ndarray], np.ndarray]
+    binary: tuple[int, ...]
+
+
+INSTANCE_TARGETS: dict[str, TargetLayout] = {
+    "distance": TargetLayout(("foreground", "distance"), instance_targets, (0,)),
+    "contact": TargetLayout(("foreground", "distance", "contact"), contact_targets, (0, 2)),
+}
+
+
+def instance_target_layout(head: str) -> TargetLayout:
+    """The target layout of an instance representation, by name; an unknown name lists the valid ones."""
+    try:
+        return INSTANCE_TARGETS[head]
+    except KeyError:
+        raise ValueError(
+            f"unknown instance head '{head}'; choose one of {', '.join(INSTANCE_TARGETS)}"
+        ) from None
 
 
 def semantic_classes(mask: np.ndarray, num_classes: int) -> np.ndarray:

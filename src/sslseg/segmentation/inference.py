@@ -10,7 +10,8 @@ from torch import nn
 
 from sslseg.config import InferenceConfig, PostprocessConfig
 from sslseg.data.datasets import rescale_image
-from sslseg.segmentation.postprocess import distance_to_instances, probabilities_to_classes
+from sslseg.segmentation.heads import instance_head
+from sslseg.segmentation.postprocess import probabilities_to_classes
 from sslseg.segmentation.scale import MIN_FACTOR, median_diameter, size_factor
 from sslseg.segmentation.tiling import sliding_window
 
@@ -56,6 +57,7 @@ def predict_probabilities(
     native_shape: tuple[int, int],
     cfg: InferenceConfig | None = None,
     object_size: float | None = None,
+    head: str = "distance",
 ) -> torch.Tensor:
     """Tiled forward pass over a C×h×w image; probabilities resized to the native H×W (K×H×W, CPU).
     With `cfg.tta` the mean over the 8 flips/quarter turns, each mapped back before averaging.
@@ -64,35 +66,39 @@ def predict_probabilities(
     diameter (with `cfg.check_fragments`, checked for fragments by `_whole_object_diameter`); when it is
     off the target by more than RESCALE_TOLERANCE, the image is resized so objects become `object_size` px
     across (as in training) and predicted again. The size estimate takes one orientation even with
-    `cfg.tta`: a median over objects does not need eight."""
+    `cfg.tta`: a median over objects does not need eight. `head` names the instance representation the
+    network predicts (`model.instance_head`), which the size estimate segments with."""
     cfg = cfg or InferenceConfig()
     if object_size is None or task != "instance":
         return _predict_oriented(net, image, task, native_shape, cfg)
     probs = _predict_once(net, image, task, native_shape, cfg)
-    diameter = _sizing_diameter(probs)
+    diameter = _sizing_diameter(probs, head)
     factor = 1.0  # nothing found: no size to go by
     if diameter is not None:
         diameter *= image.shape[1] / native_shape[0]  # in working pixels
         if cfg.check_fragments:
-            diameter = _whole_object_diameter(net, image, cfg, diameter, object_size)
+            diameter = _whole_object_diameter(net, image, cfg, diameter, object_size, head)
         factor = size_factor(diameter, object_size)
     if 1 / RESCALE_TOLERANCE <= factor <= RESCALE_TOLERANCE:
         return _predict_oriented(net, image, task, native_shape, cfg, identity=probs)
     return _predict_oriented(net, rescale_image(image, factor), task, native_shape, cfg)
 
 
-def _sizing_diameter(probs: torch.Tensor) -> float | None:
+def _sizing_diameter(probs: torch.Tensor, head: str) -> float | None:
     """Median object diameter of an instance prediction, in its pixels. Specks are dropped before
     measuring: hundreds of them on a few large nuclei would otherwise pass for the median object and blow
     the image up instead of shrinking it."""
-    p = probs.numpy()
-    return median_diameter(
-        distance_to_instances(p[0], p[1], PostprocessConfig(min_size_fraction=SIZING_SPECK_FRACTION))
-    )
+    post = PostprocessConfig(min_size_fraction=SIZING_SPECK_FRACTION)
+    return median_diameter(instance_head(head).to_labels(probs.numpy(), post))
 
 
 def _whole_object_diameter(
-    net: nn.Module, image: np.ndarray, cfg: InferenceConfig, diameter: float, object_size: float
+    net: nn.Module,
+    image: np.ndarray,
+    cfg: InferenceConfig,
+    diameter: float,
+    object_size: float,
+    head: str,
 ) -> float:
     """The object diameter in working pixels: `diameter`, unless those objects are fragments (see
     FRAGMENT_SHRINK). Then the image is halved, down to MIN_FACTOR, until its objects shrink with it or
@@ -100,7 +106,7 @@ def _whole_object_diameter(
     scale = 1.0
     while scale / 2 >= MIN_FACTOR:
         half = rescale_image(image, scale / 2)
-        measured = _sizing_diameter(_predict_once(net, half, "instance", half.shape[1:], cfg))
+        measured = _sizing_diameter(_predict_once(net, half, "instance", half.shape[1:], cfg), head)
         # objects under half the target are whole ones seen small, whatever their size before
         if measured is None or measured < max(object_size / 2, FRAGMENT_SHRINK * diameter):
             break
@@ -148,10 +154,10 @@ def _predict_once(
 
 
 def probabilities_to_labels(
-    probs: torch.Tensor, task: str, post: PostprocessConfig | None = None
+    probs: torch.Tensor, task: str, post: PostprocessConfig | None = None, head: str = "distance"
 ) -> np.ndarray:
-    """Probabilities → class map (semantic) or instance map (instance)."""
+    """Probabilities → class map (semantic) or instance map (instance, by the instance `head`)."""
     p = probs.numpy()
     if task == "semantic":
         return probabilities_to_classes(p)
-    return distance_to_instances(p[0], p[1], post)
+    return instance_head(head).to_labels(p, post)

@@ -19,17 +19,16 @@ from sslseg.errors import TrainingDiverged
 from sslseg.metrics import instance_scores, semantic_scores
 from sslseg.nn.unet import build_unet, encoder_of, freeze
 from sslseg.optim import warmup_cosine
+from sslseg.segmentation.heads import instance_head
 from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
 from sslseg.weights import decoder_beside, load_decoder, load_encoder
 
-# Weight of the distance-map regression relative to the foreground BCE + Dice terms: the seeds come from
-# the distance map, so it must be accurate around the seed threshold, where squared errors are small.
-DISTANCE_LOSS_WEIGHT = 5.0
-
 
 def output_channels(cfg: FinetuneConfig) -> int:
-    """Semantic: one channel per class; instance: foreground and distance."""
-    return cfg.data.num_classes if cfg.data.task == "semantic" else 2
+    """Semantic: one channel per class; instance: the maps of the instance head."""
+    if cfg.data.task == "semantic":
+        return cfg.data.num_classes
+    return instance_head(cfg.model.instance_head).channels
 
 
 def score_labels(pred: Any, labels: Any, cfg: FinetuneConfig) -> dict[str, float]:
@@ -91,9 +90,7 @@ class SegmentationModule(L.LightningModule):
                 self.decoder_init = str(decoder)
         if m.frozen:
             freeze(encoder_of(self.net))
-        self.dice = smp.losses.DiceLoss(
-            "multiclass" if self.cfg.data.task == "semantic" else "binary", from_logits=True
-        )
+        self.dice = smp.losses.DiceLoss("multiclass", from_logits=True)
         self.val_samples: list[LoadedSample] = []
 
     def train(self, mode: bool = True) -> SegmentationModule:
@@ -107,29 +104,29 @@ class SegmentationModule(L.LightningModule):
         inference settings (tiling, test-time augmentation, object-size rescaling)."""
         cfg = self.cfg
         return predict_probabilities(
-            self.net, image, cfg.data.task, native_shape, cfg.inference, cfg.data.object_size
+            self.net,
+            image,
+            cfg.data.task,
+            native_shape,
+            cfg.inference,
+            cfg.data.object_size,
+            cfg.model.instance_head,
         )
 
     def segment(self, image: np.ndarray, native_shape: tuple[int, int]) -> np.ndarray:
         """The label map of one prepared image: `probabilities`, then the checkpoint's post-processing."""
-        return probabilities_to_labels(
-            self.probabilities(image, native_shape), self.cfg.data.task, self.cfg.postprocess
-        )
+        cfg = self.cfg
+        probs = self.probabilities(image, native_shape)
+        return probabilities_to_labels(probs, cfg.data.task, cfg.postprocess, cfg.model.instance_head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Dice + cross-entropy (semantic) or foreground BCE + Dice + distance MSE (instance)."""
+        """Dice + cross-entropy (semantic) or the instance head's loss."""
         if self.cfg.data.task == "semantic":
             return F.cross_entropy(logits, target) + self.dice(logits, target)
-        fg_logit, dist_logit = logits[:, :1], logits[:, 1:]
-        fg, dist = target[:, :1], target[:, 1:]
-        return (
-            F.binary_cross_entropy_with_logits(fg_logit, fg)
-            + self.dice(fg_logit, fg)
-            + DISTANCE_LOSS_WEIGHT * F.mse_loss(dist_logit.sigmoid(), dist)
-        )
+        return instance_head(self.cfg.model.instance_head).loss(logits, target)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         train = self.cfg.train

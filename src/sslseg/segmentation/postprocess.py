@@ -11,19 +11,30 @@ from sslseg.segmentation.scale import typical_area
 
 
 def distance_to_instances(
-    foreground: np.ndarray, distance: np.ndarray, cfg: PostprocessConfig | None = None
+    foreground: np.ndarray,
+    distance: np.ndarray,
+    cfg: PostprocessConfig | None = None,
+    contact: np.ndarray | None = None,
 ) -> np.ndarray:
     """Instances from a foreground probability and a normalised distance map (both H×W in [0, 1]).
 
     Seeds are connected regions of high distance (nucleus centres); watershed on the inverted distance
     grows them inside the foreground. Foreground blobs that got no seed still become objects.
-    """
+
+    With a `contact` probability (where objects touch), seeds are also cut where contact is at least
+    `cfg.contact_threshold`, and the watershed climbs contact as well, so neighbours whose distance map has
+    no valley between them still get a seed each and meet on the predicted border."""
     cfg = cfg or PostprocessConfig()
     if cfg.smooth_sigma > 0:
         distance = ndimage.gaussian_filter(distance, cfg.smooth_sigma)
     mask = foreground > cfg.fg_threshold
-    markers, _ = ndimage.label((distance > cfg.seed_threshold) & mask)
-    labels = watershed(-distance, markers, mask=mask)
+    seeds = (distance > cfg.seed_threshold) & mask
+    elevation = -distance
+    if contact is not None:
+        seeds &= contact < cfg.contact_threshold
+        elevation = contact - distance
+    markers, _ = ndimage.label(seeds)
+    labels = watershed(elevation, markers, mask=mask)
     orphans, n_orphans = ndimage.label(mask & (labels == 0))
     if n_orphans:
         labels = np.where(orphans > 0, orphans + labels.max(), labels)

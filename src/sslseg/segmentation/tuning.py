@@ -13,22 +13,19 @@ import numpy as np
 from sslseg.config import PostprocessConfig
 from sslseg.data.datasets import LoadedSample
 from sslseg.metrics import instance_scores
+from sslseg.segmentation.heads import instance_head
 from sslseg.segmentation.inference import probabilities_to_labels
 from sslseg.segmentation.module import SegmentationModule, primary_metric
-
-GRID = {
-    "fg_threshold": (0.4, 0.5, 0.6),
-    "seed_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
-    "min_size_fraction": (0.0, 0.1, 0.25),
-}
 
 
 def tune_postprocess(
     module: SegmentationModule, samples: list[LoadedSample], grid: dict[str, tuple[float, ...]] | None = None
 ) -> tuple[PostprocessConfig, float, float]:
-    """Best post-processing on `samples` by the task's primary metric: (config, its score, default's score)."""
+    """Best post-processing on `samples` by the task's primary metric: (config, its score, default's score).
+    `grid` defaults to the instance head's own threshold grid."""
     cfg = module.cfg
-    grid = grid or GRID
+    head = cfg.model.instance_head
+    grid = grid or instance_head(head).tuning_grid
     metric = primary_metric(cfg.data.task)
     probs = [module.probabilities(s.image, s.native_shape) for s in samples]
 
@@ -36,7 +33,7 @@ def tune_postprocess(
         return float(
             np.mean(
                 [
-                    instance_scores(s.labels, probabilities_to_labels(p, cfg.data.task, post))[metric]
+                    instance_scores(s.labels, probabilities_to_labels(p, cfg.data.task, post, head))[metric]
                     for s, p in zip(samples, probs, strict=True)
                 ]
             )

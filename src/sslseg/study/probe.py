@@ -185,9 +185,10 @@ def tta_predictions(module: SegmentationModule, sample: LoadedSample, n: int = D
         for t in range(n):
             shape = (w, h) if t % 2 else (h, w)  # odd quarter turns swap the sides
             image = d4_transform(sample.image, t)
-            probs = predict_probabilities(module.net, image, task, shape, single, cfg.data.object_size)
+            head = cfg.model.instance_head
+            probs = predict_probabilities(module.net, image, task, shape, single, cfg.data.object_size, head)
             probs = d4_inverse(probs, t).contiguous()
-            out.append(probabilities_to_labels(probs, task, cfg.postprocess))
+            out.append(probabilities_to_labels(probs, task, cfg.postprocess, head))
     return out
 
 
