@@ -1,6 +1,8 @@
 """Why does a DSB2018 model lose nuclei? Segments stage1_test (Kaggle layout) with one fine-tuned checkpoint
 and counts, for the gray and the colour images apart, the true nuclei it matches at IoU 0.5 and those it
-loses: merged with a neighbour, missed (mostly background), or misshapen. Prints one JSON line per group.
+loses: merged with a neighbour, missed (mostly background), or misshapen. Prints one JSON line per group,
+and one per outcome saying what its nuclei have in common: size and contrast relative to the other nuclei
+of their image, and the foreground probability the network gave them (to tell dim from small from merged).
 
     python benchmarks/dsb2018_errors.py runs/bench_dsb2018/object_size_24 [--tta]
 """
@@ -11,7 +13,10 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from _common import emit, hardware, require
+from scipy import ndimage
+from skimage.transform import resize
 from tqdm.auto import tqdm
 
 from sslseg.data.datasets import load_heldout
@@ -19,7 +24,9 @@ from sslseg.data.io import read_image
 from sslseg.data.layouts import find_samples
 from sslseg.data.normalize import effective_channels
 from sslseg.evaluate import load_model
-from sslseg.metrics import missed_objects
+from sslseg.metrics import missed_objects, object_outcomes
+from sslseg.segmentation.inference import probabilities_to_labels
+from sslseg.segmentation.scale import typical_area
 
 
 def main() -> None:
@@ -32,12 +39,20 @@ def main() -> None:
     group = {s.id: "colour" if effective_channels(read_image(s.image)) >= 3 else "gray" for s in samples}
     loaded = load_heldout(samples, module.cfg.data, module.hparams["in_channels"], progress=False)
     counts: dict[str, Counter] = {"gray": Counter(), "colour": Counter(), "all": Counter()}
+    traits: list[np.ndarray] = []  # per true nucleus: outcome, relative area, relative contrast, fg prob
+    cfg = module.cfg
     for s in tqdm(loaded, desc="segmenting", leave=False):
         assert s.labels is not None
-        lost = missed_objects(s.labels, module.segment(s.image, s.native_shape))
+        probs = module.probabilities(s.image, s.native_shape)
+        pred = probabilities_to_labels(probs, "instance", cfg.postprocess, cfg.model.instance_head)
+        lost = missed_objects(s.labels, pred)
         for name in (group[s.id], "all"):
             counts[name].update(lost)
             counts[name]["images"] += 1
+        seen = s.image.mean(axis=0)  # at the working scale; the traits are measured at native size
+        if seen.shape != s.native_shape:
+            seen = resize(seen, s.native_shape, order=1, preserve_range=True)
+        traits.append(object_traits(s.labels, pred, seen, probs[0].numpy()))
     for name, c in counts.items():
         true = c["matched"] + c["merged"] + c["missed"] + c["misshapen"]
         emit(
@@ -55,6 +70,23 @@ def main() -> None:
         tta=args.tta,
         hardware=hardware(),
     )
+
+
+def object_traits(gt: np.ndarray, pred: np.ndarray, image: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """4 × n rows for the true nuclei of one image: outcome (index into OUTCOMES), area relative to the
+    image's typical nucleus, contrast (mean minus the background's median) relative to the image's median
+    nucleus contrast, and the mean predicted foreground probability over the nucleus. The image is the one
+    the network saw (normalised, and inverted with bright_objects), so dim means dim to the network."""
+    ids, outcome = object_outcomes(gt, pred)
+    if len(ids) == 0:
+        return np.zeros((4, 0))
+    area = ndimage.sum_labels(np.ones_like(gt), gt, ids)
+    background = float(np.median(image[gt == 0])) if (gt == 0).any() else 0.0
+    contrast = ndimage.mean(image, gt, ids) - background
+    typical_contrast = float(np.median(contrast))
+    relative_contrast = contrast / typical_contrast if typical_contrast > 0 else np.full(len(ids), np.nan)
+    fg = ndimage.mean(foreground, gt, ids)
+    return np.stack([outcome, area / typical_area(area), relative_contrast, fg])
 
 
 if __name__ == "__main__":

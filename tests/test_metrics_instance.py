@@ -10,6 +10,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from sslseg.metrics import (
+    OUTCOMES,
     aji,
     aji_plus,
     dsb_score,
@@ -17,6 +18,7 @@ from sslseg.metrics import (
     matching_scores,
     mean_scores,
     missed_objects,
+    object_outcomes,
     overlap_table,
     panoptic_quality,
 )
@@ -487,6 +489,10 @@ def test_missed_objects_hand_computed():
     assert missed_objects(np.zeros_like(gt), pred)["false_positives"] == 7
     with pytest.raises(ValueError, match="IoU >= 0.5"):
         missed_objects(gt, pred, threshold=0.3)
+    # the same verdicts object by object, named by each object's own id
+    ids, outcome = object_outcomes(gt, pred)
+    named = {int(i): OUTCOMES[k] for i, k in zip(ids, outcome, strict=True)}
+    assert named == {1: "merged", 2: "merged", 3: "missed", 4: "missed", 5: "misshapen", 6: "matched"}
 
 
 def _missed_objects_oracle(gt: np.ndarray, pred: np.ndarray) -> dict[str, int]:

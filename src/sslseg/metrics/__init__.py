@@ -1,6 +1,7 @@
 """Segmentation metrics: per-image Dice/IoU on class maps and instance metrics on label maps."""
 
 from sslseg.metrics.instance import (
+    OUTCOMES,
     aji,
     aji_plus,
     dsb_score,
@@ -8,12 +9,14 @@ from sslseg.metrics.instance import (
     matching_scores,
     mean_scores,
     missed_objects,
+    object_outcomes,
     overlap_table,
     panoptic_quality,
 )
 from sslseg.metrics.pixel import semantic_scores
 
 __all__ = [
+    "OUTCOMES",
     "aji",
     "aji_plus",
     "dsb_score",
@@ -21,6 +24,7 @@ __all__ = [
     "matching_scores",
     "mean_scores",
     "missed_objects",
+    "object_outcomes",
     "overlap_table",
     "panoptic_quality",
     "semantic_scores",

@@ -312,18 +312,27 @@ def instance_scores(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return out
 
 
-def missed_objects(gt: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> dict[str, int]:
-    """Why true objects go unmatched at an IoU threshold of 0.5 or more, to tell which repair would pay.
+OUTCOMES = ("matched", "merged", "missed", "misshapen")
 
-    Each true object without a prediction over `threshold` IoU counts once, as `merged` (its largest
-    overlapping prediction also covers more than half of another true object), `missed` (less than half
-    of it lies in any prediction) or `misshapen` (covered, but outlined too loosely, tightly or in pieces).
-    `matched` and `false_positives` (predictions matched to nothing) complete the count."""
+
+def object_outcomes(
+    gt: np.ndarray, pred: np.ndarray, threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """What became of each true object at an IoU threshold of 0.5 or more (the rules of `missed_objects`):
+    the ids of the objects in `gt` and, for each, an index into `OUTCOMES`."""
+    t = _matching_table(gt, pred, threshold)
+    return t.gt_ids, _outcomes(t, threshold)
+
+
+def _matching_table(gt: np.ndarray, pred: np.ndarray, threshold: float) -> OverlapTable:
     if _check_threshold(threshold) < 0.5:
         raise ValueError(
             f"objects are counted by a one-to-one matching, which needs IoU >= 0.5, got {threshold}"
         )
-    t = overlap_table(gt, pred)
+    return overlap_table(gt, pred)
+
+
+def _outcomes(t: OverlapTable, threshold: float) -> np.ndarray:
     hit = t.iou > threshold  # above 0.5 IoU, each object has at most one such partner
     matched_gt = np.zeros(t.n_gt, dtype=bool)
     matched_gt[t.rows[hit]] = True
@@ -340,14 +349,24 @@ def missed_objects(gt: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> 
     pair = largest[lost & ~missed]
     merged = np.zeros(t.n_gt, dtype=bool)
     merged[lost & ~missed] = n_held[t.cols[pair]] - holds_most[pair] >= 1
-    n_matched = int(matched_gt.sum())
-    return {
-        "matched": n_matched,
-        "merged": int(merged.sum()),
-        "missed": int(missed.sum()),
-        "misshapen": int((lost & ~missed & ~merged).sum()),
-        "false_positives": t.n_pred - n_matched,
-    }
+    outcome = np.full(t.n_gt, OUTCOMES.index("misshapen"), dtype=np.intp)
+    outcome[matched_gt] = OUTCOMES.index("matched")
+    outcome[merged] = OUTCOMES.index("merged")
+    outcome[missed] = OUTCOMES.index("missed")
+    return outcome
+
+
+def missed_objects(gt: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> dict[str, int]:
+    """Why true objects go unmatched at an IoU threshold of 0.5 or more, to tell which repair would pay.
+
+    Each true object without a prediction over `threshold` IoU counts once, as `merged` (its largest
+    overlapping prediction also covers more than half of another true object), `missed` (less than half
+    of it lies in any prediction) or `misshapen` (covered, but outlined too loosely, tightly or in pieces).
+    `matched` and `false_positives` (predictions matched to nothing) complete the count."""
+    t = _matching_table(gt, pred, threshold)
+    counts = np.bincount(_outcomes(t, threshold), minlength=len(OUTCOMES))
+    result = {name: int(counts[i]) for i, name in enumerate(OUTCOMES)}
+    return {**result, "false_positives": t.n_pred - result["matched"]}
 
 
 def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
