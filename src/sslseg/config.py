@@ -182,6 +182,37 @@ class InferenceConfig(_Strict):
     )
 
 
+class SemiConfig(_Strict):
+    """Semi-supervised fine-tuning: the unlabeled images train too, by consistency with a mean teacher."""
+
+    enabled: bool = Field(
+        False,
+        description="train on the unlabeled images as well: the student learns the confident predictions of "
+        "an EMA teacher on a weak view, from a strongly augmented view (FixMatch with a mean teacher)",
+    )
+    weight: float = Field(1.0, gt=0, description="weight of the unlabeled loss beside the labelled one")
+    confidence: float = Field(0.9, ge=0.5, lt=1, description="pixels the teacher is less sure of are skipped")
+    ema_decay: float = Field(0.99, gt=0, lt=1, description="teacher = EMA of the student's weights")
+    batch_size: int | None = Field(
+        None, ge=1, description="unlabeled crops per step (default train.batch_size)"
+    )
+    rampup: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="the unlabeled weight rises linearly over this fraction of the run (the teacher is poor "
+        "at first)",
+    )
+    strong_intensity: float = Field(0.3, ge=0, description="strong view: sd of per-channel gain and offset")
+    strong_noise: float = Field(0.1, ge=0, description="strong view: sd of added noise")
+    strong_gamma: float = Field(0.4, ge=0, le=1.5, description="strong view: sd of log γ")
+    unlabeled: Path | None = Field(
+        None,
+        description="more unlabeled images (any folder); the training split's images outside the labelled "
+        "budget are always used, validation and test images never",
+    )
+
+
 class FinetuneConfig(_Strict):
     """Everything one fine-tuning run needs; saved beside its results."""
 
@@ -190,6 +221,7 @@ class FinetuneConfig(_Strict):
     train: TrainConfig = TrainConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
     inference: InferenceConfig = InferenceConfig()
+    semi: SemiConfig = SemiConfig()
     output: Path = Path("runs/finetune")
 
 

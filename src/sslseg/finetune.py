@@ -8,11 +8,13 @@ import json
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
@@ -21,7 +23,13 @@ from torch.utils.data import DataLoader
 import sslseg
 from sslseg.atomic import atomic_path, write_json, write_text
 from sslseg.config import FinetuneConfig, load_config, to_yaml
-from sslseg.data.datasets import LoadedSample, RandomCropDataset, load_heldout, load_samples
+from sslseg.data.datasets import (
+    LoadedSample,
+    RandomBaseCrops,
+    RandomCropDataset,
+    load_heldout,
+    load_samples,
+)
 from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.splits import labelled_subset, load_split, make_split, save_split
 from sslseg.data.targets import instance_target_layout
@@ -138,6 +146,14 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
 
     module = SegmentationModule(cfg.model_dump(mode="json"), channels)
     module.val_samples = val_set
+    pool = (
+        _unlabeled_pool(cfg, split, labelled, by_id, channels, train_set, progress)
+        if cfg.semi.enabled
+        else []
+    )
+    if pool:
+        crops = RandomBaseCrops(pool, cfg.train.crop_size, cfg.train.steps_per_epoch * cfg.train.batch_size)
+        module.unlabeled_loader = DataLoader(crops, batch_size=cfg.semi.batch_size or cfg.train.batch_size)
     initial_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
     train_loader = DataLoader(
         RandomCropDataset(
@@ -209,6 +225,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         "in_channels": channels,
         "n_train": len(split["train"]),
         "n_labelled": len(labelled),
+        "n_unlabeled_used": len(pool),
         "n_val": len(val_set),
         "n_test": len(test_samples),
         "best_val_score": float(best_cb.best_model_score) if best_cb.best_model_score is not None else None,
@@ -222,6 +239,48 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     }
     write_json(out / "result.json", summary)
     return FinetuneResult(out, stable_best, test_mean, summary)
+
+
+def _unlabeled_pool(
+    cfg: FinetuneConfig,
+    split: dict[str, list[str]],
+    labelled: list[str],
+    by_id: dict[str, Sample],
+    channels: int,
+    train_set: list[LoadedSample],
+    progress: bool,
+) -> list[np.ndarray]:
+    """The images semi-supervised fine-tuning learns from without labels, prepared as training images are:
+    the training split's images outside the labelled budget (their labels unread) and `semi.unlabeled`.
+    Validation and test images are never among them. With `data.object_size` they are resized by the
+    median factor of the labelled images (unlabeled images have no objects to measure)."""
+    d = cfg.data
+    chosen = set(labelled)
+    samples = [by_id[i] for i in split["train"] if i not in chosen]
+    if cfg.semi.unlabeled is not None:
+        samples += find_samples(cfg.semi.unlabeled, layout="unlabeled")
+    if not samples:
+        warnings.warn(
+            "semi.enabled but there are no unlabeled images (every training image is labelled and "
+            "semi.unlabeled is not set): fine-tuning is supervised only",
+            stacklevel=2,
+        )
+        return []
+    scale = d.scale
+    if d.object_size is not None:
+        scale = float(np.median([s.image.shape[1] / s.native_shape[0] for s in train_set]))
+    pool, _ = load_samples(
+        samples,
+        d.task,
+        d.num_classes,
+        channels,
+        d.normalization,
+        scale,
+        with_labels=False,
+        progress=progress,
+        bright_objects=d.bright_objects,
+    )
+    return [s.image for s in pool]
 
 
 def tune_checkpoint(checkpoint: Path, val_set: list) -> dict[str, Any]:

@@ -19,8 +19,17 @@ def augment_batch(
     `images` is B×C×H×W (normalised), `targets` B×H×W (classes) or B×K×H×W (dense regression targets).
     The geometric group (D4) keeps distance maps exact, unlike arbitrary rotations.
     """
+    out_i, out_t = random_d4(images, targets)
+    return photometric(out_i, intensity, noise, gamma, shuffle_channels), out_t
+
+
+def random_d4(images: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random flip/quarter turn per sample, the same for its image and target (B×H×W or B×K×H×W);
+    without targets the second result is an empty tensor. Quarter turns only for square images."""
     b = images.shape[0]
     dev = images.device
+    if targets is None:
+        targets = images.new_zeros((b, 0, *images.shape[-2:]))
     squeeze = targets.ndim == 3
     t = targets[:, None] if squeeze else targets
     square = images.shape[-1] == images.shape[-2]
@@ -38,19 +47,32 @@ def augment_batch(
         if c >> 2:
             xi, xt = torch.rot90(xi, c >> 2, (-2, -1)), torch.rot90(xt, c >> 2, (-2, -1))
         out_i[idx], out_t[idx] = xi, xt
-    if gamma > 0:
-        out_i = random_gamma(out_i, gamma)
-    if shuffle_channels and images.shape[1] > 1:
-        order = torch.rand(b, images.shape[1], device=dev).argsort(dim=1)
-        out_i = out_i.gather(1, order[:, :, None, None].expand_as(out_i))
-    if intensity > 0:
-        shape = (b, images.shape[1], 1, 1)
-        gain = 1 + intensity * torch.randn(shape, device=dev)
-        offset = intensity * torch.randn(shape, device=dev)
-        out_i = out_i * gain + offset
-    if noise > 0:
-        out_i = out_i + noise * torch.randn_like(out_i)
     return out_i, (out_t[:, 0] if squeeze else out_t)
+
+
+def photometric(
+    images: torch.Tensor,
+    intensity: float = 0.1,
+    noise: float = 0.03,
+    gamma: float = 0.0,
+    shuffle_channels: bool = False,
+) -> torch.Tensor:
+    """Per-image intensity changes of a B×C×H×W batch (targets unchanged): an optional random gamma curve
+    (`gamma`: sd of log γ) and channel order, then per-channel gain/offset (sd `intensity`) and noise."""
+    b, c = images.shape[:2]
+    dev = images.device
+    if gamma > 0:
+        images = random_gamma(images, gamma)
+    if shuffle_channels and c > 1:
+        order = torch.rand(b, c, device=dev).argsort(dim=1)
+        images = images.gather(1, order[:, :, None, None].expand_as(images))
+    if intensity > 0:
+        gain = 1 + intensity * torch.randn((b, c, 1, 1), device=dev)
+        offset = intensity * torch.randn((b, c, 1, 1), device=dev)
+        images = images * gain + offset
+    if noise > 0:
+        images = images + noise * torch.randn_like(images)
+    return images
 
 
 def random_gamma(images: torch.Tensor, sd: float) -> torch.Tensor:

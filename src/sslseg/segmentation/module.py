@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -10,17 +12,19 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from sslseg.augment.segmentation import augment_batch
+from sslseg.augment.segmentation import augment_batch, photometric, random_d4
 from sslseg.config import FinetuneConfig
 from sslseg.data.datasets import LoadedSample
+from sslseg.data.targets import instance_target_layout
 from sslseg.errors import TrainingDiverged
+from sslseg.losses.consistency import class_consistency, map_consistency
 from sslseg.metrics import instance_scores, semantic_scores
 from sslseg.nn.unet import build_unet, encoder_of, freeze
 from sslseg.optim import warmup_cosine
 from sslseg.segmentation.heads import instance_head
-from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
+from sslseg.segmentation.inference import activate, predict_probabilities, probabilities_to_labels
 from sslseg.weights import decoder_beside, load_decoder, load_encoder
 
 
@@ -92,6 +96,11 @@ class SegmentationModule(L.LightningModule):
             freeze(encoder_of(self.net))
         self.dice = smp.losses.DiceLoss("multiclass", from_logits=True)
         self.val_samples: list[LoadedSample] = []
+        # semi-supervised fine-tuning (cfg.semi): batches of unlabeled crops, and the mean teacher, kept out
+        # of the module's state (a list hides it from state_dict) so checkpoints hold the student alone
+        self.unlabeled_loader: DataLoader | None = None
+        self._unlabeled: Iterator[torch.Tensor] | None = None
+        self._teacher: list[torch.nn.Module] = []
 
     def train(self, mode: bool = True) -> SegmentationModule:
         super().train(mode)
@@ -134,6 +143,8 @@ class SegmentationModule(L.LightningModule):
             *batch, gamma=train.gamma_jitter, shuffle_channels=train.shuffle_channels
         )
         loss = self.loss(self(images), targets)
+        if self.cfg.semi.enabled and self.unlabeled_loader is not None:
+            loss = loss + self._unlabeled_loss(images.shape[0])
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"training loss became {loss.item()} at step {self.global_step}; the last good checkpoint "
@@ -141,6 +152,52 @@ class SegmentationModule(L.LightningModule):
             )
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
+
+    def _next_unlabeled(self) -> torch.Tensor:
+        assert self.unlabeled_loader is not None
+        try:
+            return next(self._unlabeled)  # type: ignore[arg-type]
+        except (StopIteration, TypeError):  # exhausted, or not started yet
+            self._unlabeled = iter(self.unlabeled_loader)
+            return next(self._unlabeled)
+
+    def teacher(self) -> torch.nn.Module:
+        """The mean teacher: an EMA of the student's weights, started from the student (also on resume)."""
+        if not self._teacher:
+            teacher = copy.deepcopy(self.net).eval()
+            teacher.requires_grad_(False)
+            self._teacher.append(teacher)
+        return self._teacher[0]
+
+    def _unlabeled_loss(self, batch_size: int) -> torch.Tensor:
+        """The consistency loss on one batch of unlabeled crops, ramped up over `semi.rampup` of the run."""
+        semi, task = self.cfg.semi, self.cfg.data.task
+        weak, _ = random_d4(self._next_unlabeled().to(self.device, torch.float32))
+        with torch.no_grad():
+            teacher_probs = activate(self.teacher()(weak), task)
+        strong = photometric(weak, semi.strong_intensity, semi.strong_noise, semi.strong_gamma)
+        student = self(strong)
+        if task == "semantic":
+            loss, used = class_consistency(student, teacher_probs, semi.confidence)
+        else:
+            binary = instance_target_layout(self.cfg.model.instance_head).binary
+            loss, used = map_consistency(student, teacher_probs, binary, semi.confidence)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        ramp = min(1.0, self.global_step / max(semi.rampup * total, 1.0))
+        self.log("train/unlabeled_loss", loss, batch_size=batch_size)
+        self.log("train/confident_share", used, batch_size=batch_size)
+        return semi.weight * ramp * loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not (self.cfg.semi.enabled and self._teacher):
+            return
+        decay = self.cfg.semi.ema_decay
+        with torch.no_grad():
+            teacher = self._teacher[0]
+            for t, s in zip(teacher.parameters(), self.net.parameters(), strict=True):
+                t.lerp_(s.detach(), 1.0 - decay)
+            for t, s in zip(teacher.buffers(), self.net.buffers(), strict=True):
+                t.copy_(s)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         s = self.val_samples[int(batch[0])]

@@ -1,0 +1,130 @@
+"""Semi-supervised fine-tuning (cfg.semi): consistency losses by hand, a loss that falls when optimised, and a
+run that really learns from its unlabeled images (and never from validation or test images)."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sslseg.config import FinetuneConfig
+from sslseg.data.synth import write_synthetic_dataset
+from sslseg.finetune import finetune
+from sslseg.losses.consistency import class_consistency, map_consistency
+from sslseg.segmentation.module import SegmentationModule
+
+
+def test_class_consistency_uses_confident_pixels_only():
+    teacher = torch.tensor([[[[0.95, 0.6]], [[0.05, 0.4]]]])  # 1×2×1×2: pixel 0 sure of class 0, pixel 1 not
+    student = torch.tensor([[[[0.0, 3.0]], [[1.0, -3.0]]]])
+    loss, used = class_consistency(student, teacher, confidence=0.9)
+    by_hand = F.cross_entropy(student[..., :1], torch.tensor([[[0]]])) / 2  # averaged over both pixels
+    assert torch.isclose(loss, by_hand) and used == 0.5
+    with pytest.raises(ValueError, match="confidence"):
+        class_consistency(student, teacher, confidence=0.3)
+
+
+def test_map_consistency_pseudo_labels_binary_maps_and_regresses_the_rest():
+    teacher = torch.tensor([[[[0.97, 0.5]], [[0.8, 0.2]]]])  # foreground; distance
+    student = torch.zeros(1, 2, 1, 2)
+    loss, used = map_consistency(student, teacher, binary=(0,), confidence=0.9)
+    # foreground: pixel 0 is pseudo-labelled 1 (BCE of logit 0 = log 2), pixel 1 skipped;
+    # distance: only where the foreground is sure, (0.5 - 0.8)^2; each term averaged over both pixels
+    by_hand = math.log(2) / 2 + (0.5 - 0.8) ** 2 / 2
+    assert loss.item() == pytest.approx(by_hand, rel=1e-5) and used == 0.5
+    with pytest.raises(ValueError, match="channel 0"):
+        map_consistency(student, teacher, binary=(1,), confidence=0.9)
+
+
+def test_consistency_loss_is_finite_and_falls_when_the_student_learns():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():  # a teacher the student can imitate: another filter of the same image
+        teacher = (3 * torch.nn.Conv2d(1, 3, 3, padding=1)(x)).sigmoid()
+    net = torch.nn.Conv2d(1, 3, 3, padding=1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    losses = []
+    for _ in range(30):
+        loss, _ = map_consistency(net(x), teacher, binary=(0, 2), confidence=0.6)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.5 * losses[0]
+
+
+@pytest.fixture(scope="module")
+def nuclei(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("semi"), n_images=10, size=80, seed=3)
+
+
+def _cfg(data, out, semi: dict) -> FinetuneConfig:
+    return FinetuneConfig.model_validate(
+        {
+            "data": {
+                "train": data,
+                "task": "instance",
+                "val_fraction": 0.2,
+                "test_fraction": 0.2,
+                "label_fraction": 0.34,
+            },
+            "model": {"encoder": "resnet18", "decoder_channels": [32, 16, 16, 8, 8]},
+            "train": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 2, "crop_size": 64},
+            "postprocess": {"tune": False},
+            "inference": {"tile_size": 64},
+            "semi": semi,
+            "output": out,
+        }
+    )
+
+
+def test_semi_supervised_run_learns_from_the_unlabeled_training_images(nuclei, tmp_path, monkeypatch):
+    drawn = []
+    original = SegmentationModule._next_unlabeled
+
+    def spy(self):
+        batch = original(self)
+        drawn.append(batch.clone())
+        return batch
+
+    monkeypatch.setattr(SegmentationModule, "_next_unlabeled", spy)
+    res = finetune(_cfg(nuclei, tmp_path / "semi", {"enabled": True, "rampup": 0.0}), progress=False)
+    split = json.loads((res.output / "split.json").read_text())
+    n_unlabeled = len(split["train"]) - res.summary["n_labelled"]
+    assert n_unlabeled > 0 and res.summary["n_unlabeled_used"] == n_unlabeled
+    assert len(drawn) == 3 and drawn[0].shape == (2, 1, 64, 64)  # one unlabeled batch per step
+    rows = list(csv.DictReader((res.output / "logs" / "metrics.csv").open()))
+    logged = [float(r["train/unlabeled_loss"]) for r in rows if r.get("train/unlabeled_loss")]
+    assert logged and all(math.isfinite(v) and v > 0 for v in logged)
+    # the checkpoint holds the student alone, as a supervised run's does
+    state = torch.load(res.best_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    assert not any("teacher" in k for k in state)
+
+
+def test_unlabeled_pool_never_holds_validation_or_test_images(nuclei, tmp_path, monkeypatch):
+    import sslseg.finetune as ft
+
+    seen = {}
+    original = ft.load_samples
+
+    def spy(samples, *args, with_labels=True, **kwargs):
+        if not with_labels:
+            seen["pool"] = [s.id for s in samples]
+        return original(samples, *args, with_labels=with_labels, **kwargs)
+
+    monkeypatch.setattr(ft, "load_samples", spy)
+    res = finetune(_cfg(nuclei, tmp_path / "run", {"enabled": True}), progress=False)
+    split = json.loads((res.output / "split.json").read_text())
+    held_out = set(split["val"]) | set(split["test"])
+    assert seen["pool"] and not held_out & set(seen["pool"])
+    assert set(seen["pool"]) <= set(split["train"])
+
+
+def test_supervised_runs_draw_no_unlabeled_images(nuclei, tmp_path, monkeypatch):
+    monkeypatch.setattr(SegmentationModule, "_next_unlabeled", lambda self: pytest.fail("drew unlabeled"))
+    res = finetune(_cfg(nuclei, tmp_path / "sup", {"enabled": False}), progress=False)
+    assert res.summary["n_unlabeled_used"] == 0
+    assert np.isfinite(res.test["aji"])
