@@ -64,6 +64,24 @@ def test_grid_expansion_counts_dependencies_and_order(tmp_path):
     assert {j.fraction for j in first} == {0.1}
 
 
+def test_rows_of_semi_supervised_fine_tuning_share_their_pretraining(tmp_path):
+    pretrainings = [
+        {"name": "random", "init": "random"},
+        {"name": "semi", "init": "random", "finetune": {"semi": {"enabled": True}}},
+        {"name": "densecl", "method": "densecl"},
+        {"name": "densecl-semi", "method": "densecl", "finetune": {"semi": {"enabled": True}}},
+    ]
+    jobs = expand(_study(tmp_path, pretrainings=pretrainings, encoder_states=["finetuned"]))
+    assert [j.key for j in jobs if j.kind == "pretrain"] == ["synth/pretrain/densecl"]
+    by_key = {j.key: j for j in jobs}
+    semi = by_key["synth/densecl-semi/finetuned/f0.1/s0"]
+    assert semi.depends_on == "synth/pretrain/densecl" and semi.config["semi"]["enabled"] is True
+    assert semi.config["model"]["init"] == by_key["synth/densecl/finetuned/f0.1/s0"].config["model"]["init"]
+    assert by_key["synth/semi/finetuned/f0.1/s0"].config["semi"]["enabled"] is True
+    assert by_key["synth/random/finetuned/f0.1/s0"].config["semi"]["enabled"] is False
+    assert semi.config["train"]["epochs"] == 2  # the study's shared settings stay
+
+
 def test_methods_that_pretrain_a_decoder_get_the_fine_tuned_decoder_shape(tmp_path):
     pretrainings = [{"name": "random", "init": "random"}, {"name": "masked", "method": "masked"}]
     pretrainings.append(

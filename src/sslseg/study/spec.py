@@ -78,6 +78,11 @@ class Pretraining(_Strict):
     pretrain: dict[str, Any] = Field(
         default_factory=dict, description="settings of this method's pretraining, over the study's"
     )
+    finetune: dict[str, Any] = Field(
+        default_factory=dict,
+        description="settings of this row's fine-tuning cells, over the study's: e.g. {semi: {enabled: true}} "
+        "makes a row of semi-supervised fine-tuning from this initialisation",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Pretraining:
@@ -259,7 +264,7 @@ def _finetune_job(
     }
     data["split_file"] = str(split_path(study, ds))
     tree = deep_merge(
-        study.finetune,
+        deep_merge(study.finetune, p.finetune),
         {
             "data": {**data, "label_fraction": fraction},
             "model": {"encoder": study.encoder, "init": _init_of(study, p, pre), "frozen": state == "frozen"},
@@ -289,8 +294,15 @@ def expand(study: StudyConfig) -> list[Job]:
     """Every job of the study, pretrainings first, in a stable order."""
     jobs: list[Job] = []
     for ds in study.datasets:
-        pre_jobs = {p.name: _pretrain_job(study, ds, p) for p in study.pretrainings if p.method}
-        jobs.extend(pre_jobs.values())
+        pre_jobs: dict[str, Job] = {}
+        for p in study.pretrainings:
+            if p.method:
+                job = _pretrain_job(study, ds, p)
+                # rows that differ only in their fine-tuning (e.g. with and without semi-supervision)
+                # share one pretraining
+                same = next((j for j in pre_jobs.values() if j.hash == job.hash), None)
+                pre_jobs[p.name] = same or job
+        jobs.extend({j.key: j for j in pre_jobs.values()}.values())
         # cheap, informative cells first: the smallest fraction of every pretraining before larger ones
         for seed in study.seeds:
             for fraction in sorted(study.label_fractions):
