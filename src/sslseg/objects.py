@@ -78,7 +78,7 @@ def read_pixel_size(path: str | Path) -> tuple[float, float] | None:
                     return None
                 return microns / y_res, microns / x_res
             unit_code = page.resolutionunit
-    except Exception as exc:  # the pixel size matters only for measurements; a broken file is reported once
+    except Exception as exc:  # any tifffile error becomes the one-line DataError a batch reports
         raise DataError(path, f"cannot read the TIFF's metadata: {exc}") from None
     microns = {
         tifffile.RESUNIT.INCH: 25400.0,

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -31,6 +30,7 @@ from sslseg.objects import (
     write_measurements_csv,
     write_roi_zip,
 )
+from sslseg.segmentation.module import SegmentationModule
 
 #: Output formats and the file each writes beside the image's name.
 OUTPUT_SUFFIXES = {
@@ -188,7 +188,9 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).strip() or 'no message'}"
 
 
-def _predict_one(module: Any, path: Path, targets: dict[str, Path], pixel_size: float | None) -> None:
+def _predict_one(
+    module: SegmentationModule, path: Path, targets: dict[str, Path], pixel_size: float | None
+) -> None:
     """Read, segment and write one image's outputs."""
     cfg = module.cfg
     raw = read_image(path)
