@@ -245,7 +245,7 @@ def test_batch_goes_on_past_a_corrupt_file_and_a_rerun_skips_finished_images(che
     first = runner.invoke(app, args)
     assert first.exit_code == 1, first.output
     assert (
-        "1 images failed" in first.output
+        "1 of 3 images failed" in first.output
         and "b.tif" in first.output
         and "truncated or corrupt" in first.output
     )

@@ -251,7 +251,8 @@ def predict(
         done += f"; skipped {len(report.skipped)} whose outputs were complete (--overwrite to redo)"
     typer.echo(done)
     if report.failed:
-        typer.secho(f"{len(report.failed)} images failed:", fg=typer.colors.RED, err=True)
+        total = len(report.outputs) + len(report.skipped) + len(report.failed)
+        typer.secho(f"{len(report.failed)} of {total} images failed:", fg=typer.colors.RED, err=True)
         for path, reason in report.failed.items():
             typer.echo(f"  {path}: {reason}", err=True)
         raise typer.Exit(1)
