@@ -63,7 +63,7 @@ def test_instance_run_writes_every_output_and_scores_the_test_split(nuclei, tmp_
     assert again["test"]["aji"] == pytest.approx(res.test["aji"])
     # evaluating the checkpoint again on its own gives the same numbers as the run's test step
     pred_dir = tmp_path / "pred"
-    written = predict_files(res.best_checkpoint, [nuclei / "images"], pred_dir, progress=False)
+    written = predict_files(res.best_checkpoint, [nuclei / "images"], pred_dir, progress=False).labels
     assert len(written) == 10
     lab = tifffile.imread(written[0])
     assert lab.shape == (96, 96) and lab.dtype == np.uint16

@@ -223,13 +223,39 @@ def predict(
     checkpoint: Path,
     inputs: list[Path],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("predictions"),
+    formats: Annotated[
+        str,
+        typer.Option(
+            help="comma-separated outputs: tiff (label map), overlay (PNG), csv (per-object measurements), "
+            "geojson (QuPath detections), roi (ImageJ/Fiji ROI zip)"
+        ),
+    ] = "tiff,overlay",
+    pixel_size: Annotated[
+        float | None,
+        typer.Option(help="pixel size in µm for the measurements (default: read from each TIFF's metadata)"),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="predict again images whose outputs already exist")
+    ] = False,
     tta: TtaOption = None,
 ) -> None:
-    """Segment images of any size (tiled); writes label maps (TIFF) and overlays (PNG)."""
+    """Segment images of any size (tiled) and write the chosen outputs. A batch goes on past unreadable
+    images and lists them at the end (exit code 1); a rerun skips images whose outputs are complete."""
     from sslseg.predict import predict_files
 
-    written = predict_files(checkpoint, inputs, out, tta=tta)
-    typer.echo(f"wrote {len(written)} label maps and overlays to {out}")
+    report = predict_files(
+        checkpoint, inputs, out, tta=tta, formats=formats, pixel_size=pixel_size, overwrite=overwrite
+    )
+    done = f"predicted {len(report.outputs)} images into {out}"
+    if report.skipped:
+        done += f"; skipped {len(report.skipped)} whose outputs were complete (--overwrite to redo)"
+    typer.echo(done)
+    if report.failed:
+        total = len(report.outputs) + len(report.skipped) + len(report.failed)
+        typer.secho(f"{len(report.failed)} of {total} images failed:", fg=typer.colors.RED, err=True)
+        for path, reason in report.failed.items():
+            typer.echo(f"  {path}: {reason}", err=True)
+        raise typer.Exit(1)
 
 
 study_app = typer.Typer(no_args_is_help=True, help="Run a study: pretrainings × label fractions × seeds.")

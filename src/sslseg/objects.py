@@ -1,0 +1,267 @@
+"""Objects of a label map in the formats other tools open: a measurements table (CSV), QuPath GeoJSON and an
+ImageJ/Fiji ROI zip, with sizes in µm when the image's pixel size is known.
+
+Coordinates: polygons (GeoJSON, ROI) use the convention of QuPath and ImageJ, where pixel (row r, column c)
+covers the square x ∈ [c, c+1), y ∈ [r, r+1); measured centroids and bounding boxes are array indices, as in
+scikit-image (a pixel's centre is at its index). Each polygon is the object's outer contour (holes filled).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import roifile
+import shapely
+import tifffile
+from shapely.geometry import Polygon
+from shapely.geometry.polygon import orient
+from skimage.measure import find_contours, label, regionprops, regionprops_table
+
+from sslseg.atomic import atomic_path, write_text
+from sslseg.data.io import TIFF_EXTENSIONS
+from sslseg.errors import DataError
+
+#: Micrometres per unit, for the unit names OME-XML, ImageJ and TIFF resolution tags use.
+_MICRONS_PER_UNIT = {
+    "pm": 1e-6,
+    "å": 1e-4,
+    "angstrom": 1e-4,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "µm": 1.0,
+    "μm": 1.0,  # Greek mu, which some writers use instead of the micro sign
+    "um": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "cm": 1e4,
+    "centimeter": 1e4,
+    "m": 1e6,
+    "meter": 1e6,
+    "inch": 25400.0,
+    "in": 25400.0,
+}
+# Image editors stamp these resolutions on every file they save; they say nothing about the specimen.
+_SCREEN_DPI = (72.0, 96.0)
+
+
+def read_pixel_size(path: str | Path) -> tuple[float, float] | None:
+    """The (y, x) pixel size of an image file in µm, or None when the file does not say.
+
+    Read from OME-XML (PhysicalSizeY/X), then ImageJ metadata (its unit with the resolution tags), then plain
+    TIFF resolution tags in inches or centimetres (72 and 96 dpi are software defaults, so ignored). Only
+    TIFF files carry it here; other formats give None."""
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_EXTENSIONS:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if tif.is_ome and tif.ome_metadata:
+                size = _ome_pixel_size(tif.ome_metadata)
+                if size is not None:
+                    return size
+            x_res, y_res = (float(r) for r in page.resolution)
+            if tif.is_imagej:
+                unit = str((tif.imagej_metadata or {}).get("unit", "")).strip()
+                microns = _microns(unit)
+                if microns is None or x_res <= 0 or y_res <= 0:
+                    return None
+                return microns / y_res, microns / x_res
+            unit_code = page.resolutionunit
+    except Exception as exc:  # any tifffile error becomes the one-line DataError a batch reports
+        raise DataError(path, f"cannot read the TIFF's metadata: {exc}") from None
+    microns = {
+        tifffile.RESUNIT.INCH: 25400.0,
+        tifffile.RESUNIT.CENTIMETER: 1e4,
+        tifffile.RESUNIT.MILLIMETER: 1e3,
+        tifffile.RESUNIT.MICROMETER: 1.0,
+    }.get(unit_code)
+    if microns is None or x_res <= 0 or y_res <= 0:
+        return None
+    if unit_code == tifffile.RESUNIT.INCH and x_res in _SCREEN_DPI and y_res in _SCREEN_DPI:
+        return None
+    return microns / y_res, microns / x_res
+
+
+def _microns(unit: str) -> float | None:
+    """Micrometres per `unit` (ImageJ writes e.g. 'micron', 'um' or the escaped '\\u00B5m'); None if unknown."""
+    unit = unit.replace("\\u00B5", "µ").replace("\\u03BC", "μ").strip().lower()
+    return _MICRONS_PER_UNIT.get(unit)
+
+
+def _ome_pixel_size(xml: str) -> tuple[float, float] | None:
+    """PhysicalSizeY/X of the first image's Pixels element, in µm (the schema's default unit)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return None
+    sizes = []
+    for axis in ("Y", "X"):
+        value = pixels.get(f"PhysicalSize{axis}")
+        microns = _microns(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+        if value is None or microns is None or float(value) <= 0:
+            return None
+        sizes.append(float(value) * microns)
+    return sizes[0], sizes[1]
+
+
+def semantic_objects(class_map: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
+    """Each connected region (8-connected) of each non-background class as one object: an instance label map
+    and the class of every object id."""
+    instances = np.zeros(class_map.shape, np.int32)
+    classes: dict[int, int] = {}
+    offset = 0
+    for k in np.unique(class_map):
+        if k == 0:
+            continue
+        regions, n = label(class_map == k, connectivity=2, return_num=True)
+        instances[regions > 0] = regions[regions > 0] + offset
+        classes.update({offset + i: int(k) for i in range(1, n + 1)})
+        offset += n
+    return instances, classes
+
+
+def measure_objects(
+    labels: np.ndarray,
+    image: np.ndarray,
+    pixel_size: tuple[float, float] | None = None,
+    classes: dict[int, int] | None = None,
+) -> dict[str, np.ndarray]:
+    """One row per object of an instance label map: id, [class], centroid, area, perimeter, eccentricity,
+    mean intensity of each channel of `image` (H×W×C) and bounding box. Columns name their unit: `_px`
+    (pixels; bounding box min inclusive, max exclusive) always, `_um`/`_um2` too when `pixel_size` (y, x in
+    µm) is known. Perimeter in µm needs square pixels (NaN otherwise)."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[:2] != labels.shape:
+        raise ValueError(f"image {image.shape[:2]} and label map {labels.shape} differ in size")
+    t = regionprops_table(
+        labels,
+        image,
+        properties=("label", "centroid", "area", "perimeter", "eccentricity", "intensity_mean", "bbox"),
+    )
+    ids = t["label"].astype(np.int64)
+    cols: dict[str, np.ndarray] = {"id": ids}
+    if classes is not None:
+        cols["class"] = np.array([classes[int(i)] for i in ids], np.int64)
+    cols["centroid_y_px"], cols["centroid_x_px"] = t["centroid-0"], t["centroid-1"]
+    cols["area_px"], cols["perimeter_px"] = t["area"], t["perimeter"]
+    eccentricity = t["eccentricity"]
+    if pixel_size is not None:
+        py, px = pixel_size
+        cols["centroid_y_um"], cols["centroid_x_um"] = t["centroid-0"] * py, t["centroid-1"] * px
+        cols["area_um2"] = t["area"] * py * px
+        square = math.isclose(py, px, rel_tol=1e-6)
+        cols["perimeter_um"] = t["perimeter"] * px if square else np.full(len(ids), np.nan)
+        if not square:  # the physical shape differs from the pixel grid's
+            eccentricity = regionprops_table(labels, properties=("eccentricity",), spacing=(py, px))[
+                "eccentricity"
+            ]
+    cols["eccentricity"] = eccentricity
+    for c in range(image.shape[2]):
+        cols[f"mean_intensity_ch{c}"] = t[f"intensity_mean-{c}"]
+    for k, name in enumerate(("min_y", "min_x", "max_y", "max_x")):
+        cols[f"bbox_{name}_px"] = t[f"bbox-{k}"].astype(np.int64)
+    return cols
+
+
+def object_polygons(labels: np.ndarray) -> dict[int, Polygon]:
+    """The outer contour of every object as a polygon in pixel-corner coordinates (x, y), by object id.
+
+    Marching squares at the 0.5 level of each object's mask, joining diagonal neighbours as the 8-connected
+    labelling does; a polygon's area is its pixel count less half a pixel per convex corner. An object in
+    several pieces gives its largest piece."""
+    polygons: dict[int, Polygon] = {}
+    for region in regionprops(labels):
+        mask = np.pad(region.image, 1).astype(np.float32)  # padding closes contours at the crop's edge
+        y0, x0 = region.bbox[0] - 1, region.bbox[1] - 1
+        best: Polygon | None = None
+        for contour in find_contours(mask, 0.5, fully_connected="high"):
+            if len(contour) < 4:
+                continue
+            # (row, col) of pixel centres → (x, y) with pixel corners at integers
+            poly = Polygon(np.column_stack([contour[:, 1] + x0 + 0.5, contour[:, 0] + y0 + 0.5]))
+            if not poly.is_valid:
+                poly = _largest_polygon(shapely.make_valid(poly))
+            if poly is not None and (best is None or poly.area > best.area):
+                best = poly
+        if best is not None:
+            polygons[int(region.label)] = orient(best.simplify(0), 1.0)  # drop collinear vertices
+    return polygons
+
+
+def _largest_polygon(geometry: Any) -> Polygon | None:
+    """The largest polygon in a geometry that make_valid returned (a polygon, multipolygon or collection)."""
+    parts = [g for g in getattr(geometry, "geoms", [geometry]) if isinstance(g, Polygon) and g.area > 0]
+    return max(parts, key=lambda g: g.area, default=None)
+
+
+def write_measurements_csv(path: str | Path, table: dict[str, np.ndarray]) -> None:
+    """The measurements table as CSV (one row per object), atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(list(table))
+    for row in zip(*table.values(), strict=True):
+        writer.writerow(["" if _is_nan(v) else v for v in (x.item() for x in row)])
+    write_text(path, buf.getvalue())
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def objects_geojson(polygons: dict[int, Polygon], table: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection that QuPath imports as detections: one Polygon per object, named by its
+    id, with the table's numeric columns as measurements and, for semantic models, the class as
+    classification."""
+    rows = {int(i): r for r, i in enumerate(table["id"])}
+    features = []
+    for object_id, poly in polygons.items():
+        r = rows[object_id]
+        measurements = {
+            name: values[r].item() for name, values in table.items() if not _is_nan(values[r].item())
+        }
+        properties: dict[str, Any] = {
+            "objectType": "detection",
+            "name": str(object_id),
+            "measurements": measurements,
+        }
+        if "class" in table:
+            properties["classification"] = {"name": f"class {int(table['class'][r])}"}
+        features.append(
+            {"type": "Feature", "geometry": shapely.geometry.mapping(poly), "properties": properties}
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_geojson(path: str | Path, collection: dict[str, Any]) -> None:
+    """A GeoJSON document, atomically (tuples from shapely become arrays; no NaN reaches the file)."""
+    write_text(path, json.dumps(collection, allow_nan=False))
+
+
+def write_roi_zip(path: str | Path, polygons: dict[int, Polygon]) -> None:
+    """An ImageJ/Fiji ROI set (opened by the ROI Manager): one polygon ROI per object, named by its id."""
+    rois, names = [], []
+    width = len(str(max(polygons, default=0)))
+    for object_id, poly in polygons.items():
+        name = str(object_id).zfill(width)  # zero-padded so the ROI Manager lists objects in id order
+        roi = roifile.ImagejRoi.frompoints(np.asarray(poly.exterior.coords)[:-1], name=name)
+        roi.roitype = roifile.ROI_TYPE.POLYGON
+        rois.append(roi)
+        names.append(name)
+    with atomic_path(path) as tmp:
+        tmp.unlink()  # roiwrite appends to an existing zip; the temporary file must start afresh
+        roifile.roiwrite(tmp, rois, name=names)
