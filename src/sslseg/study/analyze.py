@@ -307,9 +307,12 @@ def verdict(
     n = test["n_pairs"]
     lo, hi = test["difference_ci"]
     ci = f", 95% CI {lo:+.3f} to {hi:+.3f}" if np.isfinite(lo) and np.isfinite(hi) else ""
+    seeds = f"{n} seed{'s' if n != 1 else ''}"
     numbers = (
         f"paired difference {test['difference_mean']:+.3f}{ci}; paired t-test p {_eq(test['paired_t_p_holm'])}, "
-        f"Wilcoxon p {_eq(test['wilcoxon_p_holm'])} after Holm correction; {n} seeds"
+        f"Wilcoxon p {_eq(test['wilcoxon_p_holm'])} after Holm correction; {seeds}"
+        if n >= 2
+        else f"only {seeds} with every fraction finished: a paired test needs at least 2"
     )
     if test["significant"]:
         head = (
@@ -323,10 +326,10 @@ def verdict(
             "or a larger pretraining budget would be needed to be sure."
         )
     floor, m = stats.wilcoxon_floor(n), len(candidates)
-    if np.isfinite(floor) and floor * m >= study.analysis.alpha:
+    if n >= 2 and floor * m >= study.analysis.alpha:
         head += (
-            f" (With {n} seeds and {m} pretraining{'s' if m > 1 else ''} compared, the Wilcoxon test cannot "
-            f"reach p < {study.analysis.alpha:g} after Holm correction: its smallest p is 1/2^{n}.)"
+            f" (The Wilcoxon test cannot reach p < {study.analysis.alpha:g} here: with {seeds} its smallest p "
+            f"is 1/2^{n}, before correction for {m} pretraining{'s' if m > 1 else ''}.)"
         )
     fractions = group["fractions"]
     f0 = fractions[0]  # the fewest labels: where pretraining matters most

@@ -119,6 +119,8 @@ def _p(t: dict[str, Any], key: str) -> str:
 
 def _interval(ci: Any, spec: str = "+.3f") -> str:
     ci = ci or [None, None]
+    if all(v is None or not math.isfinite(v) for v in ci):
+        return "–"
     return f"{_fmt(ci[0], spec)} – {_fmt(ci[1], spec)}"
 
 
