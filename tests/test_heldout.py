@@ -127,6 +127,7 @@ def test_pretraining_never_sees_a_test_image_and_records_its_scale(folders, tmp_
     assert [im.shape for im in loaded] == [(1, 24, 24)] * 3  # the 48 px images, at the working scale
     meta = json.loads(res.weights.with_suffix(".json").read_text())
     assert meta["n_images"] == 3 and meta["heldout_images"] == 4 and meta["scale"] == 0.5
+    assert meta["excluded_as_test_images"] == 2
     with pytest.raises(DataError, match="renamed_copy.tif"):
         pretrain(
             _pretrain_cfg(folders, tmp_path / "pre2", heldout=sources, heldout_overlap="error"),

@@ -94,6 +94,7 @@ def pretrain(
     if cfg.data.max_images:
         samples = samples[: cfg.data.max_images]
     raws = read_images(samples, progress)
+    found = len(samples)
     heldout = heldout_index(cfg.data.heldout, progress) if cfg.data.heldout else None
     if heldout is not None:  # never a test image, whatever folder the unlabeled images come from
         samples, raws = drop_heldout(samples, raws, heldout, cfg.data.heldout_overlap, cfg.data.path)
@@ -142,7 +143,8 @@ def pretrain(
         "scale": cfg.data.scale,  # the working scale the encoder learned at: fine-tune at the same
         "data": str(cfg.data.path),
         "n_images": len(images),
-        "heldout_images": len(heldout) if heldout is not None else 0,
+        "heldout_images": len(heldout) if heldout is not None else 0,  # test images checked against
+        "excluded_as_test_images": found - len(samples),
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "batch_size": cfg.train.batch_size,
