@@ -17,9 +17,14 @@ from sslseg.study.stats import (
     labels_saved,
     mean_ci,
     normalized_integral,
+    paired_diff_ci,
+    paired_differences,
+    paired_t_greater,
     permutation_greater,
     relative_gain,
     welch_greater,
+    wilcoxon_floor,
+    wilcoxon_greater,
 )
 
 BASE_F = [0.1, 0.5, 1.0]
@@ -159,6 +164,75 @@ def test_permutation_degenerate_and_errors():
         permutation_greater([1.0], [2.0], n_resamples=0)
 
 
+# --- paired tests --------------------------------------------------------------------------------------
+
+# per-seed integrals of a pretraining and of random init, seed by seed (seed 3 is noisy on both sides)
+PAIRED_A = [0.712, 0.655, 0.801, 0.590, 0.744, 0.689]
+PAIRED_B = [0.690, 0.641, 0.772, 0.601, 0.707, 0.660]
+
+
+def test_paired_t_matches_scipy_and_the_formula():
+    p = paired_t_greater(PAIRED_A, PAIRED_B)
+    assert p == pytest.approx(st.ttest_rel(PAIRED_A, PAIRED_B, alternative="greater").pvalue, rel=1e-12)
+    d = np.subtract(PAIRED_A, PAIRED_B)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+    assert p == pytest.approx(st.t.sf(t, len(d) - 1), rel=1e-12)
+    assert paired_t_greater(PAIRED_B, PAIRED_A) == pytest.approx(1 - p, rel=1e-12)
+
+
+def test_wilcoxon_matches_scipy_and_exact_counts():
+    p = wilcoxon_greater(PAIRED_A, PAIRED_B)
+    assert p == pytest.approx(st.wilcoxon(PAIRED_A, PAIRED_B, alternative="greater").pvalue, rel=1e-12)
+    # 5 positive differences: only 1 of the 2^5 sign patterns is as extreme
+    assert wilcoxon_greater([1.1, 2.2, 3.3, 4.4, 5.5], [0, 0, 0, 0, 0]) == pytest.approx(1 / 32)
+    assert wilcoxon_floor(5) == 1 / 32
+    # smallest difference negative: W+ = 14 of 15; W+ ≥ 14 in 2 of 32 patterns
+    assert wilcoxon_greater([-1, 2, 3, 4, 5], [0, 0, 0, 0, 0]) == pytest.approx(2 / 32)
+
+
+def test_paired_tests_match_seeds_and_drop_incomplete_pairs():
+    a, b = list(PAIRED_A), list(PAIRED_B)
+    a[2], b[4] = np.nan, np.nan  # a failed cell on each side: seeds 2 and 4 leave both
+    keep = [0, 1, 3, 5]
+    ra, rb = np.take(PAIRED_A, keep), np.take(PAIRED_B, keep)
+    np.testing.assert_allclose(paired_differences(a, b), ra - rb)
+    assert paired_t_greater(a, b) == pytest.approx(st.ttest_rel(ra, rb, alternative="greater").pvalue)
+    assert wilcoxon_greater(a, b) == pytest.approx(st.wilcoxon(ra, rb, alternative="greater").pvalue)
+    with pytest.raises(ValueError, match="same length"):
+        paired_t_greater(a, b[:-1])
+
+
+def test_paired_tests_degenerate():
+    assert math.isnan(paired_t_greater([0.8, np.nan], [0.5, 0.6]))  # one pair
+    assert math.isnan(wilcoxon_greater([0.8], [0.5]))
+    assert paired_t_greater([0.8, 0.9], [0.7, 0.8]) == 0.0  # the same gain every seed
+    assert paired_t_greater([0.7, 0.8], [0.7, 0.8]) == 1.0
+    assert wilcoxon_greater([0.7, 0.8], [0.7, 0.8]) == 1.0  # no nonzero difference: no evidence
+
+
+def test_pairing_sees_a_consistent_gain_that_seed_noise_hides_from_welch():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.6, 0.08, 8)  # which images were labelled moves both sides alike
+    method = base + 0.02 + rng.normal(0, 0.004, 8)
+    assert paired_t_greater(method, base) < 1e-4
+    assert welch_greater(method, base) > 0.2
+
+
+def test_paired_bootstrap_ci_contains_the_true_difference_and_is_narrower_than_unpaired():
+    rng = np.random.default_rng(1)
+    base = rng.normal(0.6, 0.1, 10)
+    true = 0.05
+    method = base + true + rng.normal(0, 0.01, 10)
+    lo, hi = paired_diff_ci(method, base)
+    assert lo < true < hi
+    assert lo > 0  # the gain is resolved
+    ulo, uhi = bootstrap_diff_ci(method, base)
+    assert ulo < 0 < uhi  # ignoring the pairing, it is not
+    assert hi - lo < (uhi - ulo) / 5
+    assert paired_diff_ci(method, base) == (lo, hi)  # seeded
+    assert all(math.isnan(x) for x in paired_diff_ci([0.5, np.nan], [0.4, 0.3]))
+
+
 # --- holm ----------------------------------------------------------------------------------------------
 
 
@@ -167,6 +241,8 @@ def test_holm_hand_worked():
     np.testing.assert_allclose(holm([0.5, 0.9]), [1.0, 1.0])  # capped
     np.testing.assert_allclose(holm([0.02]), [0.02])
     assert holm([]).shape == (0,)
+    # sorted 0.01·4 = 0.04, 0.02·3 = 0.06, 0.03·2 = 0.06, 0.04·1 = 0.04 → raised to 0.06 (monotone)
+    np.testing.assert_allclose(holm([0.04, 0.01, 0.03, 0.02]), [0.06, 0.04, 0.06, 0.06])
 
 
 def test_holm_nan_not_counted():

@@ -378,6 +378,15 @@ class PretrainTrainConfig(_Strict):
     deterministic: bool = False
 
 
+class HeldoutImages(_Strict):
+    """Test images that pretraining must never see: a dataset folder, or only the test part of one."""
+
+    path: Path
+    layout: str = "auto"
+    mask_suffix: str | None = None
+    split_file: Path | None = Field(None, description="only the images in this split's 'test' list")
+
+
 class PretrainDataConfig(_Strict):
     """The unlabeled images (labels, if any, are ignored)."""
 
@@ -386,6 +395,23 @@ class PretrainDataConfig(_Strict):
     max_images: int | None = Field(None, ge=1)
     split_file: Path | None = Field(
         None, description="JSON split of the labelled dataset: pretrain only on its train and val images"
+    )
+    scale: float = Field(
+        1.0,
+        gt=0.0,
+        le=4.0,
+        description="resize factor applied to every image before views are drawn: the fine-tuning's "
+        "data.scale, so the encoder learns objects at the size it will segment them",
+    )
+    heldout: list[HeldoutImages] = Field(
+        default_factory=list,
+        description="test images never to pretrain on: images with the same sample id or the same pixels "
+        "are left out, or stop the run (heldout_overlap)",
+    )
+    heldout_overlap: Literal["exclude", "error"] = Field(
+        "exclude",
+        description="pretraining images that are also held-out test images: 'exclude' leaves them out with "
+        "a warning saying how many, 'error' stops with an error naming them",
     )
     base_size: int | None = Field(
         None,

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 import sslseg
 from sslseg.atomic import write_json, write_text
 from sslseg.config import PretrainConfig, load_config, to_yaml
-from sslseg.data.datasets import RandomBaseCrops, load_unlabeled
+from sslseg.data.datasets import RandomBaseCrops, load_unlabeled, read_images
+from sslseg.data.heldout import drop_heldout, heldout_index
 from sslseg.data.layouts import find_samples
 from sslseg.data.splits import load_split
 from sslseg.distributed import check_sync_batchnorm
@@ -92,7 +93,14 @@ def pretrain(
         samples = [s for s in samples if s.id in keep]
     if cfg.data.max_images:
         samples = samples[: cfg.data.max_images]
-    images, channels = load_unlabeled(samples, progress=progress, bright_objects=cfg.data.bright_objects)
+    raws = read_images(samples, progress)
+    found = len(samples)
+    heldout = heldout_index(cfg.data.heldout, progress) if cfg.data.heldout else None
+    if heldout is not None:  # never a test image, whatever folder the unlabeled images come from
+        samples, raws = drop_heldout(samples, raws, heldout, cfg.data.heldout_overlap, cfg.data.path)
+    images, channels = load_unlabeled(
+        samples, progress=progress, bright_objects=cfg.data.bright_objects, scale=cfg.data.scale, raws=raws
+    )
     method = build_method(cfg, channels)
 
     base = cfg.data.base_size or 2 * cfg.views.size
@@ -132,8 +140,11 @@ def pretrain(
         "in_channels": channels,
         "normalization": "per_image",
         "bright_objects": cfg.data.bright_objects,
+        "scale": cfg.data.scale,  # the working scale the encoder learned at: fine-tune at the same
         "data": str(cfg.data.path),
         "n_images": len(images),
+        "heldout_images": len(heldout) if heldout is not None else 0,  # test images checked against
+        "excluded_as_test_images": found - len(samples),
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "batch_size": cfg.train.batch_size,

@@ -283,20 +283,31 @@ def scale_unit(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.nd
     return np.clip((x - lo[:, None, None]) / span[:, None, None], 0, 1).astype(np.float16)
 
 
+def read_images(samples: Sequence[Sample], progress: bool = True) -> list[np.ndarray]:
+    """Decode every sample's image once (H×W×C, as stored)."""
+    return [
+        read_image(s.image)
+        for s in tqdm(samples, desc="reading images", disable=not progress or len(samples) < 20, leave=False)
+    ]
+
+
 def load_unlabeled(
     samples: Sequence[Sample],
     channels: int | None = None,
     progress: bool = True,
     bright_objects: bool = False,
+    scale: float = 1.0,
+    raws: Sequence[np.ndarray] | None = None,
 ) -> tuple[list[np.ndarray], int]:
-    """Decode every image once into [0, 1] float16 C×H×W arrays; returns them and the channel count
-    (`bright_objects`: dark-on-bright images inverted first, as fine-tuning does with the same setting)."""
-    raws = [
-        read_image(s.image)
-        for s in tqdm(samples, desc="reading images", disable=not progress or len(samples) < 20, leave=False)
-    ]
+    """Decode every image once into [0, 1] float16 C×H×W arrays at the working `scale`; returns them and the
+    channel count (`bright_objects`: dark-on-bright images inverted first, as fine-tuning does with the same
+    setting). `raws`: the samples' images already decoded by `read_images`, not read again."""
+    raws = read_images(samples, progress) if raws is None else list(raws)
     raws, channels = harmonise_dataset(raws, [s.image for s in samples], channels)
-    return [scale_unit(brighten_objects(r) if bright_objects else r) for r in raws], channels
+    images = [scale_unit(brighten_objects(r) if bright_objects else r) for r in raws]
+    if scale != 1.0:  # resized after the [0, 1] mapping: bilinear weights keep values in [0, 1]
+        images = [rescale_image(im.astype(np.float32), scale).astype(np.float16) for im in images]
+    return images, channels
 
 
 class RandomBaseCrops(Dataset):

@@ -1,6 +1,7 @@
 """Turn the study's stored results into answers: per dataset, encoder state and metric, the score curves over
-label fractions, the normalised label-efficiency integral with one-sided tests against random init (Holm-
-corrected over pretrainings), relative gains, the labels each pretraining saves, and the compute cost.
+label fractions, the normalised label-efficiency integral with one-sided tests against random init (paired
+by seed, Holm-corrected over pretrainings), relative gains, the labels each pretraining saves, and the
+compute cost.
 
 Everything here is computed from the rows of the results store; nothing is re-run.
 """
@@ -111,26 +112,37 @@ def analyze_group(
     conf = study.analysis.confidence
     base = tables.get(BASELINE)
     base_mean = np.nanmean(base, axis=0) if base is not None else np.full(len(fractions), np.nan)
-    out: dict[str, Any] = {"fractions": fractions, "reference": reference, "pretrainings": {}}
+    out: dict[str, Any] = {
+        "fractions": fractions,
+        "seeds": list(study.seeds),
+        "reference": reference,
+        "pretrainings": {},
+    }
     for name in [p.name for p in study.pretrainings if p.name in tables]:
         t = tables[name]
         curve = [stats.mean_ci(t[:, j], conf) for j in range(len(fractions))]
-        complete = [i for i in range(len(study.seeds)) if np.isfinite(t[i]).all()]
-        integrals = (
-            [stats.normalized_integral(fractions, t[i], reference) for i in complete]
+        # one integral per seed, NaN where a seed misses a fraction: kept in seed order for the paired tests
+        integrals = np.array(
+            [
+                stats.normalized_integral(fractions, t[i], reference) if np.isfinite(t[i]).all() else np.nan
+                for i in range(len(study.seeds))
+            ]
             if np.isfinite(reference) and reference > 0
-            else []
+            else np.full(len(study.seeds), np.nan)
         )
+        done = integrals[np.isfinite(integrals)]
         mean = np.array([c[0] for c in curve])
         entry: dict[str, Any] = {
             "mean": mean,
             "ci_low": [c[1] for c in curve],
             "ci_high": [c[2] for c in curve],
             "n_seeds": [int(np.isfinite(t[:, j]).sum()) for j in range(len(fractions))],
+            "scores_per_seed": t,  # seeds × fractions, for the paired tests
             "integral_per_seed": integrals,
-            "integral_mean": float(np.mean(integrals)) if integrals else np.nan,
-            "integral_ci": stats.bootstrap_ci(integrals, n_resamples=2000, confidence=conf)
-            if len(integrals) >= MIN_BOOTSTRAP
+            "integral_n_seeds": len(done),
+            "integral_mean": float(done.mean()) if len(done) else np.nan,
+            "integral_ci": stats.bootstrap_ci(done, n_resamples=2000, confidence=conf)
+            if len(done) >= MIN_BOOTSTRAP
             else (np.nan, np.nan),
             "relative_gain": stats.relative_gain(mean, base_mean),
             "labels_saved": stats.labels_saved(fractions, base_mean, mean)
@@ -150,79 +162,215 @@ def analyze_group(
     return out
 
 
+def paired_comparison(method: np.ndarray, baseline: np.ndarray, confidence: float) -> dict[str, Any]:
+    """The paired numbers of one comparison (arrays aligned by seed): mean difference, its bootstrap CI,
+    and the one-sided paired t and Wilcoxon p-values before correction."""
+    d = stats.paired_differences(method, baseline)
+    return {
+        "n_pairs": len(d),
+        "difference_mean": float(d.mean()) if len(d) else np.nan,
+        "difference_ci": stats.paired_diff_ci(method, baseline, confidence=confidence)
+        if len(d) >= MIN_BOOTSTRAP
+        else (np.nan, np.nan),
+        "paired_t_p": stats.paired_t_greater(method, baseline),
+        "wilcoxon_p": stats.wilcoxon_greater(method, baseline),
+    }
+
+
+def _holm_over(tests: list[dict[str, Any]], key: str) -> None:
+    """Add `<key>_holm` to each test: Holm-corrected across the pretrainings compared."""
+    adjusted = stats.holm([t[key] for t in tests]) if tests else []
+    for t, p in zip(tests, adjusted, strict=True):
+        t[f"{key}_holm"] = float(p)
+
+
 def _add_tests(group: dict[str, Any], alpha: float, confidence: float) -> None:
-    """One-sided Welch and permutation tests of each pretraining's integrals against random init's,
-    Holm-corrected over the pretrainings compared (each test family separately)."""
+    """Each pretraining against random init, Holm-corrected across the pretrainings compared (each test
+    family separately):
+
+    - on the label-efficiency integral: paired t and Wilcoxon over seeds (the main test), the bootstrap CI
+      of the paired difference, and the unpaired Welch and permutation tests as a check;
+    - at every label budget: the same paired tests on the scores;
+    - for the labels saved at the smallest budget f₀: the pretraining at f₀ against random init at each
+      budget f_k in increasing order, stopping at the first that is not significant (a fixed sequence, so
+      no further correction): beating random init trained on f_k labels shows that more than 1 − f₀/f_k of
+      the annotation is saved.
+    """
     entries = group["pretrainings"]
-    base = entries.get(BASELINE, {}).get("integral_per_seed", [])
+    fractions = group["fractions"]
     names = [n for n in entries if n != BASELINE]
-    welch = [stats.welch_greater(entries[n]["integral_per_seed"], base) for n in names]
-    perm = [stats.permutation_greater(entries[n]["integral_per_seed"], base) for n in names]
-    welch_holm = stats.holm(welch) if names else []
-    perm_holm = stats.holm(perm) if names else []
-    for i, n in enumerate(names):
-        diff = (
-            stats.bootstrap_diff_ci(entries[n]["integral_per_seed"], base, confidence=confidence)
-            if min(len(base), len(entries[n]["integral_per_seed"])) >= MIN_BOOTSTRAP
+    if BASELINE not in entries:
+        for n in names:
+            entries[n]["test"] = {"significant": False}
+        return
+    base = entries[BASELINE]
+    b_int, b_scores = base["integral_per_seed"], base["scores_per_seed"]
+
+    integral = [paired_comparison(entries[n]["integral_per_seed"], b_int, confidence) for n in names]
+    for n, t in zip(names, integral, strict=True):
+        a_int = entries[n]["integral_per_seed"]
+        t["welch_p"] = stats.welch_greater(a_int, b_int)
+        t["permutation_p"] = stats.permutation_greater(a_int[np.isfinite(a_int)], b_int[np.isfinite(b_int)])
+        t["welch_difference_ci"] = (
+            stats.bootstrap_diff_ci(a_int, b_int, confidence=confidence)
+            if min(np.isfinite(a_int).sum(), np.isfinite(b_int).sum()) >= MIN_BOOTSTRAP
             else (np.nan, np.nan)
         )
-        entries[n]["test"] = {
-            "welch_p": welch[i],
-            "welch_p_holm": welch_holm[i],
-            "permutation_p": perm[i],
-            "permutation_p_holm": perm_holm[i],
-            "difference_ci": diff,
-            "significant": bool(np.isfinite(welch_holm[i]) and welch_holm[i] < alpha),
+    for key in ("paired_t_p", "wilcoxon_p", "welch_p", "permutation_p"):
+        _holm_over(integral, key)
+
+    per_budget = [
+        [paired_comparison(entries[n]["scores_per_seed"][:, j], b_scores[:, j], confidence) for n in names]
+        for j in range(len(fractions))
+    ]
+    for tests in per_budget:
+        for key in ("paired_t_p", "wilcoxon_p"):
+            _holm_over(tests, key)
+
+    # pretraining at the smallest budget against random init at each budget (k = 0 is the same budget)
+    against = [
+        [paired_comparison(entries[n]["scores_per_seed"][:, 0], b_scores[:, k], confidence) for n in names]
+        for k in range(len(fractions))
+    ]
+    for tests in against:
+        _holm_over(tests, "paired_t_p")
+
+    for i, n in enumerate(names):
+        t = integral[i]
+        t["significant"] = bool(np.isfinite(t["paired_t_p_holm"]) and t["paired_t_p_holm"] < alpha)
+        entries[n]["test"] = t
+        budget = []
+        for j in range(len(fractions)):
+            b = per_budget[j][i]
+            b["significant"] = bool(np.isfinite(b["paired_t_p_holm"]) and b["paired_t_p_holm"] < alpha)
+            budget.append(b)
+        entries[n]["budget_tests"] = budget
+        reached = None  # the largest budget of random init this pretraining beats at f₀, in sequence
+        for k in range(len(fractions)):
+            p = against[k][i]["paired_t_p_holm"]
+            if not (np.isfinite(p) and p < alpha):
+                break
+            reached = k
+        entries[n]["labels_saved_supported"] = {
+            "beats_random_at": None if reached is None else fractions[reached],
+            "p_holm": None if reached is None else against[reached][i]["paired_t_p_holm"],
+            "next_p_holm": against[reached + 1 if reached is not None else 0][i]["paired_t_p_holm"]
+            if (reached is None or reached + 1 < len(fractions))
+            else None,
+            # more than this share of the annotation is saved (0: better at the same budget, size unknown)
+            "more_than": None if reached is None else 1.0 - fractions[0] / fractions[reached],
         }
+    for e in entries.values():
+        e.pop("scores_per_seed", None)
+
+
+def format_p(p: float) -> str:
+    """A p-value for text: three significant digits, tiny ones as an upper bound ("< 0.0001")."""
+    if p is None or not math.isfinite(p):
+        return "–"
+    return "< 0.0001" if p < 1e-4 else f"{p:.3g}"
+
+
+def _eq(p: float) -> str:
+    text = format_p(p)
+    return text if text.startswith("<") else f"= {text}"
+
+
+PAIRED_MEANING = (
+    "Paired: in each seed one set of images is labelled and every initialisation is trained on that same "
+    "set, so each pretraining is compared with random init seed by seed, and the luck of which images "
+    "were labelled cancels out."
+)
 
 
 def verdict(
     study: StudyConfig, dataset: str, group: dict[str, Any], metric: str, state: str
 ) -> dict[str, Any]:
-    """The answer first: which pretraining to use on this data, how many labels it saves, how sure we are."""
+    """The answer first: which pretraining to use on this data, how many labels it saves, how sure we are.
+
+    Every claim is the one its own test supports: "use X" only when the paired test on the integral is
+    significant after Holm correction, and annotation saved only as far as the paired tests at the smallest
+    budget reach (see `_add_tests`)."""
     entries = group["pretrainings"]
     candidates = [(n, e) for n, e in entries.items() if n != BASELINE and np.isfinite(e["integral_mean"])]
     base = entries.get(BASELINE)
     if not candidates or base is None or not np.isfinite(base["integral_mean"]):
-        return {"text": f"{dataset}: not enough finished cells to compare pretrainings yet.", "best": None}
+        return {
+            "text": f"{dataset}: not enough finished cells to compare pretrainings yet.",
+            "best": None,
+            "significant": False,
+            "labels_saved_claim": None,
+        }
     best_name, best = max(candidates, key=lambda ne: ne[1]["integral_mean"])
     gain = best["integral_mean"] / base["integral_mean"] - 1
     test = best["test"]
-    fractions = group["fractions"]
-    saved_text = ""
-    f, s = fractions[0], float(best["labels_saved"][0])  # the fewest labels: where pretraining matters most
-    top = fractions[-1]
-    if not np.isfinite(s) and np.isfinite(best["mean"][0]) and top > f:  # above all random init reached
-        saved_text = (
-            f" With {f:.0%} of the labels it scores above random init at {top:.0%}: more than "
-            f"{1 - f / top:.0%} of the annotation saved."
-        )
-    elif np.isfinite(s) and s > 0:
-        saved_text = (
-            f" With {f:.0%} of the labels it scores what random init needs {f / (1 - s):.0%} for: "
-            f"{s:.0%} of the annotation saved."
-        )
-    elif np.isfinite(s):
-        saved_text = f" At {f:.0%} labels it saves no annotation over random init."
-    if saved_text and not test["significant"]:
-        saved_text = saved_text.rstrip(".") + " (on the mean scores, within the seeds' noise)."
-    n = len(best["integral_per_seed"])
+    n = test["n_pairs"]
+    lo, hi = test["difference_ci"]
+    ci = f", 95% CI {lo:+.3f} to {hi:+.3f}" if np.isfinite(lo) and np.isfinite(hi) else ""
+    seeds = f"{n} seed{'s' if n != 1 else ''}"
+    numbers = (
+        f"paired difference {test['difference_mean']:+.3f}{ci}; paired t-test p {_eq(test['paired_t_p_holm'])}, "
+        f"Wilcoxon p {_eq(test['wilcoxon_p_holm'])} after Holm correction; {seeds}"
+        if n >= 2
+        else f"only {seeds} with every fraction finished: a paired test needs at least 2"
+    )
     if test["significant"]:
         head = (
             f"{dataset}: use {best_name}. Its label-efficiency integral of {metric} ({state} encoder) is "
-            f"{gain:+.1%} over random init, significant after Holm correction (Welch p = {test['welch_p_holm']:.3g}, "
-            f"permutation p = {test['permutation_p_holm']:.3g}, {n} seeds)."
+            f"{gain:+.1%} over random init, significant in the paired comparison ({numbers})."
         )
     else:
         head = (
             f"{dataset}: no pretraining beats random init significantly on {metric} ({state} encoder). "
-            f"The best, {best_name}, is {gain:+.1%} on the label-efficiency integral, but Holm-corrected "
-            f"Welch p = {test['welch_p_holm']:.3g} with {n} seeds: more seeds or a larger pretraining budget "
-            "would be needed to be sure."
+            f"The best, {best_name}, is {gain:+.1%} on the label-efficiency integral ({numbers}): more seeds "
+            "or a larger pretraining budget would be needed to be sure."
+        )
+    floor, m = stats.wilcoxon_floor(n), len(candidates)
+    if n >= 2 and floor * m >= study.analysis.alpha:
+        head += (
+            f" (The Wilcoxon test cannot reach p < {study.analysis.alpha:g} here: with {seeds} its smallest p "
+            f"is 1/2^{n}, before correction for {m} pretraining{'s' if m > 1 else ''}.)"
+        )
+    fractions = group["fractions"]
+    f0 = fractions[0]  # the fewest labels: where pretraining matters most
+    sup = best["labels_saved_supported"]
+    claim = sup["more_than"]
+    if claim is not None and claim > 0:
+        estimate = float(best["labels_saved"][0]) if best["labels_saved"][0] is not None else math.nan
+        point = f"; point estimate {estimate:.0%}" if np.isfinite(estimate) and estimate > claim else ""
+        saved_text = (
+            f" With {f0:.0%} of the labels it beats random init trained on {sup['beats_random_at']:.0%} "
+            f"(paired t-test, Holm p {_eq(sup['p_holm'])}): more than {claim:.0%} of the annotation "
+            f"saved{point}."
+        )
+    elif claim is not None:
+        nxt = (
+            f", but not random init trained on {fractions[1]:.0%} (Holm p {_eq(sup['next_p_holm'])}), so "
+            "these seeds cannot tell how much annotation it saves"
+            if len(fractions) > 1
+            else ""
+        )
+        saved_text = (
+            f" With {f0:.0%} of the labels it beats random init trained on the same images "
+            f"(paired t-test, Holm p {_eq(sup['p_holm'])}){nxt}."
+        )
+    else:
+        b = best["budget_tests"][0]
+        p = b["paired_t_p_holm"]
+        saved_text = (
+            f" At {f0:.0%} labels its paired difference to random init is {b['difference_mean']:+.3f} "
+            f"(Holm p {_eq(p)}): these seeds do not show that it needs fewer labels."
+            if np.isfinite(b["difference_mean"]) and np.isfinite(p)
+            else ""
         )
     cost = best["cost"]["factor"]
     cost_text = f" Compute cost: {cost:.1f}× random init's." if np.isfinite(cost) else ""
-    return {"text": head + saved_text + cost_text, "best": best_name, "significant": test["significant"]}
+    return {
+        "text": head + saved_text + cost_text,
+        "best": best_name,
+        "significant": test["significant"],
+        "labels_saved_claim": claim,
+    }
 
 
 def analyze(study: StudyConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sslseg.atomic import write_json, write_text  # noqa: E402
+from sslseg.study.analyze import PAIRED_MEANING, format_p  # noqa: E402
 from sslseg.study.spec import BASELINE  # noqa: E402
 
 
@@ -112,14 +113,28 @@ def _table_md(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _p(t: dict[str, Any], key: str) -> str:
+    return format_p(t[key]) if t.get(key) is not None else "–"
+
+
+def _interval(ci: Any, spec: str = "+.3f") -> str:
+    ci = ci or [None, None]
+    if all(v is None or not math.isfinite(v) for v in ci):
+        return "–"
+    return f"{_fmt(ci[0], spec)} – {_fmt(ci[1], spec)}"
+
+
 def significance_rows(group: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per pretraining: its integral, the paired comparison with random init (the main test) and
+    the unpaired Welch test as a check, all Holm-corrected across pretrainings."""
     header = [
         "pretraining",
         "integral (mean)",
         "95% CI",
-        "Δ vs random, CI",
-        "Welch p (Holm)",
-        "permutation p (Holm)",
+        "paired Δ vs random (95% CI)",
+        "paired t p (Holm)",
+        "Wilcoxon p (Holm)",
+        "Welch p (Holm, unpaired)",
         "significant",
         "cost ×",
         "pretraining s",
@@ -127,21 +142,38 @@ def significance_rows(group: dict[str, Any]) -> tuple[list[str], list[list[str]]
     rows = []
     for name, e in group["pretrainings"].items():
         t = e.get("test", {})
-        ci = e["integral_ci"] or [None, None]
-        d = t.get("difference_ci") or [None, None]
+        base = name == BASELINE
         rows.append(
             [
                 name,
                 _fmt(e["integral_mean"]),
-                f"{_fmt(ci[0])} – {_fmt(ci[1])}",
-                "baseline" if name == BASELINE else f"{_fmt(d[0], '+.3f')} – {_fmt(d[1], '+.3f')}",
-                _fmt(t.get("welch_p_holm"), ".3g"),
-                _fmt(t.get("permutation_p_holm"), ".3g"),
-                "" if name == BASELINE else ("yes" if t.get("significant") else "no"),
+                _interval(e["integral_ci"], ".3f"),
+                "baseline"
+                if base
+                else f"{_fmt(t.get('difference_mean'), '+.3f')} ({_interval(t.get('difference_ci'))})",
+                "" if base else _p(t, "paired_t_p_holm"),
+                "" if base else _p(t, "wilcoxon_p_holm"),
+                "" if base else _p(t, "welch_p_holm"),
+                "" if base else ("yes" if t.get("significant") else "no"),
                 _fmt(e["cost"]["factor"], ".2f"),
                 _fmt(e["cost"]["pretrain_seconds"], ".0f"),
             ]
         )
+    return header, rows
+
+
+def budget_rows(group: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per label budget, each pretraining's paired difference with random init and its Holm p-value."""
+    header = ["pretraining"] + [f"{f:.0%}: paired Δ (95% CI), p" for f in group["fractions"]]
+    rows = []
+    for name, e in group["pretrainings"].items():
+        if name == BASELINE or not e.get("budget_tests"):
+            continue
+        cells = [
+            f"{_fmt(b['difference_mean'], '+.3f')} ({_interval(b['difference_ci'])}), {_p(b, 'paired_t_p_holm')}"
+            for b in e["budget_tests"]
+        ]
+        rows.append([name, *cells])
     return header, rows
 
 
@@ -159,6 +191,16 @@ def gain_rows(group: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+PAIRED_COLUMNS = (
+    "n_pairs",
+    "difference_mean",
+    "paired_t_p",
+    "paired_t_p_holm",
+    "wilcoxon_p",
+    "wilcoxon_p_holm",
+)
+
+
 def write_csv_tables(analysis: dict[str, Any], out: Path) -> list[Path]:
     """curves.csv, integrals.csv and gains.csv: every number of the report, for other tools."""
     curves, integrals, gains = [], [], []
@@ -167,6 +209,7 @@ def write_csv_tables(analysis: dict[str, Any], out: Path) -> list[Path]:
             for metric, g in by_metric.items():
                 for name, e in g["pretrainings"].items():
                     key = {"dataset": ds_name, "state": state, "metric": metric, "pretraining": name}
+                    budget = e.get("budget_tests") or [{}] * len(g["fractions"])
                     for j, f in enumerate(g["fractions"]):
                         curves.append(
                             key
@@ -177,11 +220,13 @@ def write_csv_tables(analysis: dict[str, Any], out: Path) -> list[Path]:
                             key
                             | {"fraction": f, "relative_gain": e["relative_gain"][j]}
                             | {"labels_saved": e["labels_saved"][j]}
+                            | {k: budget[j].get(k) for k in PAIRED_COLUMNS}
                         )
                     t = e.get("test", {})
                     integrals.append(
                         key
                         | {"integral_mean": e["integral_mean"], "reference": g["reference"]}
+                        | {k: t.get(k) for k in PAIRED_COLUMNS}
                         | {
                             "welch_p_holm": t.get("welch_p_holm"),
                             "permutation_p_holm": t.get("permutation_p_holm"),
@@ -312,6 +357,8 @@ def write_report(
     for ds in analysis["datasets"].values():
         h.append(f"<div class='verdict'>{html.escape(ds['verdict']['text'])}</div>")
         md.append(f"- {ds['verdict']['text']}")
+    h.append(f"<p class='note'>{html.escape(PAIRED_MEANING)}</p>")
+    md.append(f"\n{PAIRED_MEANING}\n")
     for ds_name, ds in analysis["datasets"].items():
         metric, state = ds["primary_metric"], ds["main_state"]
         ref = ds["references"][metric]
@@ -321,7 +368,9 @@ def write_report(
         note = (
             f"Label-efficiency integral: area under the {metric} curve over the studied fractions, divided by "
             f"their range and by the reference score {_fmt(ref['score'])} ({ref['source']}). Tests are one-sided "
-            "(pretraining better than random init), over seeds, Holm-corrected across pretrainings."
+            "(pretraining better than random init) and Holm-corrected across pretrainings; the paired t-test "
+            "over seeds decides significance, the Wilcoxon signed-rank test checks it without assuming normal "
+            "differences, and the unpaired Welch test shows what ignoring the pairing would give."
         )
         for st in ds["groups"]:
             g = ds["groups"][st][metric]
@@ -331,9 +380,20 @@ def write_report(
             md.append(f"\n### {metric}, {st} encoder\n\n{note}\n\n" + _table_md(header, rows))
             gh, gr = gain_rows(g)
             if gr:
-                h.append("<p>Relative gain over random init and the share of labels saved, per fraction:</p>")
+                h.append(
+                    "<p>Relative gain over random init and the share of labels saved, per fraction (point "
+                    "estimates from the mean curves; the paired tests below say what the seeds support):</p>"
+                )
                 h.append(_table_html(gh, gr))
                 md.append("\nRelative gain / labels saved per fraction:\n\n" + _table_md(gh, gr))
+            bh, br = budget_rows(g)
+            if br:
+                text = (
+                    "Paired difference with random init at each label budget (same labelled images per "
+                    "seed), one-sided paired t-test p after Holm correction across pretrainings:"
+                )
+                h.append(f"<p>{html.escape(text)}</p>" + _table_html(bh, br))
+                md.append(f"\n{text}\n\n" + _table_md(bh, br))
         others = [m for m in ds["groups"][state] if m != metric]
         if others:
             header = ["pretraining", *others]

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslseg.data.datasets import LoadedSample, load_samples
+from sslseg.config import DataConfig
+from sslseg.data.datasets import LoadedSample, load_heldout
 from sslseg.data.layouts import find_samples
 from sslseg.data.splits import load_split
 from sslseg.errors import DataError
@@ -46,19 +47,18 @@ def read_classes(path: Path) -> dict[str, str]:
     return {Path(r[0]).stem: r[1] for r in rows[1:]}
 
 
-def heldout_samples(study: StudyConfig, ds: StudyDataset, channels: int) -> list[LoadedSample]:
-    """The dataset's validation and test images (never trained on), at most `analysis.max_images`."""
+def heldout_samples(
+    study: StudyConfig, ds: StudyDataset, channels: int, data: DataConfig
+) -> list[LoadedSample]:
+    """The dataset's validation and test images (never trained on), at most `analysis.max_images`, read
+    as the runs read them: with `data`'s working scale, normalisation and intensity handling."""
     samples = find_samples(ds.train, layout=ds.layout, mask_suffix=ds.mask_suffix)
     split = load_split(split_path(study, ds), [s.id for s in samples])
     by_id = {s.id: s for s in samples}
     chosen = [by_id[i] for i in split["test"] + split["val"]]
     if ds.test is not None:
         chosen = find_samples(ds.test, layout=ds.test_layout, mask_suffix=ds.mask_suffix) + chosen
-    chosen = chosen[: study.analysis.max_images]
-    loaded, _ = load_samples(
-        chosen, ds.task, ds.num_classes, channels, progress=False, bright_objects=ds.bright_objects
-    )
-    return loaded
+    return load_heldout(chosen[: study.analysis.max_images], data, channels, progress=False)
 
 
 def representative_cells(study: StudyConfig, rows: list[dict[str, Any]], dataset: str) -> dict[str, dict]:
@@ -138,8 +138,10 @@ def analyse_dataset(
     log = (
         (lambda m: print(f"  {ds.name}: {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
     )
-    channels = next(iter(cells.values()))["info"]["in_channels"]
-    samples = heldout_samples(study, ds, channels)
+    first = next(iter(cells.values()))
+    channels = first["info"]["in_channels"]
+    # every cell of a dataset reads images alike (scale, normalisation, bright objects): take the first's
+    samples = heldout_samples(study, ds, channels, DataConfig.model_validate(first["config"]["data"]))
     images = [s.image for s in samples]
     modules = {n: load_model(Path(c["config"]["output"]) / "best.ckpt") for n, c in cells.items()}
     tuned = {n: encoder_of(m.net) for n, m in modules.items()}

@@ -210,6 +210,12 @@ def _pretrain_job(study: StudyConfig, ds: StudyDataset, p: Pretraining) -> Job:
     if decoder is not None and "decoder_channels" in get_method(p.method).Params.model_fields:
         params.setdefault("decoder_channels", decoder)  # a pretrained decoder must fit the fine-tuned U-Net
     tree = deep_merge(study.pretrain, p.pretrain)
+    heldout = [{"path": str(ds.train), "layout": ds.layout, "mask_suffix": ds.mask_suffix}]
+    heldout[0]["split_file"] = str(split_path(study, ds))
+    if ds.test is not None:
+        heldout.append({"path": str(ds.test), "layout": ds.test_layout, "mask_suffix": ds.mask_suffix})
+    # the encoder learns at the working scale fine-tuning uses, unless the study sets its own (see README)
+    scale = (tree.get("data") or {}).get("scale", (study.finetune.get("data") or {}).get("scale", 1.0))
     tree = deep_merge(
         tree,
         {
@@ -222,6 +228,8 @@ def _pretrain_job(study: StudyConfig, ds: StudyDataset, p: Pretraining) -> Job:
                 # unlabeled images given separately are all usable; else only the train/val split
                 "split_file": None if ds.unlabeled else str(split_path(study, ds)),
                 "bright_objects": ds.bright_objects,
+                "scale": scale,
+                "heldout": heldout,  # no test image is ever pretrained on, by id or by pixels
             },
             "views": {"preset": ds.views},
             "output": str(study_dir(study) / "pretrain" / ds.name / p.name),

@@ -1,7 +1,12 @@
 """Statistics for label-efficiency studies: compare SSL pretrainings against random initialisation.
 
-Pure numpy/scipy. Seeds that failed may be recorded as NaN: the per-group functions drop NaNs;
-curve functions (fractions, scores) refuse NaN fractions and let NaN scores propagate.
+Pure numpy/scipy. Seeds that failed may be recorded as NaN: the per-group functions drop NaNs, the paired
+functions drop every pair with a NaN on either side; curve functions (fractions, scores) refuse NaN
+fractions and let NaN scores propagate.
+
+In a study one seed fixes one labelled subset (and one training seed) for every initialisation, so the
+main comparison is paired by seed: the paired t-test and the Wilcoxon signed-rank test on the per-seed
+differences, and a bootstrap CI of their mean. The unpaired Welch and permutation tests stay as a check.
 """
 
 from __future__ import annotations
@@ -106,6 +111,56 @@ def welch_greater(method: ArrayLike, baseline: ArrayLike) -> float:
     with warnings.catch_warnings():  # scipy flags a constant side as "nearly identical"; the test is fine
         warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
         return float(_st.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+
+
+def paired_differences(method: ArrayLike, baseline: ArrayLike) -> np.ndarray:
+    """method − baseline per seed (the two arrays aligned by seed), leaving out seeds missing on either side."""
+    a, b = _vec(method, "method"), _vec(baseline, "baseline")
+    _same_length(a, b, "method", "baseline")
+    d = a - b
+    return d[np.isfinite(d)]
+
+
+def paired_t_greater(method: ArrayLike, baseline: ArrayLike) -> float:
+    """One-sided paired t-test p-value for H1 "mean(method − baseline) > 0" over seeds (aligned by seed).
+
+    Fewer than two complete pairs → NaN. Differences without spread (up to rounding) make t undefined or
+    meaningless; the difference is then deterministic, so p = 0.0 if it is positive, else 1.0 (as `welch_greater` does)."""
+    d = paired_differences(method, baseline)
+    if len(d) < 2:
+        return math.nan
+    if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):  # equal up to float rounding of a − b
+        return 0.0 if d.mean() > 0 else 1.0
+    with warnings.catch_warnings():  # nearly constant differences: scipy warns, the p-value is still right
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        return float(_st.ttest_1samp(d, 0.0, alternative="greater").pvalue)
+
+
+def wilcoxon_greater(method: ArrayLike, baseline: ArrayLike) -> float:
+    """One-sided Wilcoxon signed-rank p-value for "method tends to exceed baseline" over seeds (aligned by
+    seed): no assumption of normal differences, but with n pairs it can never go below 1 / 2**n.
+
+    Zero differences are dropped (scipy's default); fewer than two complete pairs → NaN; no nonzero
+    difference at all → 1.0 (no evidence either way)."""
+    d = paired_differences(method, baseline)
+    if len(d) < 2:
+        return math.nan
+    if not np.any(d != 0):
+        return 1.0
+    return float(_st.wilcoxon(d, alternative="greater").pvalue)
+
+
+def wilcoxon_floor(n_pairs: int) -> float:
+    """The smallest one-sided p-value the signed-rank test can give with n pairs (all differences positive)."""
+    return 0.5**n_pairs if n_pairs >= 1 else math.nan
+
+
+def paired_diff_ci(
+    method: ArrayLike, baseline: ArrayLike, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean paired difference: seeds are resampled whole, each with both
+    of its scores, so the seed-to-seed variation shared by both sides cancels. < 2 pairs → NaN bounds."""
+    return bootstrap_ci(paired_differences(method, baseline), np.mean, n_resamples, confidence, seed)
 
 
 def permutation_greater(
