@@ -132,8 +132,14 @@ def test_only_one_of_many_runners_takes_over_a_stale_claim(tmp_path):
     start = threading.Barrier(8)
     won: list[str] = []
 
+    class SlowFileStore(FileStore):
+        def _stale(self, *args: Any) -> bool | None:
+            stale = super()._stale(*args)
+            time.sleep(0.3)  # a slow filesystem: every runner has judged the claim stale before any acts
+            return stale
+
     def race(name: str) -> None:
-        mine = FileStore(store.root, stale_after=60)  # every runner its own view of the folder
+        mine = SlowFileStore(store.root, stale_after=60)  # every runner its own view of the folder
         start.wait(30)
         if mine.claim(name, keys) is not None:
             won.append(name)
@@ -303,7 +309,9 @@ def test_status_and_report_rebuild_their_view_from_the_files(tmp_path):
                 continue
             metrics = {}
             if row["kind"] == "finetune":
-                score = 0.4 + 0.3 * row["fraction"] + 0.1 * (row["pretraining"] == "simclr") + 0.01 * row["seed"]
+                score = (
+                    0.4 + 0.3 * row["fraction"] + 0.1 * (row["pretraining"] == "simclr") + 0.01 * row["seed"]
+                )
                 metrics = dict.fromkeys(("aji", "aji_plus", "pq", "dsb_score", "f1@0.5"), score)
             store.finish(row["key"], "w", metrics, {"total": 10.0}, {})
         last = store.rows()[-1]
