@@ -303,24 +303,25 @@ def study_run(
 
 @study_app.command("status")
 def study_status(study_dir: Path) -> None:
-    """Counts of done, running, pending and failed jobs, and the errors of failed ones."""
-    from sslseg.errors import ConfigError
-    from sslseg.study.store import ResultStore
+    """Counts of done, running, pending and failed jobs, who runs what, and the errors of failed ones."""
+    import time
 
-    db = study_dir / "results.sqlite"
-    if not db.is_file():
-        raise ConfigError(f"{study_dir}: no results store here (results.sqlite)")
-    store = ResultStore(db)
-    try:
-        rows = store.rows()
-    finally:
-        store.close()
+    from sslseg.config import read_yaml_mapping
+    from sslseg.study.store import read_rows
+
+    spec = study_dir / "study.yaml"
+    backend = read_yaml_mapping(spec, "study file").get("store", "auto") if spec.is_file() else "auto"
+    rows = read_rows(study_dir, backend=backend)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    now = time.time()
     for r in rows:
-        if r["status"] == "failed":
+        if r["status"] == "running":
+            beat = f", last heartbeat {now - r['heartbeat']:.0f} s ago" if r["heartbeat"] else ""
+            typer.echo(f"  running {r['key']}: {r['runner']} on {r['host']}{beat}")
+        elif r["status"] == "failed":
             typer.echo(f"  failed {r['key']}: {r['error']}")
 
 
@@ -330,15 +331,25 @@ def study_slurm(
     tasks: Annotated[int, typer.Option(help="array tasks (one GPU each)")] = 8,
     hours: Annotated[float, typer.Option(help="time limit per task")] = 24.0,
     out: Annotated[Path | None, typer.Option(help="script file (default: print it)")] = None,
+    set_: SetOption = None,
 ) -> None:
-    """Write a SLURM array-job script whose tasks claim jobs from the study's store."""
+    """Write a SLURM array-job script whose tasks claim jobs from the study's store (by default a folder of
+    claim and result files, safe on a network filesystem; `--set store=sqlite` for SQLite)."""
     from sslseg.atomic import write_text
-    from sslseg.study.runner import prepare, slurm_script
+    from sslseg.config import parse_overrides
+    from sslseg.study.runner import prepare, slurm_script, with_store
     from sslseg.study.spec import load_study
 
-    study = load_study(study_file)
+    study = with_store(load_study(study_file, parse_overrides(set_ or [])), "files")
+    if study.store == "sqlite":
+        typer.secho(
+            "warning: this study keeps its results in SQLite, whose locking is unreliable on a network "
+            "filesystem; for a folder shared by the nodes, start it with `--set store=files` in a new output",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
     prepare(study)  # splits and the job table exist before any task starts
-    script = slurm_script(study_file, study, tasks, hours)
+    script = slurm_script(study_file, study, tasks, hours, set_ or [])
     if out is None:
         typer.echo(script)
     else:

@@ -1,21 +1,32 @@
-"""What a study will cost before it runs: each job's training steps times a measured step time.
+"""What a study will cost before it runs: each job's training steps times a measured step time, and the
+disk its results take.
 
 The step time comes from jobs of the same kind already finished in the store when there are any, else from
 timing two training steps of the very model on random input on this machine. Validation, testing and data
 loading are not in a step; `OVERHEAD` adds a rough share for them, so the figure is an estimate, not a promise.
+The disk figure counts the weights each finished job keeps, from the parameter count of its model.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from sslseg.config import FinetuneConfig, PretrainConfig
+from sslseg.errors import ConfigError
 from sslseg.study.spec import Job, StudyConfig, expand
 
 OVERHEAD = 1.3  # validation, test scoring and data loading on top of the training steps
+# a job's folder besides its weights (config, split, logs, per-image scores, result): a few hundred kB
+RUN_FILES_BYTES = 300_000
+# a full Lightning checkpoint (resume state) holds the weights and the optimiser's moments: about three times
+# the float32 weights under Adam
+RESUME_FACTOR = 3
+BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
 def _timed(step: Any, repeats: int = 2) -> float:
@@ -132,20 +143,97 @@ def estimate_jobs(
     return out
 
 
+def _tensor_bytes(state: dict[str, torch.Tensor], float_bytes: int) -> int:
+    return sum(
+        t.numel() * (float_bytes if t.is_floating_point() else t.element_size()) for t in state.values()
+    )
+
+
+@dataclass
+class DiskEstimate:
+    """Disk a study takes: what its finished jobs keep, and what a running job holds besides."""
+
+    cells: int
+    cell_bytes: int  # one cell's best.ckpt at the study's cell_weights precision
+    pretrainings: int
+    pretraining_bytes: int  # one pretraining's weights files (float32)
+    running_bytes: int  # the largest job's resume checkpoints while it runs, per worker
+    cell_weights: str
+
+    @property
+    def total(self) -> int:
+        return self.cells * (self.cell_bytes + RUN_FILES_BYTES) + self.pretrainings * (
+            self.pretraining_bytes + RUN_FILES_BYTES
+        )
+
+    def text(self) -> str:
+        mb = 1e6
+        parts = [f"{self.cells} cells × {self.cell_bytes / mb:.1f} MB (best.ckpt in {self.cell_weights})"]
+        if self.pretrainings:
+            parts.append(f"{self.pretrainings} pretrainings × {self.pretraining_bytes / mb:.1f} MB (weights)")
+        return (
+            f"disk: about {self.total / mb:,.0f} MB when done ({' + '.join(parts)}); while running, each "
+            f"worker's job holds up to {self.running_bytes / mb:,.0f} MB more in resume checkpoints"
+        )
+
+
+def disk_estimate(study: StudyConfig, jobs: list[Job], channels: int = 3) -> DiskEstimate:
+    """The disk a study's results take, from the parameter counts of its models (built without memory, on
+    the meta device): a cell keeps its U-Net in best.ckpt, a pretraining its encoder (and any other part
+    its method saves) in float32."""
+    from sslseg.nn.unet import build_unet
+    from sslseg.pretrain import build_method, resolve_optim
+    from sslseg.segmentation.module import output_channels
+
+    float_bytes = BYTES[study.cell_weights]
+    kept: dict[tuple, tuple[int, int]] = {}  # model signature → (kept bytes, resume bytes)
+    cell = pre = running = 0
+    for job in jobs:
+        if job.kind == "finetune":
+            cfg = FinetuneConfig.model_validate(job.config)
+            m = cfg.model
+            sig: tuple = ("finetune", m.encoder, m.decoder_channels, output_channels(cfg))
+            if sig not in kept:
+                with torch.device("meta"):
+                    net = build_unet(m.encoder, channels, output_channels(cfg), m.decoder_channels)
+                state = net.state_dict()
+                kept[sig] = (_tensor_bytes(state, float_bytes), 2 * RESUME_FACTOR * _tensor_bytes(state, 4))
+            cell = max(cell, kept[sig][0])
+        else:
+            pcfg = PretrainConfig.model_validate(job.config)
+            sig = (
+                "pretrain",
+                pcfg.method,
+                pcfg.encoder,
+                json.dumps(job.config.get("params"), sort_keys=True),
+            )
+            if sig not in kept:
+                with torch.device("meta"):
+                    method = build_method(resolve_optim(pcfg), channels)
+                parts = [method.encoder, *method.extra_weights().values()]
+                saved = sum(_tensor_bytes(p.state_dict(), 4) for p in parts)
+                kept[sig] = (saved, RESUME_FACTOR * _tensor_bytes(method.state_dict(), 4))
+            pre = max(pre, kept[sig][0])
+        running = max(running, kept[sig][1])
+    n_pre = sum(j.kind == "pretrain" for j in jobs)
+    return DiskEstimate(len(jobs) - n_pre, cell, n_pre, pre, running, study.cell_weights)
+
+
 def dry_run_table(study: StudyConfig) -> str:
-    """The jobs of a study with their status and estimated minutes, and the work left, as text."""
+    """The jobs of a study with their status and estimated minutes, the work left and the disk the study
+    takes, as text."""
     from sslseg.data.layouts import find_samples
-    from sslseg.study.runner import store_path
-    from sslseg.study.store import ResultStore
+    from sslseg.study.spec import study_dir
+    from sslseg.study.store import existing_backend, read_rows
 
     jobs = expand(study)
     rows = []
-    if store_path(study).is_file():
-        store = ResultStore(store_path(study))
+    folder = study_dir(study)
+    if study.store != "auto" or existing_backend(folder) is not None:
         try:
-            rows = store.rows([j.key for j in jobs])
-        finally:
-            store.close()
+            rows = read_rows(folder, [j.key for j in jobs], study.store)
+        except ConfigError:
+            rows = []  # the store the study names is not there yet: nothing has run
     status = {r["key"]: r["status"] for r in rows}
     stored_hash = {r["key"]: r["config_hash"] for r in rows}
     # pretraining epochs without a step count are one pass over the images
@@ -164,4 +252,5 @@ def dry_run_table(study: StudyConfig) -> str:
             todo += seconds[j.key]
         lines.append(f"{j.key:60s} {st:9s} {seconds[j.key] / 60:8.1f}")
     lines.append(f"{len(jobs)} jobs; about {todo / 60:.0f} min of work left on this machine with one worker")
+    lines.append(disk_estimate(study, jobs).text())
     return "\n".join(lines)

@@ -439,21 +439,17 @@ def report_study(
     from sslseg.errors import ConfigError
     from sslseg.study.analyze import analyze
     from sslseg.study.spec import StudyConfig, expand
-    from sslseg.study.store import ResultStore
+    from sslseg.study.store import existing_backend, read_rows
 
     folder = Path(study_dir)
-    if not (folder / "study.yaml").is_file() or not (folder / "results.sqlite").is_file():
+    if not (folder / "study.yaml").is_file() or existing_backend(folder) is None:
         raise ConfigError(
-            f"{folder}: not a study folder (no study.yaml and results.sqlite; run `sslseg study run` first)"
+            f"{folder}: not a study folder (no study.yaml and results store; run `sslseg study run` first)"
         )
     study = load_config(StudyConfig, folder / "study.yaml")
     study = study.model_copy(update={"output": folder})
     keys = [j.key for j in expand(study)]
-    store = ResultStore(folder / "results.sqlite")
-    try:
-        rows = store.rows(keys)
-    finally:
-        store.close()
+    rows = read_rows(folder, keys, study.store)
     analysis = analyze(study, rows)
     write_json(folder / "report" / "analysis.json", analysis)
     rep: dict[str, dict[str, Any]] = {}

@@ -2,7 +2,9 @@
 
 Each worker is a loop (claim → run → store) in its own process, pinned to one GPU or to a share of the CPU
 cores; several runners on one study folder (more processes, more machines, SLURM array tasks) cooperate
-through the store. A killed job is resumed from its last checkpoint by whichever runner claims it next.
+through the store — SQLite on one machine, a folder of claim and result files on a cluster's shared
+filesystem (see sslseg.study.store). A killed job is resumed from its last checkpoint by whichever runner
+claims it next.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import platform
+import shlex
 import shutil
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -27,18 +31,33 @@ from sslseg.data.layouts import find_samples
 from sslseg.data.splits import make_split, save_split
 from sslseg.errors import ConfigError, SslsegError
 from sslseg.study.spec import Job, StudyConfig, expand, split_path, study_dir
-from sslseg.study.store import ResultStore
+from sslseg.study.store import Backend, JobStore, open_store, resolve_backend, store_location
 
 HEARTBEAT_SECONDS = 30.0
+# a claim untouched this long belongs to a dead runner: many heartbeats, and well above the minute for which
+# NFS clients may cache a file's attributes
+STALE_SECONDS = 600.0
+
+
+def with_store(study: StudyConfig, default: Backend = "sqlite") -> StudyConfig:
+    """The study with its `store` setting resolved (`auto`: what its folder holds, else `default`)."""
+    return study.model_copy(update={"store": resolve_backend(study_dir(study), study.store, default)})
 
 
 def store_path(study: StudyConfig) -> Path:
-    return study_dir(study) / "results.sqlite"
+    """Where the study's results store lives (results.sqlite, or the store/ folder of the files backend)."""
+    return store_location(study_dir(study), with_store(study).store)
+
+
+def study_store(study: StudyConfig, stale_after: float = STALE_SECONDS) -> JobStore:
+    """The study's results store, created if need be (a context manager)."""
+    return open_store(study_dir(study), with_store(study).store, stale_after)
 
 
 def prepare(study: StudyConfig) -> list[Job]:
     """Write the study file and the dataset splits into the study folder, expand the grid and register its
     jobs in the store. Safe to run from several runners at once (same content, atomic writes)."""
+    study = with_store(study)  # the study folder's copy names its store, for status and report
     out = study_dir(study)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "study.yaml", to_yaml(study))
@@ -52,11 +71,8 @@ def prepare(study: StudyConfig) -> list[Job]:
         test_fraction = 0.0 if ds.test is not None else ds.test_fraction
         save_split(target, make_split([s.id for s in samples], ds.val_fraction, test_fraction, ds.split_seed))
     jobs = expand(study)
-    store = ResultStore(store_path(study))
-    try:
+    with study_store(study) as store:
         store.sync(jobs)
-    finally:
-        store.close()
     return jobs
 
 
@@ -95,20 +111,26 @@ def run_job(row: dict[str, Any], progress: bool = False) -> tuple[dict, dict, di
 
 
 class _Heartbeat:
-    """Keeps a claimed job alive in the store while it runs (own connection: SQLite is per thread)."""
+    """Keeps a claimed job alive in the store while it runs, and notes when the claim was lost: another
+    runner took the job over because this one looked dead (suspended, or cut off from the filesystem)."""
 
-    def __init__(self, path: Path, key: str, runner: str) -> None:
+    def __init__(self, store: JobStore, key: str, runner: str, every: float = HEARTBEAT_SECONDS) -> None:
+        self.lost = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(path, key, runner), daemon=True)
+        self._thread = threading.Thread(target=self._beat, args=(store, key, runner, every), daemon=True)
         self._thread.start()
 
-    def _beat(self, path: Path, key: str, runner: str) -> None:
-        store = ResultStore(path)
-        try:
-            while not self._stop.wait(HEARTBEAT_SECONDS):
-                store.heartbeat(key, runner)
-        finally:
-            store.close()
+    def _beat(self, store: JobStore, key: str, runner: str, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                alive = store.heartbeat(key, runner)
+            except (OSError, sqlite3.Error) as e:  # a filesystem or lock hiccup: try again at the next beat
+                print(f"[{runner}] heartbeat of {key} failed: {e}", file=sys.stderr, flush=True)
+                continue
+            if not alive:
+                self.lost.set()
+                print(f"[{runner}] lost its claim on {key} to another runner", file=sys.stderr, flush=True)
+                return
 
     def stop(self) -> None:
         self._stop.set()
@@ -123,15 +145,32 @@ def _describe(row: dict[str, Any], metrics: dict[str, Any], seconds: dict[str, f
     return f"test {name} {metrics.get(name, float('nan')):.3f} in {seconds['total']:.0f}s"
 
 
-def worker_loop(study_json: dict[str, Any], runner: str, poll: float = 5.0, progress: bool = False) -> int:
+def _keep_products(row: dict[str, Any], study: StudyConfig) -> None:
+    """What a done job keeps: not its resume state (optimiser and all, the largest files of a study; a done
+    job is never resumed), and a cell's weights in the study's `cell_weights` precision."""
+    out = Path(row["config"]["output"])
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    best = out / "best.ckpt"
+    if row["kind"] == "finetune" and study.cell_weights != "float32" and best.is_file():
+        from sslseg.rundir import half_precision_checkpoint
+
+        half_precision_checkpoint(best, study.cell_weights)
+
+
+def worker_loop(
+    study_json: dict[str, Any],
+    runner: str,
+    poll: float = 5.0,
+    progress: bool = False,
+    stale_after: float = STALE_SECONDS,
+    heartbeat: float = HEARTBEAT_SECONDS,
+) -> int:
     """Claim and run jobs of the study until every one is done or failed; returns how many it ran."""
     study = StudyConfig.model_validate(study_json)
     jobs = expand(study)
     keys = [j.key for j in jobs]
-    path = store_path(study)
-    store = ResultStore(path)
     ran = 0
-    try:
+    with study_store(study, stale_after) as store:
         while True:
             row = store.claim(runner, keys)
             if row is None:
@@ -140,7 +179,7 @@ def worker_loop(study_json: dict[str, Any], runner: str, poll: float = 5.0, prog
                     return ran
                 time.sleep(poll)  # what is left waits on a pretraining another worker is running
                 continue
-            beat = _Heartbeat(path, row["key"], runner)
+            beat = _Heartbeat(store, row["key"], runner, heartbeat)
             verb = "resuming" if row["resumed"] else "starting"
             print(f"[{runner}] {verb} {row['key']}", file=sys.stderr, flush=True)
             try:
@@ -152,10 +191,11 @@ def worker_loop(study_json: dict[str, Any], runner: str, poll: float = 5.0, prog
                 print(f"[{runner}] FAILED {row['key']}: {message}", file=sys.stderr, flush=True)
                 continue
             beat.stop()
-            store.finish(row["key"], runner, metrics, seconds, info)
-            # a done job is never resumed: its resume state (optimiser and all, the largest files of a
-            # study) goes; the products stay (best.ckpt, encoder.safetensors, results)
-            shutil.rmtree(Path(row["config"]["output"]) / "checkpoints", ignore_errors=True)
+            if beat.lost.is_set() or not store.finish(row["key"], runner, metrics, seconds, info):
+                # the runner that took the job over resumes from its checkpoints and stores its result
+                print(f"[{runner}] {row['key']} belongs to another runner now", file=sys.stderr, flush=True)
+                continue
+            _keep_products(row, study)
             ran += 1
             c = store.counts(keys)
             print(
@@ -163,8 +203,6 @@ def worker_loop(study_json: dict[str, Any], runner: str, poll: float = 5.0, prog
                 file=sys.stderr,
                 flush=True,
             )
-    finally:
-        store.close()
 
 
 def _worker_entry(study_json: dict[str, Any], runner: str, env: dict[str, str], threads: int) -> None:
@@ -197,14 +235,12 @@ def run_study(study: StudyConfig, workers: int | None = None, progress: bool = T
     """Run every job of the study that is not done yet: one worker per GPU, else `workers` CPU workers
     (default 1) sharing the cores. Failed jobs of an earlier run are tried again."""
     t0 = time.perf_counter()
+    study = with_store(study)
     jobs = prepare(study)
     keys = [j.key for j in jobs]
-    store = ResultStore(store_path(study))
-    try:
+    with study_store(study) as store:
         store.reset_failed(keys)
         before = store.counts(keys)
-    finally:
-        store.close()
     print(
         f"study '{study.name}': {len(jobs)} jobs, {before['done']} already done, "
         f"results in {store_path(study)}",
@@ -229,18 +265,34 @@ def run_study(study: StudyConfig, workers: int | None = None, progress: bool = T
             procs.append(p)
         for p in procs:
             p.join()
-    store = ResultStore(store_path(study))
-    try:
+    with study_store(study) as store:
         counts = store.counts(keys)
-    finally:
-        store.close()
     return RunSummary(study_dir(study), counts, time.perf_counter() - t0)
 
 
-def slurm_script(study_file: Path, study: StudyConfig, tasks: int, hours: float = 24.0) -> str:
-    """A SLURM array job: each task is one runner claiming jobs from the same store (one GPU each)."""
+def slurm_script(
+    study_file: Path, study: StudyConfig, tasks: int, hours: float = 24.0, overrides: list[str] | None = None
+) -> str:
+    """A SLURM array job: each task is one runner claiming jobs from the same store (one GPU each); the
+    store is the files backend unless the study sets `store: sqlite` (see sslseg.study.store)."""
     if tasks < 1:
         raise ConfigError("a SLURM array needs at least one task")
+    store = with_store(study, "files").store
+    command = [
+        sys.executable,
+        "-m",
+        "sslseg",
+        "study",
+        "run",
+        str(Path(study_file).resolve()),
+        "--workers",
+        "1",
+    ]
+    command += [
+        "--no-report",
+        *[x for o in overrides or [] if not o.startswith("store=") for x in ("--set", o)],
+    ]
+    command += ["--set", f"store={store}"]
     h, m = int(hours), int(round((hours - int(hours)) * 60))
     return "\n".join(
         [
@@ -254,7 +306,7 @@ def slurm_script(study_file: Path, study: StudyConfig, tasks: int, hours: float 
             "",
             "# Every task claims jobs from the study's results store until none is left; a task that is",
             "# killed (time limit, preemption) leaves its job to be resumed by the next runner.",
-            f"{sys.executable} -m sslseg study run {Path(study_file).resolve()} --workers 1 --no-report",
+            shlex.join(command),
             "",
         ]
     )

@@ -108,6 +108,14 @@ class StudyConfig(_Strict):
     pretrain: dict[str, Any] = Field(default_factory=dict, description="PretrainConfig settings for all")
     finetune: dict[str, Any] = Field(default_factory=dict, description="FinetuneConfig settings for all")
     analysis: AnalysisConfig = Field(default_factory=lambda: AnalysisConfig())
+    store: Literal["auto", "sqlite", "files"] = Field(
+        "auto",
+        description="results store: sqlite (one machine) or files (a folder shared by a cluster's nodes); "
+        "auto: the one the study folder holds, else sqlite for `study run` and files for `study slurm`",
+    )
+    cell_weights: Literal["float16", "bfloat16", "float32"] = Field(
+        "float16", description="precision of a finished cell's best.ckpt weights (float16: half the disk)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:

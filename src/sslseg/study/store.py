@@ -1,25 +1,124 @@
-"""The results store: one SQLite row per job, claimed atomically, so any number of runners (processes,
-machines sharing the folder, SLURM array tasks) can work on one study without ever running a job twice.
+"""Results stores of a study: every job is `pending`, `running` (claimed by a runner, kept alive by its
+heartbeat), `done` (metrics stored) or `failed` (error stored), and no job ever gets two results.
 
-A job is `pending`, `running` (claimed by a runner, kept alive by its heartbeat), `done` (metrics stored)
-or `failed` (error stored). A running job whose runner died — its process is gone on this host, or its
-heartbeat is older than `stale_after` seconds — is claimed again; `reset_failed` gives failed jobs a new try.
+Two backends behind one interface, `JobStore` (a context manager), chosen by the study's `store` setting:
+
+- `sqlite` — `ResultStore`, one SQLite file (`results.sqlite`) whose write transactions make claims atomic.
+  For one machine: SQLite's own documentation warns that its locking is unreliable on network filesystems.
+- `files` — `FileStore`, one small file per job, per claim and per result under `store/`, for a study folder
+  on a shared network filesystem (NFS, Lustre, GPFS) used by SLURM array tasks on many nodes: it needs no
+  lock and no server, only an exclusive create (a hard link), an atomic rename and mtimes (see FileStore).
+
+A running job whose runner died — its process is gone on this host, or its heartbeat is older than
+`stale_after` seconds — is claimed again; `reset_failed` gives failed jobs a new try.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import secrets
 import socket
 import sqlite3
+import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import quote, unquote
 
-from sslseg.errors import DataError
+from sslseg.atomic import write_json
+from sslseg.errors import ConfigError, DataError
 from sslseg.study.spec import Job
+
+Backend = Literal["sqlite", "files"]
+BACKENDS: tuple[Backend, ...] = ("sqlite", "files")
+STATUSES = ("pending", "running", "done", "failed")
+# every row, whichever backend: the job's definition, then its state and result (JSON columns decoded)
+ROW_FIELDS = (
+    "key",
+    "kind",
+    "dataset",
+    "pretraining",
+    "state",
+    "fraction",
+    "seed",
+    "depends_on",
+    "ord",
+    "config_hash",
+    "config",
+    "status",
+    "runner",
+    "host",
+    "pid",
+    "attempts",
+    "claimed_at",
+    "heartbeat",
+    "finished_at",
+    "metrics",
+    "seconds",
+    "info",
+    "error",
+)
+
+
+class JobStore(ABC):
+    """What a runner, `sslseg study status` and the report need from a results store."""
+
+    stale_after: float
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @abstractmethod
+    def sync(self, jobs: list[Job]) -> dict[str, int]:
+        """Register the study's jobs; a job whose config changed since it ran is pending again (its old
+        result would no longer describe it). Returns how many were added and changed."""
+
+    @abstractmethod
+    def reset_failed(self, keys: list[str] | None = None) -> int:
+        """Give failed jobs (of `keys`, if given) another try; returns how many."""
+
+    @abstractmethod
+    def claim(self, runner: str, keys: list[str]) -> dict[str, Any] | None:
+        """Atomically take the first job (in study order) among `keys` that is pending, or running in a
+        dead runner, and whose pretraining is done; its row has `resumed` set when a dead runner held it.
+        Jobs whose pretraining failed are marked failed."""
+
+    @abstractmethod
+    def heartbeat(self, key: str, runner: str) -> bool:
+        """Keep `runner`'s claim on `key` alive; False when the claim is no longer its own. Thread-safe."""
+
+    @abstractmethod
+    def finish(
+        self, key: str, runner: str, metrics: dict[str, Any], seconds: dict[str, float], info: dict[str, Any]
+    ) -> bool:
+        """Store a job's result, only if `runner` still owns the job (never two results for one job)."""
+
+    @abstractmethod
+    def fail(self, key: str, runner: str, error: str) -> bool:
+        """Store a job's error, only if `runner` still owns the job."""
+
+    @abstractmethod
+    def rows(self, keys: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every job (of `keys`, if given) as a dict of `ROW_FIELDS`, in study order."""
+
+    def counts(self, keys: list[str]) -> dict[str, int]:
+        """How many of `keys` are pending, running, done and failed."""
+        out = dict.fromkeys(STATUSES, 0)
+        for r in self.rows(keys):
+            out[r["status"]] += 1
+        return out
+
+    def close(self) -> None:  # noqa: B027 - a store without resources needs no closing
+        """Release what the store holds open."""
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -60,37 +159,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class ResultStore:
+class ResultStore(JobStore):
     """SQLite-backed job table of one study (`results.sqlite` in the study folder)."""
 
     def __init__(self, path: str | Path, stale_after: float = 600.0) -> None:
         self.path = Path(path)
         self.stale_after = stale_after
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # one connection for the runner and its heartbeat thread, used by one thread at a time
+        self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(self.path, timeout=120, isolation_level=None)
+            self._db = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
             self._db.execute(SCHEMA)
         except sqlite3.DatabaseError as e:
             raise DataError(self.path, f"not a readable results store: {e}") from None
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the database lock from its first statement (no lost updates)."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def sync(self, jobs: list[Job]) -> dict[str, int]:
-        """Insert new jobs; a job whose config changed since it ran goes back to pending (its old result
-        would no longer describe it). Jobs no longer in the study are left in the store, untouched."""
+        """Insert new jobs; a job whose config changed goes back to pending. Jobs no longer in the study are
+        left in the store, untouched."""
         added = changed = 0
         with self._write() as db:
             known = {r["key"]: r["config_hash"] for r in db.execute("SELECT key, config_hash FROM jobs")}
@@ -127,7 +230,6 @@ class ResultStore:
         return {"added": added, "changed": changed}
 
     def reset_failed(self, keys: list[str] | None = None) -> int:
-        """Give failed jobs (of this study's job list, if given) another try."""
         with self._write() as db:
             rows = db.execute("SELECT key FROM jobs WHERE status='failed'").fetchall()
             todo = [r["key"] for r in rows if keys is None or r["key"] in set(keys)]
@@ -140,8 +242,6 @@ class ResultStore:
         return now - (row["heartbeat"] or 0) > self.stale_after
 
     def claim(self, runner: str, keys: list[str]) -> dict[str, Any] | None:
-        """Atomically take the first job (in study order) among `keys` that is pending, or running in a
-        dead runner, and whose pretraining is done. Jobs whose pretraining failed are marked failed."""
         now = time.time()
         wanted = set(keys)
         with self._write() as db:
@@ -174,14 +274,17 @@ class ResultStore:
                 return claimed
         return None
 
-    def heartbeat(self, key: str, runner: str) -> None:
+    def heartbeat(self, key: str, runner: str) -> bool:
         with self._write() as db:
-            db.execute("UPDATE jobs SET heartbeat=? WHERE key=? AND runner=?", (time.time(), key, runner))
+            cur = db.execute(
+                "UPDATE jobs SET heartbeat=? WHERE key=? AND runner=? AND status='running'",
+                (time.time(), key, runner),
+            )
+            return cur.rowcount == 1
 
     def finish(
         self, key: str, runner: str, metrics: dict[str, Any], seconds: dict[str, float], info: dict[str, Any]
     ) -> bool:
-        """Store a job's result, only if this runner still owns the job (never two results for one job)."""
         with self._write() as db:
             cur = db.execute(
                 "UPDATE jobs SET status='done', metrics=?, seconds=?, info=?, error=NULL, finished_at=?"
@@ -190,27 +293,31 @@ class ResultStore:
             )
             return cur.rowcount == 1
 
-    def fail(self, key: str, runner: str, error: str) -> None:
+    def fail(self, key: str, runner: str, error: str) -> bool:
         with self._write() as db:
-            db.execute(
-                "UPDATE jobs SET status='failed', error=?, finished_at=? WHERE key=? AND runner=?",
+            cur = db.execute(
+                "UPDATE jobs SET status='failed', error=?, finished_at=? WHERE key=? AND runner=?"
+                " AND status='running'",
                 (error, time.time(), key, runner),
             )
+            return cur.rowcount == 1
 
     def counts(self, keys: list[str]) -> dict[str, int]:
-        """How many of `keys` are pending, running, done and failed."""
         wanted = set(keys)
-        out = {"pending": 0, "running": 0, "done": 0, "failed": 0}
-        for r in self._db.execute("SELECT key, status FROM jobs"):
+        out = dict.fromkeys(STATUSES, 0)
+        with self._lock:
+            found = self._db.execute("SELECT key, status FROM jobs").fetchall()
+        for r in found:
             if r["key"] in wanted:
                 out[r["status"]] += 1
         return out
 
     def rows(self, keys: list[str] | None = None) -> list[dict[str, Any]]:
-        """Every job as a dict, JSON columns decoded, in study order."""
         out = []
         wanted = set(keys) if keys is not None else None
-        for r in self._db.execute("SELECT * FROM jobs ORDER BY ord"):
+        with self._lock:
+            found = self._db.execute("SELECT * FROM jobs ORDER BY ord").fetchall()
+        for r in found:
             if wanted is not None and r["key"] not in wanted:
                 continue
             row = dict(r)
@@ -218,3 +325,426 @@ class ResultStore:
                 row[col] = json.loads(row[col]) if row[col] else None
             out.append(row)
         return out
+
+
+def _file_name(key: str) -> str:
+    """A job key (`dataset/pretraining/state/fraction/seed`) as one file name, reversibly."""
+    return quote(key, safe="")
+
+
+class FileStore(JobStore):
+    """A results store made of files, safe on a network filesystem shared by many machines.
+
+    `jobs/<key>.json` holds each job's definition (written by `sync`), `results/<key>.json` its result (done
+    or failed, written atomically by the runner that owns it), and `claims/<key>.<n>` the n-th claim on it,
+    which the owner's heartbeat touches. The owner of a job is the runner that created its highest claim:
+    taking over a dead runner's claim n means creating claim n+1, and as only one runner can create a given
+    name, two runners that both find claim n stale never both proceed, and the old owner learns it lost the
+    job (claim n+1 exists) at its next heartbeat or when it tries to store a result. Claims stay after a job
+    finishes — a runner whose directory listing is out of date (NFS caches them for up to a minute) then
+    cannot start the job afresh, because claim 1 exists — except that `reset_failed` removes a failed job's.
+
+    Status comes from the files alone: a result for the job's current config hash is `done` or `failed`,
+    else a claim for the current config is `running`, else the job is `pending`.
+    """
+
+    def __init__(self, folder: str | Path, stale_after: float = 600.0, create: bool = True) -> None:
+        self.root = Path(folder)
+        self.stale_after = stale_after
+        self.jobs_dir = self.root / "jobs"
+        self.claims_dir = self.root / "claims"
+        self.results_dir = self.root / "results"
+        if create:
+            for d in (self.jobs_dir, self.claims_dir, self.results_dir):
+                d.mkdir(parents=True, exist_ok=True)
+        elif not self.jobs_dir.is_dir():
+            raise DataError(self.root, "not a study's file store (it has no jobs/ folder)")
+        self._held: dict[str, int] = {}  # key → the claim number this process holds on it
+        self._cache: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._clock: Path | None = None
+
+    # ------------------------------------------------------------------------------------------ reading
+    def _load(self, path: Path) -> dict[str, Any] | None:
+        """A JSON record, or None when it is gone (a reset removed it between listing and reading)."""
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(path, f"not a readable study record ({e}); delete it to redo its job") from None
+
+    def _records(self, folder: Path) -> dict[str, dict[str, Any]]:
+        """Every record in `folder` by job key; files unchanged since the last look are not read again."""
+        out: dict[str, dict[str, Any]] = {}
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return out
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.name.endswith(".json"):
+                continue  # temporary files of atomic writes
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            signature = (st.st_ino, st.st_mtime_ns, st.st_size)  # an atomic replace changes the inode
+            cached = self._cache.get(entry.path)
+            if cached is not None and cached[0] == signature:
+                record = cached[1]
+            else:
+                loaded = self._load(Path(entry.path))
+                if loaded is None:
+                    continue
+                record = loaded
+                self._cache[entry.path] = (signature, record)
+            out[record["key"]] = record
+        return out
+
+    def _results(self, jobs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Results that describe their job's current config (an older one means the job is to be redone)."""
+        return {
+            k: r
+            for k, r in self._records(self.results_dir).items()
+            if k in jobs and r.get("config_hash") == jobs[k]["config_hash"]
+        }
+
+    def _claims(self) -> dict[str, int]:
+        """The highest claim number of every claimed job."""
+        out: dict[str, int] = {}
+        try:
+            names = os.listdir(self.claims_dir)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            stem, _, number = name.rpartition(".")
+            if name.startswith(".") or not number.isdigit():
+                continue
+            key = unquote(stem)
+            out[key] = max(out.get(key, 0), int(number))
+        return out
+
+    def _claim_path(self, key: str, number: int) -> Path:
+        return self.claims_dir / f"{_file_name(key)}.{number}"
+
+    def _claim_info(self, path: Path) -> dict[str, Any] | None:
+        """What a claim says (runner, host, pid, config hash); None when it is gone, {} when it is still
+        being written (only where the O_EXCL fallback of `_create_claim` is in use)."""
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return {}
+
+    def _now(self) -> float:
+        """The file server's clock: claims age by mtimes that the server sets, so they are compared with a
+        time the server set too (the runners' own clocks may be minutes off from it)."""
+        if self._clock is None:
+            tag = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+            self._clock = self.claims_dir / f".clock-{tag}"
+            self._clock.touch()
+        os.utime(self._clock)  # "now" as the server sees it (NFS sends SET_TO_SERVER_TIME)
+        return os.stat(self._clock).st_mtime
+
+    def _stale(self, path: Path, claim: dict[str, Any], job_hash: str, now: float) -> bool | None:
+        """Whether a claim may be taken over (None: it is gone)."""
+        try:
+            mtime = os.stat(path).st_mtime
+        except FileNotFoundError:
+            return None
+        if claim.get("config_hash") not in (None, job_hash):
+            return True  # a claim on an earlier version of the job: that version is no longer wanted
+        pid = claim.get("pid")
+        if claim.get("host") == socket.gethostname() and pid and not _pid_alive(pid):
+            return True  # its process is gone (only knowable on its own host)
+        return now - mtime > self.stale_after
+
+    # ------------------------------------------------------------------------------------------ writing
+    def _create_claim(self, key: str, number: int, content: dict[str, Any]) -> bool:
+        """Create claim `number` on `key` unless it exists; True for the one runner that creates it.
+
+        The claim is written in full under a unique temporary name, then hard-linked to its name: link()
+        fails when the name exists and is one operation on the file server, so it is exclusive on NFS too
+        (O_CREAT|O_EXCL is not on NFSv2 or old clients; open(2) recommends this instead), and no reader sees
+        a half-written claim. When link() reports an error, possibly because a retransmitted request found
+        our own link, the temporary file's link count tells whether the link was made (2) or not (1)."""
+        target = self._claim_path(key, number)
+        tmp = self.claims_dir / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        tmp.write_text(json.dumps(content))
+        try:
+            os.link(tmp, target)
+            return True
+        except FileExistsError:
+            return os.stat(tmp).st_nlink == 2
+        except OSError as e:
+            if e.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                return self._create_exclusive(target, content)  # a filesystem without hard links
+            if os.stat(tmp).st_nlink == 2:
+                return True
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _create_exclusive(target: Path, content: dict[str, Any]) -> bool:
+        try:
+            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(content))
+            fh.flush()
+            os.fsync(fh.fileno())
+        return True
+
+    def _owns(self, key: str, runner: str) -> bool:
+        number = self._held.get(key)
+        if number is None:
+            return False
+        claim = self._claim_info(self._claim_path(key, number))
+        if not claim or claim.get("runner") != runner:
+            return False  # reset, or (O_EXCL fallback) someone else's claim of that number
+        return not self._claim_path(key, number + 1).exists()  # taken over?
+
+    def _job_record(self, job: Job) -> dict[str, Any]:
+        return {
+            "key": job.key,
+            "kind": job.kind,
+            "dataset": job.dataset,
+            "pretraining": job.pretraining,
+            "state": job.state,
+            "fraction": job.fraction,
+            "seed": job.seed,
+            "depends_on": job.depends_on,
+            "ord": job.order,
+            "config_hash": job.hash,
+            "config": job.config,
+        }
+
+    def _write_result(self, job: dict[str, Any], claim: dict[str, Any], attempts: int, **result: Any) -> None:
+        write_json(
+            self.results_dir / f"{_file_name(job['key'])}.json",
+            {
+                "key": job["key"],
+                "config_hash": job["config_hash"],
+                "runner": claim.get("runner"),
+                "host": claim.get("host"),
+                "pid": claim.get("pid"),
+                "claimed_at": claim.get("claimed_at"),
+                "attempts": attempts,
+                "finished_at": time.time(),
+                "metrics": None,
+                "seconds": None,
+                "info": None,
+                "error": None,
+                **result,
+            },
+        )
+
+    # --------------------------------------------------------------------------------------- interface
+    def sync(self, jobs: list[Job]) -> dict[str, int]:
+        known = self._records(self.jobs_dir)
+        added = changed = 0
+        for job in jobs:
+            record = self._job_record(job)
+            old = known.get(job.key)
+            if old is None:
+                added += 1
+            elif old["config_hash"] != job.hash:
+                changed += 1  # its result no longer matches the hash, so it is pending again
+            elif old == json.loads(json.dumps(record, default=str)):
+                continue
+            write_json(self.jobs_dir / f"{_file_name(job.key)}.json", record)
+        return {"added": added, "changed": changed}
+
+    def reset_failed(self, keys: list[str] | None = None) -> int:
+        jobs = self._records(self.jobs_dir)
+        wanted = set(keys) if keys is not None else set(jobs)
+        claims = self._claims()
+        reset = 0
+        for key, result in self._results(jobs).items():
+            if key not in wanted or result["status"] != "failed":
+                continue
+            (self.results_dir / f"{_file_name(key)}.json").unlink(missing_ok=True)
+            # its claims would read as a live runner until stale; a claim made since (a number above the
+            # failed attempt's) belongs to a runner that already took the job again
+            for number in range(1, min(claims.get(key, 0), result["attempts"]) + 1):
+                self._claim_path(key, number).unlink(missing_ok=True)
+            reset += 1
+        return reset
+
+    def claim(self, runner: str, keys: list[str]) -> dict[str, Any] | None:
+        jobs = self._records(self.jobs_dir)
+        results = self._results(jobs)
+        claims = self._claims()
+        now: float | None = None
+        for key in sorted((k for k in set(keys) if k in jobs), key=lambda k: jobs[k]["ord"]):
+            job = jobs[key]
+            if key in results:
+                continue
+            number = claims.get(key, 0)
+            resumed = False
+            if number:
+                path = self._claim_path(key, number)
+                held = self._claim_info(path)
+                if held is None:
+                    continue  # reset this instant: look again at the next pass
+                now = self._now() if now is None else now
+                if not self._stale(path, held, job["config_hash"], now):
+                    continue
+                resumed = held.get("config_hash") == job["config_hash"]
+            dep = job["depends_on"]
+            dep_status = results[dep]["status"] if dep in results else None
+            if dep and dep_status == "failed":
+                self._write_result(job, {}, number, status="failed", error=f"its pretraining {dep} failed")
+                continue
+            if dep and dep_status != "done":
+                continue
+            claim = {
+                "key": key,
+                "runner": runner,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "claimed_at": time.time(),
+                "config_hash": job["config_hash"],
+            }
+            if not self._create_claim(key, number + 1, claim):
+                continue  # another runner was first
+            self._held[key] = number + 1
+            finished = self._load(self.results_dir / f"{_file_name(key)}.json")
+            if finished is not None and finished.get("config_hash") == job["config_hash"]:
+                del self._held[key]  # its owner stored the result while we judged its claim stale
+                continue
+            row = self._row(job, None, None)
+            row.update(status="running", runner=runner, attempts=number + 1, resumed=resumed)
+            row.update(host=claim["host"], pid=claim["pid"], claimed_at=claim["claimed_at"])
+            return row
+        return None
+
+    def heartbeat(self, key: str, runner: str) -> bool:
+        if not self._owns(key, runner):
+            return False
+        try:
+            os.utime(self._claim_path(key, self._held[key]))
+        except (FileNotFoundError, KeyError):
+            return False
+        return True
+
+    def _store(self, key: str, runner: str, **result: Any) -> bool:
+        if not self._owns(key, runner):
+            return False
+        number = self._held.pop(key)
+        job = self._records(self.jobs_dir).get(key)
+        claim = self._claim_info(self._claim_path(key, number))
+        if job is None or claim is None:
+            return False
+        if job["config_hash"] != claim.get("config_hash"):
+            return False  # the study changed the job while it ran: this result describes the old one
+        self._write_result(job, claim, number, **result)
+        return True
+
+    def finish(
+        self, key: str, runner: str, metrics: dict[str, Any], seconds: dict[str, float], info: dict[str, Any]
+    ) -> bool:
+        return self._store(key, runner, status="done", metrics=metrics, seconds=seconds, info=info)
+
+    def fail(self, key: str, runner: str, error: str) -> bool:
+        return self._store(key, runner, status="failed", error=error)
+
+    def _row(
+        self, job: dict[str, Any], result: dict[str, Any] | None, claim: tuple[Path, dict] | None
+    ) -> dict[str, Any]:
+        row: dict[str, Any] = dict.fromkeys(ROW_FIELDS)
+        row.update({k: v for k, v in job.items() if k in ROW_FIELDS}, status="pending", attempts=0)
+        if result is not None:
+            row.update({k: v for k, v in result.items() if k in ROW_FIELDS and k not in job})
+            row["status"] = result["status"]
+        elif claim is not None:
+            path, held = claim
+            row.update({k: held.get(k) for k in ("runner", "host", "pid", "claimed_at")}, status="running")
+            try:
+                row["heartbeat"] = os.stat(path).st_mtime
+            except FileNotFoundError:
+                row["status"] = "pending"
+        return row
+
+    def rows(self, keys: list[str] | None = None) -> list[dict[str, Any]]:
+        jobs = self._records(self.jobs_dir)
+        results = self._results(jobs)
+        claims = self._claims()
+        wanted = set(keys) if keys is not None else None
+        out = []
+        for job in sorted(jobs.values(), key=lambda j: j["ord"]):
+            key = job["key"]
+            if wanted is not None and key not in wanted:
+                continue
+            claim = None
+            if key not in results and key in claims:
+                path = self._claim_path(key, claims[key])
+                held = self._claim_info(path)
+                # a claim on an earlier version of the job does not make the current one running
+                if held is not None and held.get("config_hash") in (None, job["config_hash"]):
+                    claim = (path, held)
+            row = self._row(job, results.get(key), claim)
+            if key not in results:
+                row["attempts"] = claims.get(key, 0)
+            out.append(row)
+        return out
+
+    def close(self) -> None:
+        if self._clock is not None:
+            self._clock.unlink(missing_ok=True)
+            self._clock = None
+
+
+def store_location(folder: str | Path, backend: Backend) -> Path:
+    """Where a study folder keeps its store of that backend."""
+    return Path(folder) / ("results.sqlite" if backend == "sqlite" else "store")
+
+
+def existing_backend(folder: str | Path) -> Backend | None:
+    """The backend of the store a study folder already holds (None: none yet)."""
+    found = [b for b in BACKENDS if store_location(folder, b).exists()]
+    if len(found) > 1:
+        raise ConfigError(
+            f"{folder}: holds both a results.sqlite and a store/ folder; set the study's `store` to the one "
+            "to use (sqlite or files)"
+        )
+    return found[0] if found else None
+
+
+def resolve_backend(folder: str | Path, setting: str, default: Backend) -> Backend:
+    """The backend a study uses: its `store` setting, or for `auto` the store its folder already holds,
+    else `default` (sqlite on one machine, files for a cluster)."""
+    if setting in BACKENDS:
+        return setting  # type: ignore[return-value]
+    if setting != "auto":
+        raise ConfigError(f"unknown study store '{setting}'; choose auto, sqlite or files")
+    return existing_backend(folder) or default
+
+
+def open_store(
+    folder: str | Path, backend: Backend, stale_after: float = 600.0, create: bool = True
+) -> JobStore:
+    """The study folder's store (a context manager); `create=False` refuses a folder without one."""
+    where = store_location(folder, backend)
+    if not create and not where.exists():
+        raise ConfigError(f"{folder}: no results store here ({where.name}); run `sslseg study run` first")
+    if backend == "sqlite":
+        return ResultStore(where, stale_after)
+    return FileStore(where, stale_after, create=create)
+
+
+def read_rows(
+    folder: str | Path, keys: list[str] | None = None, backend: str = "auto"
+) -> list[dict[str, Any]]:
+    """Every job row of a study folder, from whichever store it holds (for status and the report)."""
+    found = resolve_backend(folder, backend, "sqlite") if backend != "auto" else existing_backend(folder)
+    if found is None:
+        raise ConfigError(
+            f"{folder}: no results store here (results.sqlite or store/); run `sslseg study run` first"
+        )
+    with open_store(folder, found, create=False) as store:
+        return store.rows(keys)
