@@ -36,7 +36,7 @@ def test_budgets_are_nested_per_seed_differ_across_seeds_and_keep_the_test_split
     split = dataset_split(IDS, IDS, 0.15, 0.2, seed=0, validation=validation)
     by_count = [_budget(split, validation, seed=1, labelled_images=n) for n in (4, 8, 16, 32)]
     by_fraction = [_budget(split, validation, seed=1, label_fraction=f) for f in (0.1, 0.5)]
-    for small, large in [*zip(by_count, by_count[1:]), (by_fraction[0], by_fraction[1])]:
+    for small, large in [*zip(by_count[:-1], by_count[1:], strict=True), (by_fraction[0], by_fraction[1])]:
         assert drawn(small) < drawn(large)
         assert small.test == large.test == split["test"]
     # one permutation whichever way the budget is given
@@ -54,7 +54,9 @@ def test_budget_protocol_takes_validation_out_of_the_budget_and_counts_it():
     assert (len(b.train), len(b.val), b.n_labelled_total) == (14, 2, 16)
     assert not set(b.train) & set(b.val) and not (set(b.train) | set(b.val)) & set(b.test)
     # the pool is every other non-test image: never a test image, never one whose label is used
-    assert len(b.unlabeled) == 100 - 20 - 16 and not set(b.unlabeled) & (set(b.test) | set(b.train) | set(b.val))
+    assert len(b.unlabeled) == 100 - 20 - 16 and not set(b.unlabeled) & (
+        set(b.test) | set(b.train) | set(b.val)
+    )
     # the fixed protocol counts its validation images on top of the budget
     fixed = dataset_split(IDS, IDS, 0.15, 0.2, seed=0, validation="fixed")
     f = _budget(fixed, "fixed", labelled_images=16)
