@@ -48,6 +48,8 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")
+    # a budget too small to spare validation images trains a fixed schedule: no validation loop is meant
+    warnings.filterwarnings("ignore", ".*validation_step.*but have no .val_dataloader.*")
     # a resumed run's checkpoint folder is meant to exist; prepare_run_dir guards fresh runs
     warnings.filterwarnings("ignore", ".*exists and is not empty.*")  # a frozen encoder is meant to be
 

@@ -179,7 +179,8 @@ def assign_budget(
     """Draw one run's labelled images from a dataset split (see the module docstring for the protocols).
 
     `ids` are all images of the dataset, `labelled_ids` those with a label; the split's test (and, with
-    `fixed`, val) images must be labelled. Everything outside train, val and test is the unlabeled pool."""
+    `fixed`, val) images must be labelled. With `budget`, the val images of a split file written for the
+    fixed protocol join the candidates. Everything outside train, val and test is the unlabeled pool."""
     labelled = set(labelled_ids)
     if validation == "budget":
         candidates = [i for i in split["train"] + split["val"] if i in labelled]
