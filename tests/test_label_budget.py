@@ -137,3 +137,28 @@ def test_study_budget_axis_errors(tmp_path, axes, message):
     }
     with pytest.raises(Exception, match=message):
         StudyConfig.model_validate(tree)
+
+
+def test_pretraining_on_a_split_sees_the_unlabeled_images_and_never_the_test_images(
+    partly_labelled, tmp_path
+):
+    from sslseg.config import PretrainConfig
+    from sslseg.data.layouts import find_samples
+    from sslseg.data.splits import dataset_split, save_split
+    from sslseg.pretrain import pretrain
+
+    samples = find_samples(partly_labelled, allow_unlabeled=True)
+    ids, labelled = [s.id for s in samples], [s.id for s in samples if s.label is not None]
+    split = dataset_split(ids, labelled, 0.15, 0.34, seed=0)
+    save_split(tmp_path / "split.json", split)
+    cfg = {
+        "method": "simclr",
+        "params": {"proj_hidden": 32, "proj_dim": 16},
+        "data": {"path": str(partly_labelled), "split_file": str(tmp_path / "split.json")},
+        "views": {"size": 16},
+        "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 2},
+        "output": str(tmp_path / "pre"),
+    }
+    res = pretrain(PretrainConfig.model_validate(cfg), progress=False)
+    assert len(split["test"]) == 2 and len(split["unlabeled"]) == 4
+    assert res.summary["n_images"] == 10 - 2  # the 4 labelled training images and the 4 unlabeled ones
