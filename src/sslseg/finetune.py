@@ -144,6 +144,15 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     budget = resolve_splits(cfg, samples)
     split = budget.as_split()
     save_split(out / "split.json", split)
+    if progress:
+        n = cfg.train.epochs
+        val = f"{len(budget.val)} validate" if budget.val else f"none validates: {n} epoch(s), the last kept"
+        print(
+            f"labelled images used: {budget.n_labelled_total} ({len(budget.train)} train, {val}); "
+            f"{len(budget.unlabeled)} unlabeled",
+            file=sys.stderr,
+            flush=True,
+        )
     labelled = budget.train
     by_id = {s.id: s for s in samples}
     d = cfg.data

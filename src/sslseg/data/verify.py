@@ -77,7 +77,7 @@ class VerifyReport:
         if self.unlabeled:
             names = ", ".join(p.name for p in self.unlabeled[:_SHOW_NAMES])
             more = ", …" if n_unl > _SHOW_NAMES else ""
-            line += f" (pretraining and semi-supervised fine-tuning only; e.g. {names}{more})"
+            line += f" (for pretraining; e.g. {names}{more})"
         lines.append(line)
         verdict = "OK" if self.ok else "NOT OK"
         lines.append(
