@@ -81,13 +81,31 @@ def test_every_planted_defect_is_reported(tmp_path: Path) -> None:
     assert "does not match image size" in errors["small.png"]
     assert "{0, 1, 2}" in errors["three.png"]
     assert "no image" in errors["orphan_mask.png"]
-    assert "no label" in errors["orphan_image.png"]
+    assert "orphan_image.png" not in errors  # an image without a label is unlabeled, not an error
+    assert root / "images" / "orphan_image.png" in report.unlabeled
     assert "duplicate stem 'dup'" in errors["dup.png"]
-    assert report.n_errors == 7
+    assert report.n_errors == 6
     text = report.format()
-    assert text.count("\n") == len(report.problems)
-    assert "7 errors" in text.splitlines()[-1]
+    assert text.count("\n") == len(report.problems) + 1  # the problems, the image counts, the verdict
+    assert "6 errors" in text.splitlines()[-1]
     assert all(isinstance(p, Problem) and str(root) in str(p.path) for p in report.problems)
+
+
+def test_partly_labelled_folder_reports_the_labelled_and_unlabeled_images(tmp_path: Path) -> None:
+    root = _clean(tmp_path, 2)
+    for i in range(5):
+        _png(root / "images" / f"u{i}.png", _image())
+    report = verify_dataset(root)
+    assert report.ok and report.problems == [], report.format()
+    assert (len(report.labelled), len(report.unlabeled), report.n_samples) == (2, 5, 7)
+    lines = report.format().splitlines()
+    assert lines[0].startswith("IMAGES  2 labelled") and "5 unlabeled" in lines[0]
+    assert "e.g. u0.png, u1.png, u2.png, …" in lines[0]
+    for mask in (root / "masks").iterdir():  # labels that match no image: a warning, not 7 errors
+        mask.rename(mask.with_name("x" + mask.name))
+    report = verify_dataset(root)
+    assert [p.message for p in report.errors] == ["label has no image of the same stem in images/"] * 2
+    assert "none of the 7 images has a label" in report.warnings[0].message
 
 
 def test_empty_and_missing_roots(tmp_path: Path) -> None:

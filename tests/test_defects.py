@@ -4,7 +4,8 @@ Broken files are errors that `sslseg data verify` lists and that stop training b
 naming the file and the problem. Unusual but valid images (RGBA, palette, 16-bit, float, mixed gray and
 colour) are read correctly; a mix of channel counts is a documented, warned correction. Bad settings and
 unfitting weights are one-line errors naming the key or the file. (Unit tests of single readers and checks
-live in test_data_io, test_data_verify, test_config, test_splits and test_weights.)
+live in test_data_io, test_data_verify, test_config, test_splits and test_weights. An image without a
+label is no defect: it joins the unlabeled pool, see test_label_budget.)
 """
 
 from __future__ import annotations
@@ -92,11 +93,6 @@ def _binary_mask_with_a_2(root: Path) -> Path:
     return _png(root / "masks" / "s2.png", _mask((1, 2)))
 
 
-def _image_without_mask(root: Path) -> Path:
-    (root / "masks" / "s1.png").unlink()
-    return root / "images" / "s1.png"
-
-
 def _empty_folder(root: Path) -> Path:
     for path in sorted(root.rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
@@ -114,11 +110,6 @@ BROKEN: dict[str, tuple[Callable[[Path], Path], str, str]] = {
         "unexpected label values {0, 1, 2}: a binary mask should hold {0, 1} or {0, 255}",
         "mask values [0, 1, 2] do not fit 2 classes (expected {0, 1} or {0, 255}); if the mask has more "
         "classes, set data.num_classes",
-    ),
-    "image without a mask": (
-        _image_without_mask,
-        "has no label s1.* in masks/",
-        "has no label s1.* in masks/",
     ),
     "empty folder": (_empty_folder, "empty dataset: no image files found", "empty dataset: no image files"),
 }
@@ -237,7 +228,8 @@ def test_label_fraction_leaving_no_labelled_image(nuclei, tmp_path, capsys):
     out = str(tmp_path / "run")
     message = _error(capsys, "finetune", "--train", str(nuclei), "--label-fraction", "0.01", "-o", out)
     assert message == (
-        "data.label_fraction=0.01 of 5 training images leaves no labelled image; use at least 0.2000"
+        "data.label_fraction=0.01 of 6 labelled images outside the test split leaves no labelled image; "
+        "use at least 0.1667"
     )
 
 

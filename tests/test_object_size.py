@@ -317,6 +317,6 @@ def test_finetune_with_object_size_sizes_only_the_training_images(tmp_path, monk
     res = finetune(cfg, progress=False)
     summary = json.loads((res.output / "result.json").read_text())
     assert 0.0 <= summary["test"]["aji"] <= 1.0
-    n_train, n_val = summary["n_labelled"], summary["n_val"]
+    n_train, n_val = summary["n_labelled_train"], summary["n_val"]
     # training images sized by their labels; validation and test images at native scale
     assert calls == [(n_train, 24.0), (n_val, None), (summary["n_test"], None)]

@@ -48,6 +48,8 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")
+    # a budget too small to spare validation images trains a fixed schedule: no validation loop is meant
+    warnings.filterwarnings("ignore", ".*validation_step.*but have no .val_dataloader.*")
     # a resumed run's checkpoint folder is meant to exist; prepare_run_dir guards fresh runs
     warnings.filterwarnings("ignore", ".*exists and is not empty.*")  # a frozen encoder is meant to be
 
@@ -111,7 +113,10 @@ def finetune(
     encoder: Annotated[str | None, typer.Option(help="encoder name, e.g. resnet18, resnet50")] = None,
     init: Annotated[str | None, typer.Option(help="random, imagenet or an encoder weights file")] = None,
     frozen: Annotated[bool | None, typer.Option("--frozen/--fine-tuned", help="freeze the encoder")] = None,
-    label_fraction: Annotated[float | None, typer.Option(help="fraction of training images labelled")] = None,
+    label_fraction: Annotated[float | None, typer.Option(help="share of the labelled images to use")] = None,
+    labelled_images: Annotated[
+        int | None, typer.Option(help="number of labelled images to use (validation included)")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="run seed (init and labelled subset)")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="run folder")] = None,
@@ -133,6 +138,7 @@ def finetune(
             "model.init": init,
             "model.frozen": frozen,
             "data.label_fraction": label_fraction,
+            "data.labelled_images": labelled_images,
             "train.seed": seed,
             "train.epochs": epochs,
             "output": output,

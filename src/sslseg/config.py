@@ -16,6 +16,7 @@ from sslseg.data.targets import instance_target_layout
 from sslseg.errors import ConfigError
 
 Task = Literal["semantic", "instance"]
+Validation = Literal["budget", "fixed"]  # where a run's validation images come from (data/splits.py)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -31,7 +32,7 @@ BRIGHT_OBJECTS = (
 
 
 class DataConfig(_Strict):
-    """Where the images are, how they are split and how much of the training split is labelled."""
+    """Where the images are, how they are split and how many labelled images a run may use (its budget)."""
 
     train: Path | None = Field(
         None, description="dataset root (any supported layout) for training/validation"
@@ -44,11 +45,31 @@ class DataConfig(_Strict):
     mask_suffix: str | None = None
     task: Task = "instance"
     num_classes: int = Field(2, ge=2, description="semantic: classes including background")
-    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    split_seed: int = Field(0, description="fixes the val/test split independently of the label fraction")
+    validation: Validation = Field(
+        "budget",
+        description="'budget': validation images come out of the labelled budget (val_fraction of it, at "
+        "least 1; below 4 labelled images none, and a fixed schedule); 'fixed': the reference paper's "
+        "validation split, the same at every budget and counted on top of it",
+    )
+    val_fraction: float = Field(
+        0.15, ge=0.0, lt=1.0, description="share of the budget ('budget') or of the labelled images ('fixed')"
+    )
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="share of the labelled images")
+    split_seed: int = Field(0, description="fixes the test (and fixed val) split independently of the budget")
     split_file: Path | None = Field(None, description="JSON split to reuse (written beside every run)")
-    label_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    label_fraction: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="the budget as a share of the labelled images outside the test split ('budget') or of "
+        "the training split ('fixed'); unset with labelled_images unset = all of them",
+    )
+    labelled_images: int | None = Field(
+        None,
+        ge=1,
+        description="the budget as a number of labelled images (validation included with 'budget'); "
+        "instead of label_fraction",
+    )
     normalization: Literal["per_image", "percentile"] = "per_image"
     bright_objects: bool = Field(False, description=BRIGHT_OBJECTS)
     scale: float = Field(1.0, gt=0.0, le=4.0, description="resize factor for training and inference")
@@ -60,6 +81,15 @@ class DataConfig(_Strict):
         "None = off",
     )
     max_images: int | None = Field(None, ge=1, description="use only the first N images (quick runs)")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> DataConfig:
+        if self.label_fraction is not None and self.labelled_images is not None:
+            raise ValueError(
+                f"label_fraction ({self.label_fraction}) and labelled_images ({self.labelled_images}) both "
+                "choose the labelled budget; set only one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_working_scale(self) -> DataConfig:

@@ -1,5 +1,6 @@
-"""Fine-tune a U-Net on the labelled fraction of a dataset, select the best epoch on a fixed validation
-split, and score it on the test split at native resolution."""
+"""Fine-tune a U-Net on a labelled budget of a dataset, select the best epoch on its validation images (or
+train a fixed schedule when the budget is too small to spare any), and score it on the test split at
+native resolution."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from sslseg.data.datasets import (
     load_samples,
 )
 from sslseg.data.layouts import Sample, find_samples
-from sslseg.data.splits import labelled_subset, load_split, make_split, save_split
+from sslseg.data.splits import LabelBudget, assign_budget, dataset_split, load_split, save_split
 from sslseg.data.targets import instance_target_layout
 from sslseg.distributed import check_sync_batchnorm
 from sslseg.errors import ConfigError, DataError
@@ -98,13 +99,39 @@ def _precision(setting: str) -> str:
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"
 
 
-def resolve_splits(cfg: FinetuneConfig, samples: list[Sample]) -> dict[str, list[str]]:
-    """Train/val/test ids: from the split file, or drawn from `split_seed` (test only when no test set)."""
+def resolve_splits(cfg: FinetuneConfig, samples: list[Sample]) -> LabelBudget:
+    """The run's train/val/test/unlabeled images: the dataset split (from the split file, or drawn from
+    `split_seed` among the labelled images) and within it the labelled budget drawn from `train.seed`."""
+    d = cfg.data
     ids = [s.id for s in samples]
-    if cfg.data.split_file is not None:
-        return load_split(cfg.data.split_file, ids)
-    test_fraction = 0.0 if cfg.data.test is not None else cfg.data.test_fraction
-    return make_split(ids, cfg.data.val_fraction, test_fraction, cfg.data.split_seed)
+    labelled = [s.id for s in samples if s.label is not None]
+    if not labelled:
+        raise DataError(
+            d.train, f"none of the {len(ids)} images has a label: there is nothing to fine-tune on"
+        )
+    if d.split_file is not None:
+        split = load_split(d.split_file, ids)
+        source = d.split_file
+    else:
+        test_fraction = 0.0 if d.test is not None else d.test_fraction
+        split = dataset_split(ids, labelled, d.val_fraction, test_fraction, d.split_seed, d.validation)
+        source = d.train
+    held_out = split["test"] + (split["val"] if d.validation == "fixed" else [])
+    has_label = set(labelled)
+    missing = [i for i in held_out if i not in has_label]
+    if missing:
+        raise DataError(source, f"{len(missing)} test or validation images have no label, e.g. {missing[:3]}")
+    return assign_budget(
+        split,
+        ids,
+        labelled,
+        validation=d.validation,
+        seed=cfg.train.seed,
+        val_fraction=d.val_fraction,
+        label_fraction=d.label_fraction,
+        labelled_images=d.labelled_images,
+        val_max_images=cfg.train.val_max_images,
+    )
 
 
 def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> FinetuneResult:
@@ -117,15 +144,25 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     check_sync_batchnorm(cfg.train.sync_batchnorm, cfg.train.accelerator)
 
-    samples = find_samples(cfg.data.train, layout=cfg.data.layout, mask_suffix=cfg.data.mask_suffix)
+    # images without a label are the normal case: they are the unlabeled pool, never train/val/test
+    samples = find_samples(
+        cfg.data.train, layout=cfg.data.layout, mask_suffix=cfg.data.mask_suffix, allow_unlabeled=True
+    )
     if cfg.data.max_images:
         samples = samples[: cfg.data.max_images]
-    unlabelled = [s.id for s in samples if s.label is None]
-    if unlabelled:
-        raise DataError(cfg.data.train, f"{len(unlabelled)} images have no labels, e.g. {unlabelled[:3]}")
-    split = resolve_splits(cfg, samples)
+    budget = resolve_splits(cfg, samples)
+    split = budget.as_split()
     save_split(out / "split.json", split)
-    labelled = labelled_subset(split["train"], cfg.data.label_fraction, cfg.train.seed)
+    if progress:
+        n = cfg.train.epochs
+        val = f"{len(budget.val)} validate" if budget.val else f"none validates: {n} epoch(s), the last kept"
+        print(
+            f"labelled images used: {budget.n_labelled_total} ({len(budget.train)} train, {val}); "
+            f"{len(budget.unlabeled)} unlabeled",
+            file=sys.stderr,
+            flush=True,
+        )
+    labelled = budget.train
     by_id = {s.id: s for s in samples}
     d = cfg.data
     # only training images may use their labels to choose their working scale (object_size); validation
@@ -146,11 +183,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
 
     module = SegmentationModule(cfg.model_dump(mode="json"), channels)
     module.val_samples = val_set
-    pool = (
-        _unlabeled_pool(cfg, split, labelled, by_id, channels, train_set, progress)
-        if cfg.semi.enabled
-        else []
-    )
+    pool = _unlabeled_pool(cfg, budget, by_id, channels, train_set, progress) if cfg.semi.enabled else []
     if pool:
         crops = RandomBaseCrops(pool, cfg.train.crop_size, cfg.train.steps_per_epoch * cfg.train.batch_size)
         module.unlabeled_loader = DataLoader(crops, batch_size=cfg.semi.batch_size or cfg.train.batch_size)
@@ -223,11 +256,15 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         "host": platform.node(),
         "device": "cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu",
         "in_channels": channels,
-        "n_train": len(split["train"]),
-        "n_labelled": len(labelled),
+        # every annotation the run used before testing (validation chooses the epoch and thresholds)
+        "validation": d.validation,
+        "n_labelled_total": len(labelled) + len(val_set),
+        "n_labelled_train": len(labelled),
         "n_unlabeled_used": len(pool),
         "n_val": len(val_set),
+        "n_unlabeled": len(budget.unlabeled),  # images of the dataset the run saw no label of, test excluded
         "n_test": len(test_samples),
+        "checkpoint": "best validation score" if val_set else "last epoch (no validation images)",
         "best_val_score": float(best_cb.best_model_score) if best_cb.best_model_score is not None else None,
         "epochs_run": trainer.current_epoch,
         "fit_seconds": fit_s,
@@ -243,26 +280,25 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
 
 def _unlabeled_pool(
     cfg: FinetuneConfig,
-    split: dict[str, list[str]],
-    labelled: list[str],
+    budget: LabelBudget,
     by_id: dict[str, Sample],
     channels: int,
     train_set: list[LoadedSample],
     progress: bool,
 ) -> list[np.ndarray]:
     """The images semi-supervised fine-tuning learns from without labels, prepared as training images are:
-    the training split's images outside the labelled budget (their labels unread) and `semi.unlabeled`.
-    Validation and test images are never among them. With `data.object_size` they are resized by the
+    the run's unlabeled pool (images without labels, and labelled ones outside the budget, their labels
+    unread) and `semi.unlabeled`. Validation and test images are never among them. With `data.object_size` they are resized by the
     median factor of the labelled images (unlabeled images have no objects to measure)."""
     d = cfg.data
-    chosen = set(labelled)
-    samples = [by_id[i] for i in split["train"] if i not in chosen]
+    held_out = set(budget.val) | set(budget.test)
+    samples = [by_id[i] for i in budget.unlabeled if i not in held_out]
     if cfg.semi.unlabeled is not None:
         samples += find_samples(cfg.semi.unlabeled, layout="unlabeled")
     if not samples:
         warnings.warn(
-            "semi.enabled but there are no unlabeled images (every training image is labelled and "
-            "semi.unlabeled is not set): fine-tuning is supervised only",
+            "semi.enabled but there are no unlabeled images (the budget holds every labelled image, none is "
+            "without a label, and semi.unlabeled is not set): fine-tuning is supervised only",
             stacklevel=2,
         )
         return []
@@ -315,8 +351,13 @@ def tune_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     d = cfg.data
     if d.task != "instance":
         raise ConfigError(f"{out}: post-processing tuning applies to instance runs, this one is {d.task}")
-    samples = {s.id: s for s in find_samples(d.train, d.layout, d.mask_suffix)}
+    samples = {s.id: s for s in find_samples(d.train, d.layout, d.mask_suffix, allow_unlabeled=True)}
     split = load_split(out / "split.json", list(samples))
+    if not split["val"]:
+        raise ConfigError(
+            f"{out}: the run has no validation images (a fixed schedule on a small budget): its thresholds "
+            "stay the configured ones"
+        )
     summary = json.loads((out / "result.json").read_text())
     channels = summary["in_channels"]
     val_set = _validation_set(cfg, split, samples, channels, progress)

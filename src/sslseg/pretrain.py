@@ -86,10 +86,10 @@ def pretrain(
     write_text(out / "config.yaml", to_yaml(cfg))
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
-    samples = find_samples(cfg.data.path, layout=cfg.data.layout)
+    samples = find_samples(cfg.data.path, layout=cfg.data.layout, allow_unlabeled=True)  # labels are ignored
     if cfg.data.split_file is not None:  # never pretrain on the test images of a study
         split = load_split(cfg.data.split_file, [s.id for s in samples])
-        keep = set(split["train"]) | set(split["val"])
+        keep = set(split["train"]) | set(split["val"]) | set(split["unlabeled"])
         samples = [s for s in samples if s.id in keep]
     if cfg.data.max_images:
         samples = samples[: cfg.data.max_images]

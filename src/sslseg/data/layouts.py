@@ -270,6 +270,7 @@ class LayoutIssue:
     kind: str  # "empty", "duplicate", "missing_label", "missing_image", "invalid"
     message: str
     name: str  # the short form listed in summaries
+    sample: Sample | None = None  # for "missing_label": the image as an unlabeled sample
 
 
 @dataclass
@@ -297,11 +298,13 @@ def find_samples(
     mask_suffix: str | None = None,
     images_dir: str | Path | None = None,
     labels_dir: str | Path | None = None,
+    allow_unlabeled: bool = False,
 ) -> list[Sample]:
     """Find every sample under `root` in the given (or detected) layout, sorted by id.
 
-    Raises one DataError summarising the problems (orphans, duplicates, nothing found) with a few names."""
-    scan = scan_samples(root, layout, mask_suffix, images_dir, labels_dir)
+    Raises one DataError summarising the problems (orphans, duplicates, nothing found) with a few names.
+    With `allow_unlabeled`, images without a label are samples whose label is None, not problems."""
+    scan = scan_samples(root, layout, mask_suffix, images_dir, labels_dir, allow_unlabeled)
     if scan.issues:
         raise issues_error(scan)
     return scan.samples
@@ -339,6 +342,7 @@ def scan_samples(
     mask_suffix: str | None = None,
     images_dir: str | Path | None = None,
     labels_dir: str | Path | None = None,
+    allow_unlabeled: bool = False,
 ) -> Scan:
     """Like `find_samples`, but returns the issues instead of raising (a missing root still raises)."""
     root = Path(root)
@@ -363,6 +367,9 @@ def scan_samples(
         samples, issues = _scan_coco(root, images_dir)
     else:
         samples, issues = _scan_unlabeled(root)
+    if allow_unlabeled:  # a folder where only some images are annotated is the normal case
+        samples += [i.sample for i in issues if i.kind == "missing_label" and i.sample is not None]
+        issues = [i for i in issues if not (i.kind == "missing_label" and i.sample is not None)]
     if not samples and not issues:
         issues.insert(
             0, LayoutIssue(root, "empty", f"empty dataset: no samples found (layout '{layout}')", "")
@@ -528,7 +535,7 @@ def _scan_pairs(
             samples.append(Sample(stem, image, LabelFile(matched[stem])))
         else:
             msg = f"image has no label {stem}{suffix}.* in {lbl_dir.name}/"
-            issues.append(LayoutIssue(image, "missing_label", msg, image.name))
+            issues.append(LayoutIssue(image, "missing_label", msg, image.name, Sample(stem, image, None)))
     return samples, issues
 
 
@@ -559,7 +566,8 @@ def _scan_dsb(root: Path) -> tuple[list[Sample], list[LayoutIssue]]:
             samples.append(Sample(folder.name, image, ObjectMaskFolder(mask_dir)))
         else:
             msg = "image has no object masks (masks/ is missing or empty)"
-            issues.append(LayoutIssue(image, "missing_label", msg, image.name))
+            unlabeled = Sample(folder.name, image, None)
+            issues.append(LayoutIssue(image, "missing_label", msg, image.name, unlabeled))
     return samples, issues
 
 
@@ -585,7 +593,7 @@ def _scan_monuseg(root: Path) -> tuple[list[Sample], list[LayoutIssue]]:
             samples.append(Sample(stem, image, MonusegXml(xmls[stem], image)))
         else:
             msg = f"image has no annotation {stem}.xml beside it or in Annotations/"
-            issues.append(LayoutIssue(image, "missing_label", msg, image.name))
+            issues.append(LayoutIssue(image, "missing_label", msg, image.name, Sample(stem, image, None)))
     for stem, xml in xmls.items():
         if stem not in images:
             issues.append(

@@ -18,6 +18,7 @@ from sslseg.errors import DataError
 Severity = Literal["error", "warning"]
 Task = Literal["semantic", "instance", "auto"]
 _SHOW_VALUES = 8  # label values listed in a message
+_SHOW_NAMES = 3  # unlabeled images named in the report
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,11 @@ class VerifyReport:
     root: Path
     layout: str = "unknown"
     task: str = "auto"
-    n_samples: int = 0  # samples whose image and label pair up
+    n_samples: int = 0  # images found, with or without a label
     n_checked: int = 0  # samples read (fewer than n_samples with `limit`)
     problems: list[Problem] = field(default_factory=list)
+    labelled: list[Path] = field(default_factory=list)  # images with a label (what fine-tuning can use)
+    unlabeled: list[Path] = field(default_factory=list)  # images without one: the unlabeled pool
 
     def add(self, path: str | Path, message: str, severity: Severity = "error") -> None:
         self.problems.append(Problem(Path(path), message, severity))
@@ -67,8 +70,15 @@ class VerifyReport:
         return not self.errors
 
     def format(self) -> str:
-        """One line per problem, then a summary line."""
+        """One line per problem, the labelled/unlabeled split, then a summary line."""
         lines = [p.format() for p in self.problems]
+        n_lab, n_unl = len(self.labelled), len(self.unlabeled)
+        line = f"IMAGES  {n_lab} labelled (the budget fine-tuning can draw on), {n_unl} unlabeled"
+        if self.unlabeled:
+            names = ", ".join(p.name for p in self.unlabeled[:_SHOW_NAMES])
+            more = ", …" if n_unl > _SHOW_NAMES else ""
+            line += f" (for pretraining; e.g. {names}{more})"
+        lines.append(line)
         verdict = "OK" if self.ok else "NOT OK"
         lines.append(
             f"{verdict}: {self.root}: {self.n_checked} of {self.n_samples} samples checked "
@@ -95,12 +105,13 @@ def verify_dataset(
     labels_dir: str | Path | None = None,
     limit: int | None = None,
 ) -> VerifyReport:
-    """Read every sample (the first `limit` with one) and collect all problems into a report."""
+    """Read every sample (the first `limit` with one) and collect all problems into a report. Images
+    without a label are not problems: they are counted apart as the unlabeled pool."""
     if task not in ("semantic", "instance", "auto"):
         raise ValueError(f"task must be 'semantic', 'instance' or 'auto', got {task!r}")
     report = VerifyReport(Path(root), task=task)
     try:
-        scan = scan_samples(root, layout, mask_suffix, images_dir, labels_dir)
+        scan = scan_samples(root, layout, mask_suffix, images_dir, labels_dir, allow_unlabeled=True)
     except DataError as exc:
         report.add(exc.path, exc.problem)
         return report
@@ -108,6 +119,11 @@ def verify_dataset(
     for issue in scan.issues:
         report.add(issue.path, issue.message)
     report.n_samples = len(scan.samples)
+    report.labelled = [s.image for s in scan.samples if s.label is not None]
+    report.unlabeled = [s.image for s in scan.samples if s.label is None]
+    if scan.samples and not report.labelled and scan.layout != "unlabeled":
+        msg = f"none of the {len(scan.samples)} images has a label: fine for pretraining, nothing to fine-tune on"
+        report.add(report.root, msg, "warning")
     samples = scan.samples if limit is None else scan.samples[:limit]
 
     channels: dict[int, list[Path]] = defaultdict(list)

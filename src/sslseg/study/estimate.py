@@ -238,7 +238,9 @@ def dry_run_table(study: StudyConfig) -> str:
     stored_hash = {r["key"]: r["config_hash"] for r in rows}
     # pretraining epochs without a step count are one pass over the images
     n_images = {
-        d.name: len(find_samples(d.unlabeled or d.train, "auto" if d.unlabeled else d.layout))
+        d.name: len(
+            find_samples(d.unlabeled or d.train, "auto" if d.unlabeled else d.layout, allow_unlabeled=True)
+        )
         for d in study.datasets
     }
     seconds = estimate_jobs(jobs, rows, n_images=n_images)

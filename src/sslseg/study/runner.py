@@ -28,7 +28,7 @@ import sslseg
 from sslseg.atomic import write_text
 from sslseg.config import FinetuneConfig, PretrainConfig, to_yaml
 from sslseg.data.layouts import find_samples
-from sslseg.data.splits import make_split, save_split
+from sslseg.data.splits import dataset_split, save_split
 from sslseg.errors import ConfigError, SslsegError
 from sslseg.study.spec import Job, StudyConfig, expand, split_path, study_dir
 from sslseg.study.store import Backend, JobStore, open_store, resolve_backend, store_location
@@ -65,11 +65,13 @@ def prepare(study: StudyConfig) -> list[Job]:
         target = split_path(study, ds)
         if target.is_file():
             continue  # a study keeps its split: every cell, old and new, is scored on the same images
-        samples = find_samples(ds.train, layout=ds.layout, mask_suffix=ds.mask_suffix)
+        samples = find_samples(ds.train, layout=ds.layout, mask_suffix=ds.mask_suffix, allow_unlabeled=True)
         if ds.max_images:
             samples = samples[: ds.max_images]
         test_fraction = 0.0 if ds.test is not None else ds.test_fraction
-        save_split(target, make_split([s.id for s in samples], ds.val_fraction, test_fraction, ds.split_seed))
+        ids, labelled = [s.id for s in samples], [s.id for s in samples if s.label is not None]
+        split = dataset_split(ids, labelled, ds.val_fraction, test_fraction, ds.split_seed, ds.validation)
+        save_split(target, split)
     jobs = expand(study)
     with study_store(study) as store:
         store.sync(jobs)

@@ -1,4 +1,7 @@
-"""The study file and its grid: datasets × pretrainings × label fractions × seeds × encoder states.
+"""The study file and its grid: datasets × pretrainings × labelled budgets × seeds × encoder states.
+
+The budget axis is either `label_fractions` or `labelled_images` (counts of annotated images); every cell
+also stores the number of labelled images it used, validation included (`n_labelled_total` of its info).
 
 A study YAML names what to compare; `expand` turns it into jobs — one pretraining per (dataset, SSL method),
 reused by every fine-tuning cell that starts from it — each with the full, resolved config it will run and
@@ -21,6 +24,7 @@ from sslseg.config import (
     FinetuneConfig,
     PretrainConfig,
     Task,
+    Validation,
     ViewPreset,
     _Strict,
     deep_merge,
@@ -31,6 +35,7 @@ from sslseg.data.locations import real_data_root
 from sslseg.methods import get_method
 
 EncoderState = Literal["finetuned", "frozen"]
+BudgetKey = Literal["label_fraction", "labelled_images"]
 BASELINE = "random"  # the pretraining every other one is compared with
 
 
@@ -45,10 +50,14 @@ class StudyDataset(_Strict):
     mask_suffix: str | None = None
     task: Task = "instance"
     num_classes: int = Field(2, ge=2)
+    validation: Validation = Field(
+        "budget",
+        description="'budget': validation comes out of each cell's labels; 'fixed': the paper's split",
+    )
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     split_seed: int = 0
-    max_images: int | None = Field(None, ge=1, description="use only the first N labelled images")
+    max_images: int | None = Field(None, ge=1, description="use only the first N images")
     unlabeled: Path | None = Field(
         None, description="images for pretraining; default: the train/val images of `train`"
     )
@@ -102,7 +111,10 @@ class StudyConfig(_Strict):
     encoder: str = "resnet18"
     datasets: list[StudyDataset] = Field(min_length=1)
     pretrainings: list[Pretraining] = Field(min_length=1)
-    label_fractions: list[float] = Field(min_length=1)
+    label_fractions: list[float] | None = Field(None, min_length=1)
+    labelled_images: list[int] | None = Field(
+        None, min_length=1, description="the budget axis in annotated images, instead of label_fractions"
+    )
     seeds: list[int] = Field([0], min_length=1)
     encoder_states: list[EncoderState] = Field(["finetuned"], min_length=1)
     pretrain: dict[str, Any] = Field(default_factory=dict, description="PretrainConfig settings for all")
@@ -131,12 +143,34 @@ class StudyConfig(_Strict):
                 f"the study needs a pretraining named '{BASELINE}' (init: random): every other one is "
                 "compared with it"
             )
-        bad = [f for f in self.label_fractions if not 0 < f <= 1]
-        if bad:
-            raise ValueError(f"label fractions must lie in (0, 1], got {bad}")
-        if len(set(self.label_fractions)) != len(self.label_fractions):
-            raise ValueError(f"label fractions repeat: {self.label_fractions}")
+        if (self.label_fractions is None) == (self.labelled_images is None):
+            raise ValueError(
+                "give the labelled budgets as exactly one of label_fractions (e.g. [0.1, 0.5]) or "
+                "labelled_images (e.g. [4, 8, 16, 32])"
+            )
+        if self.label_fractions is not None:
+            bad = [f for f in self.label_fractions if not 0 < f <= 1]
+            if bad:
+                raise ValueError(f"label fractions must lie in (0, 1], got {bad}")
+        else:
+            bad = [n for n in self.budgets if n < 1]
+            if bad:
+                raise ValueError(f"labelled image counts must be at least 1, got {bad}")
+        if len(set(self.budgets)) != len(self.budgets):
+            raise ValueError(f"labelled budgets repeat: {self.label_fractions or self.labelled_images}")
         return self
+
+    @property
+    def budget_key(self) -> BudgetKey:
+        """The data setting the budget axis varies: `label_fraction` or `labelled_images`."""
+        return "label_fraction" if self.label_fractions is not None else "labelled_images"
+
+    @property
+    def budgets(self) -> list[float]:
+        """The values of the budget axis, smallest first (fractions, or image counts)."""
+        return sorted(
+            self.label_fractions if self.label_fractions is not None else self.labelled_images or []
+        )
 
 
 class AnalysisConfig(_Strict):
@@ -192,7 +226,8 @@ class Job:
     config: dict[str, Any]
     hash: str
     depends_on: str | None = None
-    fraction: float | None = None
+    fraction: float | None = None  # the budget of a label_fractions study
+    labelled_images: int | None = None  # the budget of a labelled_images study
     seed: int | None = None
     state: EncoderState | None = None
     order: int = 0
@@ -210,6 +245,11 @@ def split_path(study: StudyConfig, dataset: StudyDataset) -> Path:
 
 def fraction_tag(fraction: float) -> str:
     return f"f{fraction:.4g}"
+
+
+def budget_tag(key: BudgetKey, value: float) -> str:
+    """The budget's part of a cell's key: f0.1 for a label fraction, n8 for 8 labelled images."""
+    return fraction_tag(value) if key == "label_fraction" else f"n{int(value)}"
 
 
 def _pretrain_job(study: StudyConfig, ds: StudyDataset, p: Pretraining) -> Job:
@@ -269,10 +309,11 @@ def _finetune_job(
     p: Pretraining,
     pre: Job | None,
     state: EncoderState,
-    fraction: float,
+    budget: float,
     seed: int,
 ) -> Job:
-    cell = f"{ds.name}/{p.name}/{state}/{fraction_tag(fraction)}/s{seed}"
+    key = study.budget_key
+    cell = f"{ds.name}/{p.name}/{state}/{budget_tag(key, budget)}/s{seed}"
     data = {
         k: v
         for k, v in ds.model_dump(mode="json").items()
@@ -282,7 +323,7 @@ def _finetune_job(
     tree = deep_merge(
         deep_merge(study.finetune, p.finetune),
         {
-            "data": {**data, "label_fraction": fraction},
+            "data": {**data, key: budget},
             "model": {"encoder": study.encoder, "init": _init_of(study, p, pre), "frozen": state == "frozen"},
             "train": {"seed": seed},
             "output": str(study_dir(study) / "cells" / cell),
@@ -300,7 +341,8 @@ def _finetune_job(
         config=resolved,
         hash=digest,
         depends_on=pre.key if pre else None,
-        fraction=fraction,
+        fraction=budget if key == "label_fraction" else None,
+        labelled_images=int(budget) if key == "labelled_images" else None,
         seed=seed,
         state=state,
     )
@@ -319,12 +361,12 @@ def expand(study: StudyConfig) -> list[Job]:
                 same = next((j for j in pre_jobs.values() if j.hash == job.hash), None)
                 pre_jobs[p.name] = same or job
         jobs.extend({j.key: j for j in pre_jobs.values()}.values())
-        # cheap, informative cells first: the smallest fraction of every pretraining before larger ones
+        # cheap, informative cells first: the smallest budget of every pretraining before larger ones
         for seed in study.seeds:
-            for fraction in sorted(study.label_fractions):
+            for budget in study.budgets:
                 for state in study.encoder_states:
                     for p in study.pretrainings:
-                        jobs.append(_finetune_job(study, ds, p, pre_jobs.get(p.name), state, fraction, seed))
+                        jobs.append(_finetune_job(study, ds, p, pre_jobs.get(p.name), state, budget, seed))
     for i, job in enumerate(jobs):
         job.order = i
     return jobs
