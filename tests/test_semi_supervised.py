@@ -93,7 +93,7 @@ def test_semi_supervised_run_learns_from_the_unlabeled_training_images(nuclei, t
     monkeypatch.setattr(SegmentationModule, "_next_unlabeled", spy)
     res = finetune(_cfg(nuclei, tmp_path / "semi", {"enabled": True, "rampup": 0.0}), progress=False)
     split = json.loads((res.output / "split.json").read_text())
-    n_unlabeled = len(split["train"]) - res.summary["n_labelled"]
+    n_unlabeled = len(split["unlabeled"])  # the training images outside the labelled budget
     assert n_unlabeled > 0 and res.summary["n_unlabeled_used"] == n_unlabeled
     assert len(drawn) == 3 and drawn[0].shape == (2, 1, 64, 64)  # one unlabeled batch per step
     rows = list(csv.DictReader((res.output / "logs" / "metrics.csv").open()))
@@ -120,7 +120,7 @@ def test_unlabeled_pool_never_holds_validation_or_test_images(nuclei, tmp_path, 
     split = json.loads((res.output / "split.json").read_text())
     held_out = set(split["val"]) | set(split["test"])
     assert seen["pool"] and not held_out & set(seen["pool"])
-    assert set(seen["pool"]) <= set(split["train"])
+    assert set(seen["pool"]) == set(split["unlabeled"])
 
 
 def test_supervised_runs_draw_no_unlabeled_images(nuclei, tmp_path, monkeypatch):
