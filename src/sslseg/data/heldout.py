@@ -56,7 +56,8 @@ def heldout_index(sources: Sequence[HeldoutImages], progress: bool = True) -> He
     """Read the test images named by `sources` (whole folders, or the 'test' list of a split file)."""
     index = HeldoutIndex()
     for src in sources:
-        samples = find_samples(src.path, layout=src.layout, mask_suffix=src.mask_suffix)
+        # a test folder or split lists labelled images, but the folder may hold unlabeled ones beside them
+        samples = find_samples(src.path, layout=src.layout, mask_suffix=src.mask_suffix, allow_unlabeled=True)
         if src.split_file is not None:
             test = set(load_split(src.split_file, [s.id for s in samples])["test"])
             samples = [s for s in samples if s.id in test]
