@@ -1,7 +1,12 @@
+from pathlib import Path
+
 import pytest
 
+from sslseg.config import FinetuneConfig
+from sslseg.data.layouts import Sample
 from sslseg.data.splits import labelled_subset, load_split, make_split, save_split
 from sslseg.errors import ConfigError, DataError
+from sslseg.finetune import resolve_splits
 
 IDS = [f"img{i:03d}" for i in range(100)]
 
@@ -24,10 +29,28 @@ def test_label_fractions_are_nested_per_seed_and_differ_across_seeds():
 
 
 def test_validation_does_not_depend_on_label_fraction():
-    # the split is drawn before and independently of the labelled subset
-    a = make_split(IDS, 0.2, seed=0)
-    labelled_subset(a["train"], 0.1, seed=5)
-    assert make_split(IDS, 0.2, seed=0)["val"] == a["val"]
+    # a fine-tuning run draws its val/test split from split_seed alone: the label fraction and the training
+    # seed change which training images are labelled, never which images validate and test
+    samples = [Sample(i, Path(f"{i}.tif"), None) for i in IDS]
+
+    def run_split(fraction: float, seed: int) -> tuple[dict[str, list[str]], list[str]]:
+        cfg = FinetuneConfig.model_validate(
+            {
+                "data": {"val_fraction": 0.2, "test_fraction": 0.1, "label_fraction": fraction},
+                "train": {"seed": seed},
+            }
+        )
+        split = resolve_splits(cfg, samples)
+        return split, labelled_subset(split["train"], fraction, seed)
+
+    reference, _ = run_split(1.0, 0)
+    for fraction in (0.1, 0.5):
+        for seed in (0, 7):
+            split, labelled = run_split(fraction, seed)
+            assert (split["val"], split["test"]) == (reference["val"], reference["test"]), (fraction, seed)
+            assert set(labelled) <= set(split["train"])
+    other = FinetuneConfig.model_validate({"data": {"val_fraction": 0.2, "split_seed": 1}})
+    assert resolve_splits(other, samples)["val"] != reference["val"]  # split_seed is what draws it
 
 
 def test_fraction_leaving_no_image_is_a_clear_error():
