@@ -34,7 +34,15 @@ def test_verify_lists_problems_with_files_and_exits_1(tmp_path):
     write_image(tmp_path / "images" / "b.tif", np.zeros((8, 8), np.uint8))  # no mask
     r = sslseg("data", "verify", str(tmp_path))
     assert r.returncode == 1
-    assert "a.tif" in r.stdout and "b" in r.stdout
+    # one line per problem, naming its file, then the summary
+    lines = r.stdout.splitlines()
+    assert any(line.startswith("ERROR") and "a.tif" in line and "image size" in line for line in lines), (
+        r.stdout
+    )
+    assert any(line.startswith("ERROR") and "b.tif" in line and "no label" in line for line in lines), (
+        r.stdout
+    )
+    assert lines[-1].startswith("NOT OK") and "2 errors" in lines[-1], r.stdout
 
 
 def test_synth_then_verify_is_clean(tmp_path):

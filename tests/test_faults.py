@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from sslseg.data.synth import write_synthetic_dataset
 from sslseg.errors import DataError, OutOfMemory
-from sslseg.memory import explain_out_of_memory, memory_need, suggest_batch_size
+from sslseg.oom import explain_out_of_memory, memory_need, suggest_batch_size
 from sslseg.rundir import AtomicCheckpointIO, RandomStateCheckpoint, check_checkpoint, prepare_run_dir
 
 # Tiny CPU runs, one thread each so that two run side by side without slowing each other down.

@@ -1,5 +1,7 @@
 """End-to-end fine-tuning on tiny synthetic data: both tasks, frozen encoders, resume, evaluate, predict."""
 
+import json
+import shutil
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -61,7 +63,7 @@ def test_instance_run_writes_every_output_and_scores_the_test_split(nuclei, tmp_
     again = tune_run(out, progress=False)
     assert again["postprocess_tuning"]["chosen"] == tuning["chosen"]
     assert again["test"]["aji"] == pytest.approx(res.test["aji"])
-    # evaluating the checkpoint again on its own gives the same numbers as the run's test step
+    # predicting writes a 16-bit label map and an overlay for every image
     pred_dir = tmp_path / "pred"
     written = predict_files(res.best_checkpoint, [nuclei / "images"], pred_dir, progress=False).labels
     assert len(written) == 10
@@ -71,15 +73,26 @@ def test_instance_run_writes_every_output_and_scores_the_test_split(nuclei, tmp_
 
 
 def test_evaluate_matches_run_test_scores(nuclei, tmp_path):
-    cfg = _cfg(nuclei, tmp_path / "run", data={"test_fraction": 0.0}, train={"epochs": 1})
-    res = finetune(cfg, progress=False)
-    mean = evaluate_checkpoint(res.best_checkpoint, nuclei, tmp_path / "eval", progress=False)
-    assert (tmp_path / "eval" / "per_image.csv").read_text().count("\n") == 11
-    assert 0 <= mean["aji"] <= 1
+    res = finetune(_cfg(nuclei, tmp_path / "run", train={"epochs": 1}), progress=False)
+    # the run's test images, on their own in a dataset folder of the same layout
+    test_ids = json.loads((res.output / "split.json").read_text())["test"]
+    assert len(test_ids) == 2
+    test_dir = tmp_path / "test_images"
+    for sub in ("images", "labels"):
+        (test_dir / sub).mkdir(parents=True)
+        for i in test_ids:
+            shutil.copy(nuclei / sub / f"{i}.tif", test_dir / sub / f"{i}.tif")
+    mean = evaluate_checkpoint(res.best_checkpoint, test_dir, tmp_path / "eval", progress=False)
+    assert set(mean) == set(res.test)
+    for key, value in res.test.items():
+        assert mean[key] == pytest.approx(value, abs=1e-6), key
+    assert (tmp_path / "eval" / "per_image.csv").read_text() == (
+        res.output / "test_per_image.csv"
+    ).read_text()
     # --tta overrides the checkpoint's setting for this evaluation only
     assert load_model(res.best_checkpoint, device="cpu", tta=True).cfg.inference.tta is True
     assert load_model(res.best_checkpoint, device="cpu").cfg.inference.tta is False
-    with_tta = evaluate_checkpoint(res.best_checkpoint, nuclei, progress=False, tta=True)
+    with_tta = evaluate_checkpoint(res.best_checkpoint, test_dir, progress=False, tta=True)
     assert 0 <= with_tta["aji"] <= 1 and with_tta != mean
 
 

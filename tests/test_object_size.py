@@ -20,11 +20,11 @@ from sslseg.config import DataConfig, FinetuneConfig, InferenceConfig, load_conf
 from sslseg.data.datasets import load_samples
 from sslseg.data.io import write_image, write_label
 from sslseg.data.layouts import LabelFile, Sample
+from sslseg.data.scale import median_diameter, size_factor, typical_area
 from sslseg.data.synth import write_synthetic_dataset
 from sslseg.errors import ConfigError
 from sslseg.finetune import finetune
 from sslseg.segmentation.inference import predict_probabilities
-from sslseg.segmentation.scale import median_diameter, size_factor, typical_area
 
 
 def _discs(shape: tuple[int, int], radius: float, spacing: int) -> np.ndarray:

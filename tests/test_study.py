@@ -338,7 +338,12 @@ def test_report_from_constructed_results(tmp_path):
     html = paths["html"].read_text()
     md = paths["markdown"].read_text()
     assert html.count("data:image/png;base64,") == 1  # the curves figure, embedded
-    assert "Verdict" in md and "simclr" in md and "frozen encoder" in md
+    # the verdict the analysis reached opens the report; each encoder state gets its table
+    verdict = analysis["datasets"]["synth"]["verdict"]
+    assert verdict["best"] in {"simclr", "densecl"} and verdict["best"] in verdict["text"]
+    section = md.split("## Verdict\n", 1)[1].split("\n#", 1)[0]
+    assert [line for line in section.splitlines() if line.startswith("- ")] == [f"- {verdict['text']}"]
+    assert {"### aji, frozen encoder", "### aji, finetuned encoder"} <= set(md.splitlines())
     curves = paths["curves"].read_text().splitlines()
     assert curves[0].startswith("dataset,state,metric,pretraining,fraction,mean")
     assert len(curves) == 1 + 2 * 5 * 3 * 2  # states × metrics × pretrainings × fractions

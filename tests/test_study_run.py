@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from html import escape
 from pathlib import Path
 
 import yaml
@@ -35,6 +36,26 @@ def _jobs(db: Path) -> dict[str, dict]:
         return {
             r["key"]: dict(r) for r in con.execute("SELECT key, status, attempts, runner, info FROM jobs")
         }
+
+
+def _md_section(md: str, heading: str) -> str:
+    """The Markdown between `heading` (a whole line) and the next heading of any level."""
+    lines = md.splitlines()
+    assert heading in lines, f"the report has no {heading!r} section"
+    start = lines.index(heading) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("#")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def _md_table(section: str) -> list[list[str]]:
+    """The body rows of the first Markdown table in a section, as lists of cells."""
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in r] for r in rows[2:]]  # past the header and the |---| line
+
+
+def _verdicts(md: str) -> list[str]:
+    """The report's verdict lines, one per dataset."""
+    return [line[2:] for line in _md_section(md, "## Verdict").splitlines() if line.startswith("- ")]
 
 
 def test_killed_study_resumes_and_two_runners_share_the_rest(tmp_path):
@@ -106,7 +127,10 @@ def test_killed_study_resumes_and_two_runners_share_the_rest(tmp_path):
     out, err = rep.communicate(timeout=200)
     assert rep.returncode == 0, err[-2000:]
     md = (tmp_path / "study" / "report" / "report.md").read_text()
-    assert "## Verdict" in md and "simclr" in md
+    # the verdict compares the one SSL pretraining with random init on finished cells
+    (verdict,) = _verdicts(md)
+    assert verdict.startswith("synth: ") and "simclr" in verdict, verdict
+    assert "not enough finished cells" not in verdict
     assert (tmp_path / "study" / "report" / "report.html").stat().st_size > 10_000
 
     # 4. a finished study: the dry run lists every job as done with its measured time; status agrees
@@ -124,13 +148,17 @@ def test_quick_demo_ends_in_a_full_report(tmp_path):
     out, err = demo.communicate(timeout=600)
     assert demo.returncode == 0, err[-3000:]
     assert "report:" in out and "synthetic-nuclei" in out
-    html = (tmp_path / "demo" / "study" / "report" / "report.html").read_text()
-    for section in (
-        "Verdict",
-        "Representation similarity",
-        "How far fine-tuning moves",
-        "uncertainty",
-        "Example predictions",
-    ):
+    report = tmp_path / "demo" / "study" / "report"
+    html, md = (report / "report.html").read_text(), (report / "report.md").read_text()
+    for section in ("Representation similarity", "How far fine-tuning moves", "Example predictions"):
         assert section in html, section
+    (verdict,) = _verdicts(md)
+    assert verdict.startswith("synthetic-nuclei: ") and "not enough finished cells" not in verdict, verdict
+    assert f"<div class='verdict'>{escape(verdict)}</div>" in html
+    # the uncertainty section: one row per pretraining, each with a measured mean uncertainty and error
+    assert "<h3>Prediction uncertainty</h3>" in html
+    rows = _md_table(_md_section(md, "### Prediction uncertainty"))
+    assert {r[0] for r in rows} == {"random", "simclr", "byol", "densecl"}, rows
+    for name, uncertainty, error, *_ in rows:
+        assert 0 <= float(uncertainty) <= 1 and 0 <= float(error) <= 1, (name, uncertainty, error)
     assert (tmp_path / "demo" / "study.yaml").is_file()  # the study the demo ran, to edit and rerun

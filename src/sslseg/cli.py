@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from sslseg.console import quiet_libraries
 from sslseg.errors import SslsegError
 
 app = typer.Typer(
@@ -33,25 +32,6 @@ TtaOption = Annotated[
         help="average the 8 flips/quarter turns of each image (default: the model's inference.tta)",
     ),
 ]
-
-
-def _quiet_libraries() -> None:
-    """Keep the terminal for sslseg's own progress: silence chatty third-party notices."""
-    for name in (
-        "lightning",
-        "lightning.pytorch",
-        "lightning.fabric",
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.fabric.utilities.rank_zero",
-    ):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*LeafSpec.*")
-    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")
-    # a budget too small to spare validation images trains a fixed schedule: no validation loop is meant
-    warnings.filterwarnings("ignore", ".*validation_step.*but have no .val_dataloader.*")
-    # a resumed run's checkpoint folder is meant to exist; prepare_run_dir guards fresh runs
-    warnings.filterwarnings("ignore", ".*exists and is not empty.*")  # a frozen encoder is meant to be
 
 
 @data_app.command("verify")
@@ -391,7 +371,7 @@ def demo(
 
 def main() -> None:
     """Entry point: run the app, turning sslseg errors into one-line messages."""
-    _quiet_libraries()
+    quiet_libraries()
     try:
         app()
     except SslsegError as e:

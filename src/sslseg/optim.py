@@ -3,41 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable
 
+import timm.optim
 import torch
 from torch import nn
 
 from sslseg.config import OptimConfig
-
-
-class LARS(torch.optim.Optimizer):
-    """SGD with layer-wise trust ratios (You et al. 2017); biases and norms are neither decayed nor adapted."""
-
-    def __init__(
-        self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 1e-3
-    ):
-        super().__init__(
-            params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True)
-        )
-
-    @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's signature
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad
-                if group["lars"]:
-                    d = d.add(p, alpha=group["weight_decay"])
-                    pn, dn = torch.norm(p), torch.norm(d)
-                    trust = torch.where((pn > 0) & (dn > 0), group["eta"] * pn / dn, torch.ones_like(pn))
-                    d = d.mul(trust)
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-                buf.mul_(group["momentum"]).add_(d)
-                p.add_(buf, alpha=-group["lr"])
-        return loss
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -46,25 +18,28 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0, "lars": False},
-    ]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lars(groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
+    """timm's LARS (You et al. 2017): weights get a layer-wise trust ratio even when weight decay is 0;
+    biases and norms (no decay, ``always_adapt`` off) are plain SGD with momentum, as in SimCLR and BYOL."""
+    groups[0]["always_adapt"] = True
+    return timm.optim.Lars(groups, lr=lr, momentum=momentum)
+
+
+# one entry per `optim.optimizer` value: (parameter groups, learning rate, momentum) -> optimiser
+OPTIMIZERS: dict[str, Callable[[list[dict], float, float], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, lr, momentum: torch.optim.SGD(groups, lr=lr, momentum=momentum),
+    "adamw": lambda groups, lr, momentum: torch.optim.AdamW(groups, lr=lr),
+    "lars": _lars,
+}
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torch.optim.Optimizer:
     """The configured optimiser with the learning rate scaled linearly by the global batch size / 256."""
     lr = cfg.lr * batch_size / 256
-    groups = param_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        for g in groups:
-            g.pop("lars", None)
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
-    if cfg.optimizer == "adamw":
-        for g in groups:
-            g.pop("lars", None)
-        return torch.optim.AdamW(groups, lr=lr)
-    return LARS(groups, lr=lr, momentum=cfg.momentum)
+    return OPTIMIZERS[cfg.optimizer](param_groups(model, cfg.weight_decay), lr, cfg.momentum)
 
 
 def warmup_cosine(

@@ -25,9 +25,9 @@ from sslseg.data.layouts import find_samples
 from sslseg.data.splits import load_split
 from sslseg.distributed import check_sync_batchnorm
 from sslseg.errors import ConfigError
-from sslseg.memory import explain_out_of_memory
 from sslseg.methods import get_method
 from sslseg.methods.base import SSLMethod
+from sslseg.oom import explain_out_of_memory
 from sslseg.rundir import (
     AtomicCheckpointIO,
     RandomStateCheckpoint,

@@ -28,9 +28,9 @@ from sslseg.data.normalize import (
     harmonise_channels,
     normalize,
 )
+from sslseg.data.scale import median_diameter, size_factor
 from sslseg.data.targets import instance_target_layout, semantic_classes
 from sslseg.errors import DataError
-from sslseg.segmentation.scale import median_diameter, size_factor
 
 if TYPE_CHECKING:
     from sslseg.config import DataConfig

@@ -10,9 +10,9 @@ from torch import nn
 
 from sslseg.config import InferenceConfig, PostprocessConfig
 from sslseg.data.datasets import rescale_image
+from sslseg.data.scale import MIN_FACTOR, median_diameter, size_factor
 from sslseg.segmentation.heads import instance_head
 from sslseg.segmentation.postprocess import probabilities_to_classes
-from sslseg.segmentation.scale import MIN_FACTOR, median_diameter, size_factor
 from sslseg.segmentation.tiling import sliding_window
 
 SIZING_SPECK_FRACTION = 0.1  # objects under a tenth of the typical object's area are not measured

@@ -7,7 +7,7 @@ from scipy import ndimage
 from skimage.segmentation import relabel_sequential, watershed
 
 from sslseg.config import PostprocessConfig
-from sslseg.segmentation.scale import typical_area
+from sslseg.data.scale import typical_area
 
 
 def distance_to_instances(

@@ -214,9 +214,9 @@ def _worker_entry(study_json: dict[str, Any], runner: str, env: dict[str, str], 
 
     if threads:
         torch.set_num_threads(threads)
-    from sslseg.cli import _quiet_libraries
+    from sslseg.console import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     worker_loop(study_json, runner)
 
 
