@@ -23,10 +23,10 @@ from sslseg.data.datasets import load_heldout
 from sslseg.data.io import read_image
 from sslseg.data.layouts import find_samples
 from sslseg.data.normalize import effective_channels
+from sslseg.data.scale import typical_area
 from sslseg.evaluate import load_model
 from sslseg.metrics import missed_objects, object_outcomes
 from sslseg.segmentation.inference import probabilities_to_labels
-from sslseg.segmentation.scale import typical_area
 
 
 def main() -> None:
