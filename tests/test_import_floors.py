@@ -29,6 +29,7 @@ FLOORS: dict[str, int] = {
     "nn": 1,
     "losses": 1,
     "metrics": 1,
+    "objects": 1,
     "methods": 2,
     "segmentation": 2,
     "weights": 2,
