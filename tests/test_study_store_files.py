@@ -350,3 +350,20 @@ def test_auto_store_follows_the_folder_and_refuses_two(tmp_path):
     with pytest.raises(ConfigError, match="both"):
         with_store(study)
     assert with_store(_study(tmp_path, store="sqlite")).store == "sqlite"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "files"])
+def test_a_stopped_runner_leaves_its_job_to_the_next_at_once(tmp_path, monkeypatch, backend):
+    store, jobs = _synced(tmp_path, backend)
+    store.close()
+    study = _study(tmp_path, store=backend)
+
+    def interrupted(row: dict, progress: bool = False) -> tuple:
+        raise KeyboardInterrupt  # as Ctrl-C, or Lightning's SIGTERM handling at a SLURM time limit
+
+    monkeypatch.setattr(runner, "run_job", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        worker_loop(study.model_dump(mode="json"), "stopped", poll=0.01)
+    with open_store(study.output, backend) as other:  # stale only after 600 s, were it not released
+        again = other.claim("next", [j.key for j in jobs])
+        assert again["key"] == jobs[0].key and again["resumed"] is True

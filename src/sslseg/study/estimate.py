@@ -21,8 +21,9 @@ from sslseg.errors import ConfigError
 from sslseg.study.spec import Job, StudyConfig, expand
 
 OVERHEAD = 1.3  # validation, test scoring and data loading on top of the training steps
-# a job's folder besides its weights (config, split, logs, per-image scores, result): a few hundred kB
-RUN_FILES_BYTES = 300_000
+# a job's folder besides its weights (config, split, logs, per-image scores, result): about 10 kB for a
+# tiny run, more with long logs and many test images
+RUN_FILES_BYTES = 100_000
 # a full Lightning checkpoint (resume state) holds the weights and the optimiser's moments: about three times
 # the float32 weights under Adam
 RESUME_FACTOR = 3

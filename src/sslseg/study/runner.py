@@ -192,6 +192,10 @@ def worker_loop(
                 store.fail(row["key"], runner, message)
                 print(f"[{runner}] FAILED {row['key']}: {message}", file=sys.stderr, flush=True)
                 continue
+            except BaseException:  # stopped (Ctrl-C; Lightning's SIGTERM at a SLURM time limit or preemption)
+                beat.stop()
+                store.release(row["key"], runner)  # the next runner resumes it at once
+                raise
             beat.stop()
             if beat.lost.is_set() or not store.finish(row["key"], runner, metrics, seconds, info):
                 # the runner that took the job over resumes from its checkpoints and stores its result
