@@ -54,7 +54,10 @@ def curve_axis(group: dict[str, Any]) -> tuple[list[float], list[str], str]:
         if known:
             return annotated, [count_text(n) for n in annotated], "annotated images (training + validation)"
         return budgets, [str(int(b)) for b in budgets], "labelled images (validation count not recorded)"
-    ticks = [f"{f:.0%}" + (f"\n{count_text(n)} img" if n is not None else "") for f, n in zip(budgets, annotated, strict=True)]
+    ticks = [
+        f"{f:.0%}" + (f"\n{count_text(n)} img" if n is not None else "")
+        for f, n in zip(budgets, annotated, strict=True)
+    ]
     return budgets, ticks, "labelled fraction of the training images"
 
 
@@ -220,7 +223,9 @@ def gain_rows(group: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         for g, s, n in zip(e["relative_gain"], e["labels_saved"], e["random_needs"], strict=True):
             cell = f"{_fmt(g, '+.1%')} / {_fmt(s, '.0%') if s is not None else '> range'}"
             if group["labels_in_images"]:
-                cell += f" (random init needs {count_text(n)})" if n is not None else " (random init: > range)"
+                cell += (
+                    f" (random init needs {count_text(n)})" if n is not None else " (random init: > range)"
+                )
             cells.append(cell)
         rows.append([name, *cells])
     return header, rows
@@ -408,7 +413,9 @@ def write_report(
     for ds_name, ds in analysis["datasets"].items():
         metric, state = ds["primary_metric"], ds["main_state"]
         ref = ds["references"][metric]
-        axis_name = "label fractions" if ds["budget_axis"]["budget_key"] == "label_fraction" else "image counts"
+        axis_name = (
+            "label fractions" if ds["budget_axis"]["budget_key"] == "label_fraction" else "image counts"
+        )
         h.append(f"<h2>{html.escape(ds_name)} ({ds['task']} segmentation)</h2>")
         md.append(f"\n## {ds_name} ({ds['task']} segmentation)\n")
         h.append(f'<img src="data:image/png;base64,{curves_figure(ds, metric)}">')
