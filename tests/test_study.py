@@ -250,8 +250,9 @@ def test_concurrent_runners_never_run_a_job_twice(tmp_path):
 # ----------------------------------------------------------------------------------------------- analysis
 
 
-def _rows(study: StudyConfig, scores: dict[str, callable]) -> list[dict]:
-    """Done rows whose AJI is scores[pretraining](fraction, seed); other metrics equal it."""
+def _rows(study: StudyConfig, scores: dict[str, callable], annotated: callable | None = None) -> list[dict]:
+    """Done rows whose AJI is scores[pretraining](budget, seed) (budget: the fraction or the image count);
+    other metrics equal it. `annotated(budget, seed)`, if given, is each cell's n_labelled_total."""
     rows = []
     for j in expand(study):
         if j.kind == "pretrain":
@@ -271,7 +272,8 @@ def _rows(study: StudyConfig, scores: dict[str, callable]) -> list[dict]:
                 }
             )
             continue
-        v = scores[j.pretraining](j.fraction, j.seed)
+        budget = j.fraction if j.fraction is not None else j.labelled_images
+        v = scores[j.pretraining](budget, j.seed)
         metrics = dict.fromkeys(("aji", "aji_plus", "pq", "dsb_score", "f1@0.5"), v)
         rows.append(
             {
@@ -280,12 +282,13 @@ def _rows(study: StudyConfig, scores: dict[str, callable]) -> list[dict]:
                 "dataset": j.dataset,
                 "pretraining": j.pretraining,
                 "state": j.state,
-                "fraction": j.fraction,
+                "fraction": j.fraction,  # as the store keeps it: empty in an image-count study
                 "seed": j.seed,
+                "config": j.config,
                 "status": "done",
                 "metrics": metrics,
                 "seconds": {"total": 50.0},
-                "info": {},
+                "info": {} if annotated is None else {"n_labelled_total": annotated(budget, j.seed)},
             }
         )
     return rows
@@ -347,6 +350,118 @@ def test_report_from_constructed_results(tmp_path):
     curves = paths["curves"].read_text().splitlines()
     assert curves[0].startswith("dataset,state,metric,pretraining,fraction,mean")
     assert len(curves) == 1 + 2 * 5 * 3 * 2  # states × metrics × pretrainings × fractions
+
+
+def _image_study(tmp_path: Path) -> tuple[StudyConfig, list[dict]]:
+    """A study over 4, 8, 16 and 32 labelled images with a fixed validation split of 3 images: the cells
+    annotate 7, 11, 19 and 35 images. densecl with n images scores what random init scores with n + 9."""
+    study = _study(
+        tmp_path,
+        datasets=[
+            {"name": "synth", "train": str(tmp_path / "data"), "task": "instance", "validation": "fixed"}
+        ],
+        encoder_states=["finetuned"],
+        seeds=[0, 1, 2, 3, 4],
+        label_fractions=None,
+        labelled_images=[4, 8, 16, 32],
+    )
+    luck = {0: -0.03, 1: 0.02, 2: -0.01, 3: 0.03, 4: -0.01}  # which images were labelled, shared by a seed
+    own = {0: 0.002, 1: -0.001, 2: 0.0, 3: -0.002, 4: 0.001}
+
+    def random_init(n, s):
+        return 0.2 + 0.015 * (n + 3) + luck[s]
+
+    rows = _rows(
+        study,
+        {
+            "random": random_init,
+            "simclr": lambda n, s: random_init(n, s) + own[s],  # no better
+            "densecl": lambda n, s: random_init(n + 9, s) + own[s],
+        },
+        annotated=lambda n, s: n + 3,  # training images plus the 3 fixed validation images
+    )
+    return study, rows
+
+
+def test_image_count_study_analyses_in_annotated_images(tmp_path):
+    from sslseg.study.represent import representative_cells
+
+    study, rows = _image_study(tmp_path)
+    assert all(r["fraction"] is None for r in rows)  # the store has no fraction for these cells
+    a = analyze(study, rows)["datasets"]["synth"]
+    g = a["groups"]["finetuned"]["aji"]
+    assert g["budgets"] == [4, 8, 16, 32] and g["annotated"] == [7, 11, 19, 35] and g["labels_in_images"]
+    # the integral runs over the image-count axis: random init's mean over 4..32 images, over its score at 32
+    assert g["pretrainings"]["random"]["integral_mean"] == pytest.approx(0.515 / 0.725, abs=1e-9)
+    assert a["references"]["aji"]["source"] == "random init, finetuned, 32 labelled images"
+    dense = g["pretrainings"]["densecl"]
+    assert [b["significant"] for b in dense["budget_tests"]] == [True] * 4
+    assert dense["random_needs"][0] == pytest.approx(16)  # densecl with 7 annotated = random init with 16
+    assert dense["labels_saved"][0] == pytest.approx(1 - 7 / 16)
+    sup = dense["labels_saved_supported"]  # with 4 (+3) it beats random init with 8 (+3), not with 16 (+3)
+    assert sup["beats_random_at"] == 8 and sup["random_needs_more_than"] == 11
+    assert sup["more_than"] == pytest.approx(1 - 7 / 11)  # validation images counted on both sides
+    v = a["verdict"]
+    assert v["best"] == "densecl" and v["significant"]
+    assert (
+        "random init needs more than 11 annotated images to match what densecl scores with 7 "
+        "(point estimate 16), so more than 36% of the annotation saved" in v["text"]
+    )
+    assert "data.validation: fixed" in a["accounting"]
+    cells = representative_cells(study, rows, "synth")
+    assert {c["key"] for c in cells.values()} == {
+        f"synth/{p}/finetuned/n4/s0" for p in ("random", "simclr", "densecl")
+    }
+
+
+def test_image_count_report_plots_and_names_annotated_images(tmp_path, monkeypatch):
+    from sslseg.study import report
+
+    study, rows = _image_study(tmp_path)
+    drawn = []
+    original = report.png_base64
+
+    def record(fig):
+        drawn.append([(ax.get_xlabel(), list(ax.lines[0].get_xdata())) for ax in fig.axes])
+        return original(fig)
+
+    monkeypatch.setattr(report, "png_base64", record)
+    paths = write_report(tmp_path / "report", "t", analyze(study, rows), {}, "name: t\n", "footer")
+    assert drawn == [[("annotated images (training + validation)", [7.0, 11.0, 19.0, 35.0])]]
+    md = paths["markdown"].read_text()
+    assert "random init needs more than 11 annotated images to match what densecl scores with 7" in md
+    assert "fixed validation split (data.validation: fixed)" in md
+    assert "7 images (4 + validation): paired Δ (95% CI), p" in md
+    assert "(random init needs 16)" in md
+    curves = [line.split(",") for line in paths["curves"].read_text().splitlines()]
+    head = curves[0]
+    assert head[4] == "labelled_images" and "annotated_images" in head
+    random_aji = [r for r in curves[1:] if r[2] == "aji" and r[3] == "random"]
+    assert [(r[4], r[head.index("annotated_images")]) for r in random_aji] == [
+        ("4", "7.0"),
+        ("8", "11.0"),
+        ("16", "19.0"),
+        ("32", "35.0"),
+    ]
+
+
+def test_fraction_report_names_the_annotated_images(tmp_path):
+    study = _study(tmp_path, encoder_states=["finetuned"], seeds=[0, 1, 2], label_fractions=[0.1, 0.5])
+    rows = _rows(
+        study,
+        {
+            "random": lambda f, s: 0.5 + 0.2 * f + 0.01 * s,
+            "simclr": lambda f, s: 0.55 + 0.2 * f + 0.01 * s,
+            "densecl": lambda f, s: 0.5 + 0.2 * f + 0.01 * s,
+        },
+        annotated=lambda f, s: round(70 * f),  # validation from the budget: 7 and 35 annotated images
+    )
+    analysis = analyze(study, rows)
+    g = analysis["datasets"]["synth"]["groups"]["finetuned"]["aji"]
+    assert g["annotated"] == [7, 35] and g["labels_x"] == [7, 35]
+    md = write_report(tmp_path / "report", "t", analysis, {}, "name: t\n", "footer")["markdown"].read_text()
+    assert "10% (7 images): paired Δ (95% CI), p" in md and "50% (35 images): gain / labels saved" in md
+    assert "came out of each budget (data.validation: budget)" in md
 
 
 def test_slurm_script_runs_one_runner_per_task(tmp_path):

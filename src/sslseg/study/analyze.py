@@ -1,7 +1,10 @@
 """Turn the study's stored results into answers: per dataset, encoder state and metric, the score curves over
-label fractions, the normalised label-efficiency integral with one-sided tests against random init (paired
-by seed, Holm-corrected over pretrainings), relative gains, the labels each pretraining saves, and the
-compute cost.
+the labelled budgets (label fractions or labelled image counts), the normalised label-efficiency integral
+with one-sided tests against random init (paired by seed, Holm-corrected over pretrainings), relative gains,
+the labels each pretraining saves, and the compute cost.
+
+Labels are counted as annotated images: every image a cell used with its mask, training and validation
+(`n_labelled_total` of its stored info), so "labels saved" never leaves out the validation images.
 
 Everything here is computed from the rows of the results store; nothing is re-run.
 """
@@ -39,25 +42,89 @@ def _clean(x: Any) -> Any:
     return x
 
 
+def cell_budget(study: StudyConfig, row: dict[str, Any]) -> float | None:
+    """A fine-tuning row's place on the study's budget axis: its label fraction, or its labelled image
+    count (read from its config: the store's fraction column is empty for those cells)."""
+    if study.budget_key == "label_fraction":
+        return row["fraction"]
+    value = ((row.get("config") or {}).get("data") or {}).get("labelled_images")
+    return None if value is None else int(value)
+
+
+def budget_text(key: str, value: float) -> str:
+    """A budget as words: "10% labels" or "8 labelled images"."""
+    return f"{value:.0%} labels" if key == "label_fraction" else f"{int(value)} labelled images"
+
+
+def _done_cells(rows: list[dict[str, Any]], dataset: str) -> list[dict[str, Any]]:
+    return [r for r in rows if r["kind"] == "finetune" and r["dataset"] == dataset and r["status"] == "done"]
+
+
+def annotated_counts(study: StudyConfig, rows: list[dict[str, Any]], dataset: str) -> dict[str, Any]:
+    """The study's budget axis on one dataset and, per budget, how many images were annotated: the mean over
+    seeds of the cells' `n_labelled_total` (training + validation images). None for a budget none of whose
+    finished cells recorded it; `consistent` is False when cells of one budget and seed disagree (they
+    should not: every initialisation of a seed uses the same labelled images)."""
+    budgets = study.budgets
+    seen: dict[tuple[float, int], set[int]] = {}
+    for r in _done_cells(rows, dataset):
+        b, n = cell_budget(study, r), (r.get("info") or {}).get("n_labelled_total")
+        if b in budgets and n is not None:
+            seen.setdefault((b, r["seed"]), set()).add(int(n))
+    annotated: list[float | None] = []
+    for b in budgets:
+        per_seed = [float(np.mean(sorted(seen[b, s]))) for s in study.seeds if (b, s) in seen]
+        annotated.append(float(np.mean(per_seed)) if per_seed else None)
+    ds = next(d for d in study.datasets if d.name == dataset)
+    known = all(a is not None for a in annotated)
+    return {
+        "budget_key": study.budget_key,
+        "budgets": budgets,
+        "annotated": annotated,
+        # labels saved are measured in annotated images where every budget has its count (and they rise)
+        "counted": known and bool(np.all(np.diff(np.array(annotated, dtype=float)) > 0)),
+        "consistent": all(len(v) == 1 for v in seen.values()),
+        "validation": ds.validation,
+    }
+
+
+def accounting_text(axis: dict[str, Any]) -> str:
+    """One sentence on what the "annotated images" and "labels saved" figures count."""
+    if not axis["counted"]:
+        return (
+            "These results do not record how many images each run annotated (n_labelled_total), so label "
+            "figures here are on the budget axis and leave the validation images out."
+        )
+    if axis["validation"] == "fixed":
+        text = (
+            "Annotated images count every mask a run used: its training images plus the fixed validation "
+            "split (data.validation: fixed) that chose its epoch and thresholds, and labels used and saved "
+            "are counted with those validation images."
+        )
+    else:
+        text = (
+            "Annotated images count every mask a run used, training and validation: validation images came "
+            "out of each budget (data.validation: budget), so labels used and saved include them."
+        )
+    if not axis["consistent"]:
+        text += " (Cells of one budget and seed recorded different counts: the axis shows their mean.)"
+    return text
+
+
 def score_table(
-    rows: list[dict[str, Any]],
-    dataset: str,
-    state: str,
-    metric: str,
-    fractions: list[float],
-    seeds: list[int],
+    study: StudyConfig, rows: list[dict[str, Any]], dataset: str, state: str, metric: str
 ) -> dict[str, np.ndarray]:
-    """pretraining → seeds × fractions matrix of test scores (NaN where a cell is missing or failed)."""
-    col = {f: i for i, f in enumerate(fractions)}
+    """pretraining → seeds × budgets matrix of test scores (NaN where a cell is missing or failed)."""
+    budgets, seeds = study.budgets, study.seeds
+    col = {b: i for i, b in enumerate(budgets)}
     srow = {s: i for i, s in enumerate(seeds)}
     out: dict[str, np.ndarray] = {}
-    for r in rows:
-        if r["kind"] != "finetune" or r["dataset"] != dataset or r["state"] != state or r["status"] != "done":
+    for r in _done_cells(rows, dataset):
+        b = cell_budget(study, r)
+        if r["state"] != state or b not in col or r["seed"] not in srow:
             continue
-        if r["fraction"] not in col or r["seed"] not in srow:
-            continue
-        table = out.setdefault(r["pretraining"], np.full((len(seeds), len(fractions)), np.nan))
-        table[srow[r["seed"]], col[r["fraction"]]] = (r["metrics"] or {}).get(metric, np.nan)
+        table = out.setdefault(r["pretraining"], np.full((len(seeds), len(budgets)), np.nan))
+        table[srow[r["seed"]], col[b]] = (r["metrics"] or {}).get(metric, np.nan)
     return out
 
 
@@ -90,41 +157,57 @@ def reference_score(
     study: StudyConfig, rows: list[dict[str, Any]], dataset: str, metric: str
 ) -> tuple[float, str]:
     """The full-label benchmark the integral is divided by: given in the study file, else random init's
-    mean at the largest label fraction (fine-tuned if studied). Returns the score and where it came from."""
+    mean at the largest budget (fine-tuned if studied). Returns the score and where it came from."""
     ds = next(d for d in study.datasets if d.name == dataset)
     if metric in ds.reference_scores:
         return ds.reference_scores[metric], "given in the study file"
-    fractions = sorted(study.label_fractions)
     state = "finetuned" if "finetuned" in study.encoder_states else study.encoder_states[0]
-    table = score_table(rows, dataset, state, metric, fractions, study.seeds).get(BASELINE)
+    table = score_table(study, rows, dataset, state, metric).get(BASELINE)
     value = (
         float(np.nanmean(table[:, -1])) if table is not None and np.isfinite(table[:, -1]).any() else np.nan
     )
-    return value, f"random init, {state}, {fractions[-1]:.0%} labels"
+    return value, f"random init, {state}, {budget_text(study.budget_key, study.budgets[-1])}"
 
 
 def analyze_group(
-    study: StudyConfig, rows: list[dict[str, Any]], dataset: str, state: str, metric: str, reference: float
+    study: StudyConfig,
+    rows: list[dict[str, Any]],
+    dataset: str,
+    state: str,
+    metric: str,
+    reference: float,
+    axis: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Curves, integrals, tests, gains, labels saved and cost for one (dataset, state, metric)."""
-    fractions = sorted(study.label_fractions)
-    tables = score_table(rows, dataset, state, metric, fractions, study.seeds)
+    """Curves, integrals, tests, gains, labels saved and cost for one (dataset, state, metric).
+
+    The integral runs over the budget axis (fractions or image counts, normalised by its range); labels
+    saved are measured in annotated images (`axis`, from `annotated_counts`) where every budget has its
+    count, else on the budget axis."""
+    axis = axis or annotated_counts(study, rows, dataset)
+    budgets = study.budgets
+    # where random init reaches a score, and the share saved: in annotated images when they are known
+    labels_x = axis["annotated"] if axis["counted"] else budgets
+    tables = score_table(study, rows, dataset, state, metric)
     conf = study.analysis.confidence
     base = tables.get(BASELINE)
-    base_mean = np.nanmean(base, axis=0) if base is not None else np.full(len(fractions), np.nan)
+    base_mean = np.nanmean(base, axis=0) if base is not None else np.full(len(budgets), np.nan)
     out: dict[str, Any] = {
-        "fractions": fractions,
+        "budget_key": axis["budget_key"],
+        "budgets": budgets,
+        "annotated": axis["annotated"],
+        "labels_x": labels_x,
+        "labels_in_images": axis["counted"],
         "seeds": list(study.seeds),
         "reference": reference,
         "pretrainings": {},
     }
     for name in [p.name for p in study.pretrainings if p.name in tables]:
         t = tables[name]
-        curve = [stats.mean_ci(t[:, j], conf) for j in range(len(fractions))]
-        # one integral per seed, NaN where a seed misses a fraction: kept in seed order for the paired tests
+        curve = [stats.mean_ci(t[:, j], conf) for j in range(len(budgets))]
+        # one integral per seed, NaN where a seed misses a budget: kept in seed order for the paired tests
         integrals = np.array(
             [
-                stats.normalized_integral(fractions, t[i], reference) if np.isfinite(t[i]).all() else np.nan
+                stats.normalized_integral(budgets, t[i], reference) if np.isfinite(t[i]).all() else np.nan
                 for i in range(len(study.seeds))
             ]
             if np.isfinite(reference) and reference > 0
@@ -136,8 +219,8 @@ def analyze_group(
             "mean": mean,
             "ci_low": [c[1] for c in curve],
             "ci_high": [c[2] for c in curve],
-            "n_seeds": [int(np.isfinite(t[:, j]).sum()) for j in range(len(fractions))],
-            "scores_per_seed": t,  # seeds × fractions, for the paired tests
+            "n_seeds": [int(np.isfinite(t[:, j]).sum()) for j in range(len(budgets))],
+            "scores_per_seed": t,  # seeds × budgets, for the paired tests
             "integral_per_seed": integrals,
             "integral_n_seeds": len(done),
             "integral_mean": float(done.mean()) if len(done) else np.nan,
@@ -145,9 +228,13 @@ def analyze_group(
             if len(done) >= MIN_BOOTSTRAP
             else (np.nan, np.nan),
             "relative_gain": stats.relative_gain(mean, base_mean),
-            "labels_saved": stats.labels_saved(fractions, base_mean, mean)
+            "labels_saved": stats.labels_saved(labels_x, base_mean, mean)
             if np.isfinite(base_mean).all()
-            else np.full(len(fractions), np.nan),
+            else np.full(len(budgets), np.nan),
+            # the labels (on labels_x) random init needs for this score: inf beyond the studied range
+            "random_needs": [stats.equivalent_fraction(labels_x, base_mean, float(m)) for m in mean]
+            if np.isfinite(base_mean).all()
+            else np.full(len(budgets), np.nan),
         }
         ft = _finetune_seconds(rows, dataset, state, name)
         base_ft = _finetune_seconds(rows, dataset, state, BASELINE)
@@ -191,13 +278,14 @@ def _add_tests(group: dict[str, Any], alpha: float, confidence: float) -> None:
     - on the label-efficiency integral: paired t and Wilcoxon over seeds (the main test), the bootstrap CI
       of the paired difference, and the unpaired Welch and permutation tests as a check;
     - at every label budget: the same paired tests on the scores;
-    - for the labels saved at the smallest budget f₀: the pretraining at f₀ against random init at each
-      budget f_k in increasing order, stopping at the first that is not significant (a fixed sequence, so
-      no further correction): beating random init trained on f_k labels shows that more than 1 − f₀/f_k of
-      the annotation is saved.
+    - for the labels saved at the smallest budget b₀: the pretraining at b₀ against random init at each
+      budget b_k in increasing order, stopping at the first that is not significant (a fixed sequence, so
+      no further correction): beating random init trained on b_k shows that random init needs more than
+      b_k's annotated images, so more than 1 − n₀/n_k of the annotation is saved (n: annotated images,
+      validation included, where known; else the budgets themselves).
     """
     entries = group["pretrainings"]
-    fractions = group["fractions"]
+    budgets, labels_x = group["budgets"], group["labels_x"]
     names = [n for n in entries if n != BASELINE]
     if BASELINE not in entries:
         for n in names:
@@ -221,7 +309,7 @@ def _add_tests(group: dict[str, Any], alpha: float, confidence: float) -> None:
 
     per_budget = [
         [paired_comparison(entries[n]["scores_per_seed"][:, j], b_scores[:, j], confidence) for n in names]
-        for j in range(len(fractions))
+        for j in range(len(budgets))
     ]
     for tests in per_budget:
         for key in ("paired_t_p", "wilcoxon_p"):
@@ -230,7 +318,7 @@ def _add_tests(group: dict[str, Any], alpha: float, confidence: float) -> None:
     # pretraining at the smallest budget against random init at each budget (k = 0 is the same budget)
     against = [
         [paired_comparison(entries[n]["scores_per_seed"][:, 0], b_scores[:, k], confidence) for n in names]
-        for k in range(len(fractions))
+        for k in range(len(budgets))
     ]
     for tests in against:
         _holm_over(tests, "paired_t_p")
@@ -240,25 +328,27 @@ def _add_tests(group: dict[str, Any], alpha: float, confidence: float) -> None:
         t["significant"] = bool(np.isfinite(t["paired_t_p_holm"]) and t["paired_t_p_holm"] < alpha)
         entries[n]["test"] = t
         budget = []
-        for j in range(len(fractions)):
+        for j in range(len(budgets)):
             b = per_budget[j][i]
             b["significant"] = bool(np.isfinite(b["paired_t_p_holm"]) and b["paired_t_p_holm"] < alpha)
             budget.append(b)
         entries[n]["budget_tests"] = budget
         reached = None  # the largest budget of random init this pretraining beats at f₀, in sequence
-        for k in range(len(fractions)):
+        for k in range(len(budgets)):
             p = against[k][i]["paired_t_p_holm"]
             if not (np.isfinite(p) and p < alpha):
                 break
             reached = k
         entries[n]["labels_saved_supported"] = {
-            "beats_random_at": None if reached is None else fractions[reached],
+            "beats_random_at": None if reached is None else budgets[reached],
+            # random init needs more than this (annotated images, or the budget where those are unknown)
+            "random_needs_more_than": None if reached is None else labels_x[reached],
             "p_holm": None if reached is None else against[reached][i]["paired_t_p_holm"],
             "next_p_holm": against[reached + 1 if reached is not None else 0][i]["paired_t_p_holm"]
-            if (reached is None or reached + 1 < len(fractions))
+            if (reached is None or reached + 1 < len(budgets))
             else None,
             # more than this share of the annotation is saved (0: better at the same budget, size unknown)
-            "more_than": None if reached is None else 1.0 - fractions[0] / fractions[reached],
+            "more_than": None if reached is None else 1.0 - labels_x[0] / labels_x[reached],
         }
     for e in entries.values():
         e.pop("scores_per_seed", None)
@@ -274,6 +364,21 @@ def format_p(p: float) -> str:
 def _eq(p: float) -> str:
     text = format_p(p)
     return text if text.startswith("<") else f"= {text}"
+
+
+def count_text(x: float) -> str:
+    """An image count for text: whole numbers plainly, a mean over seeds with one decimal."""
+    return f"{x:.0f}" if abs(x - round(x)) < 1e-9 else f"{x:.1f}"
+
+
+def budget_phrase(group: dict[str, Any], j: int) -> str:
+    """Budget j of an analysed group in words, as annotated images where known: "10% of the labels
+    (7 annotated images)", "8 annotated images" (training + validation), else "8 labelled images"."""
+    b = group["budgets"][j]
+    n = group["annotated"][j] if group["labels_in_images"] else None
+    if group["budget_key"] == "label_fraction":
+        return f"{b:.0%} of the labels" + (f" ({count_text(n)} annotated images)" if n is not None else "")
+    return f"{count_text(n)} annotated images" if n is not None else f"{int(b)} labelled images"
 
 
 PAIRED_MEANING = (
@@ -312,7 +417,7 @@ def verdict(
         f"paired difference {test['difference_mean']:+.3f}{ci}; paired t-test p {_eq(test['paired_t_p_holm'])}, "
         f"Wilcoxon p {_eq(test['wilcoxon_p_holm'])} after Holm correction; {seeds}"
         if n >= 2
-        else f"only {seeds} with every fraction finished: a paired test needs at least 2"
+        else f"only {seeds} with every budget finished: a paired test needs at least 2"
     )
     if test["significant"]:
         head = (
@@ -331,34 +436,50 @@ def verdict(
             f" (The Wilcoxon test cannot reach p < {study.analysis.alpha:g} here: with {seeds} its smallest p "
             f"is 1/2^{n}, before correction for {m} pretraining{'s' if m > 1 else ''}.)"
         )
-    fractions = group["fractions"]
-    f0 = fractions[0]  # the fewest labels: where pretraining matters most
+    budgets, labels_x = group["budgets"], group["labels_x"]
+    at0 = budget_phrase(group, 0)  # the fewest labels: where pretraining matters most
     sup = best["labels_saved_supported"]
     claim = sup["more_than"]
     if claim is not None and claim > 0:
-        estimate = float(best["labels_saved"][0]) if best["labels_saved"][0] is not None else math.nan
-        point = f"; point estimate {estimate:.0%}" if np.isfinite(estimate) and estimate > claim else ""
-        saved_text = (
-            f" With {f0:.0%} of the labels it beats random init trained on {sup['beats_random_at']:.0%} "
-            f"(paired t-test, Holm p {_eq(sup['p_holm'])}): more than {claim:.0%} of the annotation "
-            f"saved{point}."
-        )
+        k = budgets.index(sup["beats_random_at"])
+        tested = f"(paired t-test, Holm p {_eq(sup['p_holm'])})"
+        if group["labels_in_images"]:
+            needs = float(best["random_needs"][0])
+            point = (
+                f" (point estimate {needs:.0f})"
+                if math.isfinite(needs) and needs > labels_x[k]
+                else f" (random init does not reach that score within the {count_text(labels_x[-1])} studied)"
+                if math.isinf(needs)
+                else ""
+            )
+            saved_text = (
+                f" With {at0} it beats random init trained on {budget_phrase(group, k)} {tested}: random init "
+                f"needs more than {count_text(labels_x[k])} annotated images to match what {best_name} scores with "
+                f"{count_text(labels_x[0])}{point}, so more than {claim:.0%} of the annotation saved."
+            )
+        else:
+            estimate = float(best["labels_saved"][0]) if best["labels_saved"][0] is not None else math.nan
+            point = f"; point estimate {estimate:.0%}" if np.isfinite(estimate) and estimate > claim else ""
+            saved_text = (
+                f" With {at0} it beats random init trained on {budget_phrase(group, k)} {tested}: more than "
+                f"{claim:.0%} of the annotation saved{point}."
+            )
     elif claim is not None:
         nxt = (
-            f", but not random init trained on {fractions[1]:.0%} (Holm p {_eq(sup['next_p_holm'])}), so "
-            "these seeds cannot tell how much annotation it saves"
-            if len(fractions) > 1
+            f", but not random init trained on {budget_phrase(group, 1)} (Holm p {_eq(sup['next_p_holm'])}), "
+            "so these seeds cannot tell how much annotation it saves"
+            if len(budgets) > 1
             else ""
         )
         saved_text = (
-            f" With {f0:.0%} of the labels it beats random init trained on the same images "
+            f" With {at0} it beats random init trained on the same images "
             f"(paired t-test, Holm p {_eq(sup['p_holm'])}){nxt}."
         )
     else:
         b = best["budget_tests"][0]
         p = b["paired_t_p_holm"]
         saved_text = (
-            f" At {f0:.0%} labels its paired difference to random init is {b['difference_mean']:+.3f} "
+            f" At {at0} its paired difference to random init is {b['difference_mean']:+.3f} "
             f"(Holm p {_eq(p)}): these seeds do not show that it needs fewer labels."
             if np.isfinite(b["difference_mean"]) and np.isfinite(p)
             else ""
@@ -381,16 +502,21 @@ def analyze(study: StudyConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
         primary = primary_metric(ds.task)
         groups: dict[str, dict[str, Any]] = {}
         references: dict[str, Any] = {}
+        axis = annotated_counts(study, rows, ds.name)
         for metric in metrics:
             ref, source = reference_score(study, rows, ds.name, metric)
             references[metric] = {"score": ref, "source": source}
             for state in study.encoder_states:
-                groups.setdefault(state, {})[metric] = analyze_group(study, rows, ds.name, state, metric, ref)
+                groups.setdefault(state, {})[metric] = analyze_group(
+                    study, rows, ds.name, state, metric, ref, axis
+                )
         main_state = "finetuned" if "finetuned" in study.encoder_states else study.encoder_states[0]
         result["datasets"][ds.name] = {
             "task": ds.task,
             "primary_metric": primary,
             "main_state": main_state,
+            "budget_axis": axis,
+            "accounting": accounting_text(axis),
             "references": references,
             "groups": groups,
             "verdict": verdict(study, ds.name, groups[main_state][primary], primary, main_state),

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sslseg.atomic import write_json, write_text  # noqa: E402
-from sslseg.study.analyze import PAIRED_MEANING, format_p  # noqa: E402
+from sslseg.study.analyze import PAIRED_MEANING, count_text, format_p  # noqa: E402
 from sslseg.study.spec import BASELINE  # noqa: E402
 
 
@@ -43,15 +43,45 @@ def _colours(names: list[str]) -> dict[str, Any]:
     return {n: ("black" if n == BASELINE else cmap(i % 10)) for i, n in enumerate(names)}
 
 
+def curve_axis(group: dict[str, Any]) -> tuple[list[float], list[str], str]:
+    """The curves' x values, tick labels and axis title for one analysed group.
+
+    An image-count study plots the annotated images of each budget, validation included (mean over seeds of
+    the cells' n_labelled_total); a fraction study keeps the fraction and names the images under it."""
+    budgets, annotated = group["budgets"], group["annotated"]
+    known = all(n is not None for n in annotated)
+    if group["budget_key"] == "labelled_images":
+        if known:
+            return annotated, [count_text(n) for n in annotated], "annotated images (training + validation)"
+        return budgets, [str(int(b)) for b in budgets], "labelled images (validation count not recorded)"
+    ticks = [
+        f"{f:.0%}" + (f"\n{count_text(n)} img" if n is not None else "")
+        for f, n in zip(budgets, annotated, strict=True)
+    ]
+    return budgets, ticks, "labelled fraction of the training images"
+
+
+def budget_label(group: dict[str, Any], j: int) -> str:
+    """Budget j for a table header, with the annotated images (training + validation) where recorded:
+    "10% (7 images)", "8 images", "74 images (8 + validation)"."""
+    b, n = group["budgets"][j], group["annotated"][j]
+    if group["budget_key"] == "label_fraction":
+        return f"{b:.0%}" + (f" ({count_text(n)} images)" if n is not None else "")
+    if n is None:
+        return f"{int(b)} labelled"
+    return f"{count_text(n)} images" if n == b else f"{count_text(n)} images ({int(b)} + validation)"
+
+
 def curves_figure(ds: dict[str, Any], metric: str) -> str:
-    """Score vs label fraction, mean and confidence band over seeds, one panel per encoder state."""
+    """Score vs labelled budget, mean and confidence band over seeds, one panel per encoder state."""
     states = list(ds["groups"])
     fig, axes = plt.subplots(1, len(states), figsize=(5.2 * len(states), 3.8), squeeze=False)
     for ax, state in zip(axes[0], states, strict=True):
         g = ds["groups"][state][metric]
         colours = _colours(list(g["pretrainings"]))
+        xs, ticks, title = curve_axis(g)
+        x = np.array(xs, dtype=float)
         for name, e in g["pretrainings"].items():
-            x = np.array(g["fractions"])
             mean = np.array([np.nan if v is None else v for v in e["mean"]], dtype=float)
             lo = np.array([np.nan if v is None else v for v in e["ci_low"]], dtype=float)
             hi = np.array([np.nan if v is None else v for v in e["ci_high"]], dtype=float)
@@ -60,9 +90,9 @@ def curves_figure(ds: dict[str, Any], metric: str) -> str:
             # scores live in [0, 1]: a band from two seeds can reach far past that
             ax.fill_between(x, np.clip(lo, 0, 1), np.clip(hi, 0, 1), color=colours[name], alpha=0.12)
         ax.set_xscale("log")
-        ax.set_xticks(g["fractions"], [f"{f:.0%}" for f in g["fractions"]])
+        ax.set_xticks(x, ticks)
         ax.minorticks_off()
-        ax.set_xlabel("labelled fraction of the training images")
+        ax.set_xlabel(title)
         ax.set_ylabel(f"test {metric}")
         ax.set_title(f"{state} encoder")
         ax.grid(alpha=0.3)
@@ -164,7 +194,9 @@ def significance_rows(group: dict[str, Any]) -> tuple[list[str], list[list[str]]
 
 def budget_rows(group: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Per label budget, each pretraining's paired difference with random init and its Holm p-value."""
-    header = ["pretraining"] + [f"{f:.0%}: paired Δ (95% CI), p" for f in group["fractions"]]
+    header = ["pretraining"] + [
+        f"{budget_label(group, j)}: paired Δ (95% CI), p" for j in range(len(group["budgets"]))
+    ]
     rows = []
     for name, e in group["pretrainings"].items():
         if name == BASELINE or not e.get("budget_tests"):
@@ -178,15 +210,23 @@ def budget_rows(group: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def gain_rows(group: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["pretraining"] + [f"{f:.0%}: gain / labels saved" for f in group["fractions"]]
+    """Per budget, each pretraining's relative gain and share of labels saved; where labels are counted in
+    annotated images, also the images random init needs for the same score."""
+    header = ["pretraining"] + [
+        f"{budget_label(group, j)}: gain / labels saved" for j in range(len(group["budgets"]))
+    ]
     rows = []
     for name, e in group["pretrainings"].items():
         if name == BASELINE:
             continue
-        cells = [
-            f"{_fmt(g, '+.1%')} / {_fmt(s, '.0%') if s is not None else '> range'}"
-            for g, s in zip(e["relative_gain"], e["labels_saved"], strict=True)
-        ]
+        cells = []
+        for g, s, n in zip(e["relative_gain"], e["labels_saved"], e["random_needs"], strict=True):
+            cell = f"{_fmt(g, '+.1%')} / {_fmt(s, '.0%') if s is not None else '> range'}"
+            if group["labels_in_images"]:
+                cell += (
+                    f" (random init needs {count_text(n)})" if n is not None else " (random init: > range)"
+                )
+            cells.append(cell)
         rows.append([name, *cells])
     return header, rows
 
@@ -207,19 +247,26 @@ def write_csv_tables(analysis: dict[str, Any], out: Path) -> list[Path]:
     for ds_name, ds in analysis["datasets"].items():
         for state, by_metric in ds["groups"].items():
             for metric, g in by_metric.items():
+                # the budget column: "fraction" or "labelled_images", as the study's axis
+                column = "fraction" if g["budget_key"] == "label_fraction" else "labelled_images"
                 for name, e in g["pretrainings"].items():
                     key = {"dataset": ds_name, "state": state, "metric": metric, "pretraining": name}
-                    budget = e.get("budget_tests") or [{}] * len(g["fractions"])
-                    for j, f in enumerate(g["fractions"]):
+                    budget = e.get("budget_tests") or [{}] * len(g["budgets"])
+                    for j, b in enumerate(g["budgets"]):
+                        at = {column: b}
                         curves.append(
                             key
-                            | {"fraction": f, "mean": e["mean"][j], "ci_low": e["ci_low"][j]}
+                            | at
+                            | {"mean": e["mean"][j], "ci_low": e["ci_low"][j]}
                             | {"ci_high": e["ci_high"][j], "n_seeds": e["n_seeds"][j]}
+                            | {"annotated_images": g["annotated"][j]}
                         )
                         gains.append(
                             key
-                            | {"fraction": f, "relative_gain": e["relative_gain"][j]}
-                            | {"labels_saved": e["labels_saved"][j]}
+                            | at
+                            | {"annotated_images": g["annotated"][j], "relative_gain": e["relative_gain"][j]}
+                            | {"labels_saved": e["labels_saved"][j], "random_needs": e["random_needs"][j]}
+                            | {"labels_counted_in": "annotated images" if g["labels_in_images"] else column}
                             | {k: budget[j].get(k) for k in PAIRED_COLUMNS}
                         )
                     t = e.get("test", {})
@@ -359,15 +406,22 @@ def write_report(
         md.append(f"- {ds['verdict']['text']}")
     h.append(f"<p class='note'>{html.escape(PAIRED_MEANING)}</p>")
     md.append(f"\n{PAIRED_MEANING}\n")
+    for ds_name, ds in analysis["datasets"].items():  # what "labels used / saved" count
+        text = f"{ds_name}: {ds['accounting']}"
+        h.append(f"<p class='note'>{html.escape(text)}</p>")
+        md.append(f"{text}\n")
     for ds_name, ds in analysis["datasets"].items():
         metric, state = ds["primary_metric"], ds["main_state"]
         ref = ds["references"][metric]
+        axis_name = (
+            "label fractions" if ds["budget_axis"]["budget_key"] == "label_fraction" else "image counts"
+        )
         h.append(f"<h2>{html.escape(ds_name)} ({ds['task']} segmentation)</h2>")
         md.append(f"\n## {ds_name} ({ds['task']} segmentation)\n")
         h.append(f'<img src="data:image/png;base64,{curves_figure(ds, metric)}">')
         note = (
-            f"Label-efficiency integral: area under the {metric} curve over the studied fractions, divided by "
-            f"their range and by the reference score {_fmt(ref['score'])} ({ref['source']}). Tests are one-sided "
+            f"Label-efficiency integral: area under the {metric} curve over the studied {axis_name}, divided "
+            f"by their range and by the reference score {_fmt(ref['score'])} ({ref['source']}). Tests are one-sided "
             "(pretraining better than random init) and Holm-corrected across pretrainings; the paired t-test "
             "over seeds decides significance, the Wilcoxon signed-rank test checks it without assuming normal "
             "differences, and the unpaired Welch test shows what ignoring the pairing would give."
@@ -381,11 +435,11 @@ def write_report(
             gh, gr = gain_rows(g)
             if gr:
                 h.append(
-                    "<p>Relative gain over random init and the share of labels saved, per fraction (point "
+                    "<p>Relative gain over random init and the share of labels saved, per budget (point "
                     "estimates from the mean curves; the paired tests below say what the seeds support):</p>"
                 )
                 h.append(_table_html(gh, gr))
-                md.append("\nRelative gain / labels saved per fraction:\n\n" + _table_md(gh, gr))
+                md.append("\nRelative gain / labels saved per budget:\n\n" + _table_md(gh, gr))
             bh, br = budget_rows(g)
             if br:
                 text = (

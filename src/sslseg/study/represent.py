@@ -3,8 +3,8 @@ encoders of every pretraining and between each pretrained encoder and its fine-t
 retrieval of image-level classes never trained on (Ω), a 2-D map of the embeddings, how far fine-tuning moved
 encoder and decoder weights, test-time-augmentation uncertainty against the error, and example predictions.
 
-Each pretraining is represented by one cell: the main encoder state, the smallest label fraction, the first
-seed — where pretraining matters most.
+Each pretraining is represented by one cell: the main encoder state, the smallest labelled budget (fraction
+or image count), the first seed — where pretraining matters most.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from sslseg.metrics.representation import (
     pca_2d,
 )
 from sslseg.metrics.uncertainty import uncertainty_error_correlation
+from sslseg.study.analyze import budget_text, cell_budget
 from sslseg.study.spec import BASELINE, StudyConfig, StudyDataset, split_path
 
 SEED = 0  # the untrained "random" encoder shown beside the pretrained ones
@@ -62,15 +63,16 @@ def heldout_samples(
 
 
 def representative_cells(study: StudyConfig, rows: list[dict[str, Any]], dataset: str) -> dict[str, dict]:
-    """pretraining → its done cell at the main state, smallest fraction, first seed (if finished)."""
+    """pretraining → its done cell at the main state, smallest budget, first seed (if finished)."""
     state = "finetuned" if "finetuned" in study.encoder_states else study.encoder_states[0]
-    fraction, seed = min(study.label_fractions), study.seeds[0]
+    budget, seed = study.budgets[0], study.seeds[0]
     out = {}
     for r in rows:
         if (
             r["kind"] == "finetune"
             and r["status"] == "done"
-            and (r["dataset"], r["state"], r["fraction"], r["seed"]) == (dataset, state, fraction, seed)
+            and (r["dataset"], r["state"], r["seed"]) == (dataset, state, seed)
+            and cell_budget(study, r) == budget
         ):
             out[r["pretraining"]] = r
     return {p.name: out[p.name] for p in study.pretrainings if p.name in out}
@@ -156,7 +158,7 @@ def analyse_dataset(
         "labels": names,
         "matrix": [[linear_cka(deepest[a], deepest[b]) for b in names] for a in names],
         "what": f"Linear CKA of the deepest encoder stage between the fine-tuned encoders "
-        f"({min(study.label_fractions):.0%} labels, seed {study.seeds[0]}) on {len(images)} held-out images: "
+        f"({budget_text(study.budget_key, study.budgets[0])}, seed {study.seeds[0]}) on {len(images)} held-out images: "
         "1 means the same representation up to rotation and scale.",
     }
     pretrained = {n: _pretrained_encoder(study, c, channels) for n, c in cells.items()}
