@@ -53,7 +53,7 @@ def heldout_samples(
 ) -> list[LoadedSample]:
     """The dataset's validation and test images (never trained on), at most `analysis.max_images`, read
     as the runs read them: with `data`'s working scale, normalisation and intensity handling."""
-    samples = find_samples(ds.train, layout=ds.layout, mask_suffix=ds.mask_suffix)
+    samples = find_samples(ds.train, layout=ds.layout, mask_suffix=ds.mask_suffix, allow_unlabeled=True)
     split = load_split(split_path(study, ds), [s.id for s in samples])
     by_id = {s.id: s for s in samples}
     chosen = [by_id[i] for i in split["test"] + split["val"]]
