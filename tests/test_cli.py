@@ -31,7 +31,7 @@ def test_misspelt_setting_suggests_the_key(tmp_path):
 def test_verify_lists_problems_with_files_and_exits_1(tmp_path):
     write_image(tmp_path / "images" / "a.tif", np.zeros((8, 8), np.uint8))
     write_label(tmp_path / "labels" / "a.tif", np.zeros((9, 8), np.int32))  # wrong size
-    write_image(tmp_path / "images" / "b.tif", np.zeros((8, 8), np.uint8))  # no mask
+    write_image(tmp_path / "images" / "b.tif", np.zeros((8, 8), np.uint8))  # no mask: unlabeled, no error
     r = sslseg("data", "verify", str(tmp_path))
     assert r.returncode == 1
     # one line per problem, naming its file, then the summary
@@ -39,10 +39,11 @@ def test_verify_lists_problems_with_files_and_exits_1(tmp_path):
     assert any(line.startswith("ERROR") and "a.tif" in line and "image size" in line for line in lines), (
         r.stdout
     )
-    assert any(line.startswith("ERROR") and "b.tif" in line and "no label" in line for line in lines), (
+    assert not any(line.startswith("ERROR") and "b.tif" in line for line in lines), r.stdout
+    assert any(line.startswith("IMAGES") and "1 unlabeled" in line and "b.tif" in line for line in lines), (
         r.stdout
     )
-    assert lines[-1].startswith("NOT OK") and "2 errors" in lines[-1], r.stdout
+    assert lines[-1].startswith("NOT OK") and "1 errors" in lines[-1], r.stdout
 
 
 def test_synth_then_verify_is_clean(tmp_path):
