@@ -62,6 +62,20 @@ def main() -> None:
             **{k: c[k] for k in ("matched", "merged", "missed", "misshapen", "false_positives")},
             lost_share={k: round(c[k] / max(true, 1), 3) for k in ("merged", "missed", "misshapen")},
         )
+    t = np.concatenate(traits, axis=1)
+    for k, name in enumerate(OUTCOMES):
+        sel = t[:, t[0] == k]
+        if sel.shape[1] == 0:
+            continue
+        emit(
+            benchmark=f"dsb2018_errors/traits/{name}",
+            nuclei=sel.shape[1],
+            median_relative_area=round(float(np.median(sel[1])), 3),
+            median_relative_contrast=round(float(np.nanmedian(sel[2])), 3),
+            median_foreground_probability=round(float(np.median(sel[3])), 3),
+            share_small=round(float(np.mean(sel[1] < 0.5)), 3),
+            share_dim=round(float(np.mean(sel[2] < 0.5)), 3),
+        )
     head = module.cfg.model.instance_head
     emit(
         benchmark="dsb2018_errors",
