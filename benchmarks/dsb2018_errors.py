@@ -25,7 +25,7 @@ from sslseg.data.layouts import find_samples
 from sslseg.data.normalize import effective_channels
 from sslseg.data.scale import typical_area
 from sslseg.evaluate import load_model
-from sslseg.metrics import missed_objects, object_outcomes
+from sslseg.metrics import OUTCOMES, missed_objects, object_outcomes
 from sslseg.segmentation.inference import probabilities_to_labels
 
 
