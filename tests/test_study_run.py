@@ -137,7 +137,8 @@ def test_killed_study_resumes_and_two_runners_share_the_rest(tmp_path):
     dry = _sslseg("study", "run", "s.yaml", "--dry-run", cwd=tmp_path)
     out, err = dry.communicate(timeout=200)
     assert dry.returncode == 0, err[-2000:]
-    assert out.count(" done ") == 5 and "about 0 min of work left" in out
+    job_status = [line.split()[1] for line in out.splitlines() if line.startswith("synth/")]
+    assert job_status == ["done"] * 5 and "about 0 min of work left" in out, out
     status = _sslseg("study", "status", "study", cwd=tmp_path)
     out, _ = status.communicate(timeout=100)
     assert out.startswith("5 done")
