@@ -100,6 +100,7 @@ class SegmentationModule(L.LightningModule):
         # of the module's state (a list hides it from state_dict) so checkpoints hold the student alone
         self.unlabeled_loader: DataLoader | None = None
         self._unlabeled: Iterator[torch.Tensor] | None = None
+        self._rampup_steps: float | None = None  # steps over which the unlabeled weight rises, set once
         self._teacher: list[torch.nn.Module] = []
 
     def train(self, mode: bool = True) -> SegmentationModule:
@@ -155,11 +156,12 @@ class SegmentationModule(L.LightningModule):
 
     def _next_unlabeled(self) -> torch.Tensor:
         assert self.unlabeled_loader is not None
-        try:
-            return next(self._unlabeled)  # type: ignore[arg-type]
-        except (StopIteration, TypeError):  # exhausted, or not started yet
-            self._unlabeled = iter(self.unlabeled_loader)
-            return next(self._unlabeled)
+        if self._unlabeled is not None:
+            batch = next(self._unlabeled, None)
+            if batch is not None:
+                return batch
+        self._unlabeled = iter(self.unlabeled_loader)  # not started yet, or exhausted
+        return next(self._unlabeled)
 
     def teacher(self) -> torch.nn.Module:
         """The mean teacher: an EMA of the student's weights, started from the student (also on resume)."""
@@ -182,8 +184,9 @@ class SegmentationModule(L.LightningModule):
         else:
             binary = instance_target_layout(self.cfg.model.instance_head).binary
             loss, used = map_consistency(student, teacher_probs, binary, semi.confidence)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        ramp = min(1.0, self.global_step / max(semi.rampup * total, 1.0))
+        if self._rampup_steps is None:  # the trainer's step estimate is not free: read it once
+            self._rampup_steps = max(semi.rampup * int(self.trainer.estimated_stepping_batches), 1.0)
+        ramp = min(1.0, self.global_step / self._rampup_steps)
         self.log("train/unlabeled_loss", loss, batch_size=batch_size)
         self.log("train/confident_share", used, batch_size=batch_size)
         return semi.weight * ramp * loss
