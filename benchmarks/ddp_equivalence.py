@@ -126,7 +126,7 @@ def check(name: str, world: int, batch: int, size: int, tmp: Path) -> dict:
     _same_draws_for_every_image()
     method = _method(name, batch, size)
     torch.manual_seed(1)
-    views = method.views(torch.rand(batch, 1, 2 * size, 2 * size), method.n_views)
+    views = method.view_maker(torch.rand(batch, 1, 2 * size, 2 * size), method.n_views)
     setup = tmp / f"{name}.pt"
     torch.save(
         {"method": name, "batch": batch, "size": size, "state": method.state_dict(), "views": views}, setup

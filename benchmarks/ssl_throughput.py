@@ -83,7 +83,7 @@ def measure(method: str, steps: int, warmup: int, batch: int, size: int, compile
     if compile:
         m.encoder.compile()
     base = torch.stack([RandomBaseCrops(images, 2 * size, batch)[i] for i in range(batch)]).float().to(device)
-    views = m.views(base, m.n_views)
+    views = m.view_maker(base, m.n_views)
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     times = []
     for i in range(warmup + steps):

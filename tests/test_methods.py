@@ -36,7 +36,7 @@ def test_loss_is_finite_decreases_and_reaches_the_encoder(name):
     method = make(name)
     method.train()
     base = torch.rand(8, 1, 2 * VIEW, 2 * VIEW)
-    views = method.views(base, method.n_views)
+    views = method.view_maker(base, method.n_views)
     opt = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=1e-3)
     losses = []
     for step in range(6):

@@ -92,7 +92,7 @@ def test_zero_weights_remove_their_terms(name, weights, kept):
     assert not missing  # the partial model is the full one minus the removed heads and queues
     removed = {k.split(".")[1].split("_")[0] for k in unexpected}  # e.g. heads.stride4_global.0.weight
     assert {k.split(".")[0] for k in unexpected} == {"heads", "key_heads", "queues"}
-    views = full.views(torch.rand(8, 1, 2 * VIEW, 2 * VIEW), 2)
+    views = full.view_maker(torch.rand(8, 1, 2 * VIEW, 2 * VIEW), 2)
     torch.manual_seed(1)  # the same jigsaw shuffles for both models
     full_loss, _ = full.ssl_loss(views)
     torch.manual_seed(1)
@@ -119,7 +119,7 @@ def test_zero_weights_remove_their_terms(name, weights, kept):
 def test_each_term_trains_its_own_level(name, weights, reached, untouched):
     torch.manual_seed(0)
     method = make(name, **weights)
-    loss, _ = method.ssl_loss(method.views(torch.rand(8, 1, 2 * VIEW, 2 * VIEW), 2))
+    loss, _ = method.ssl_loss(method.view_maker(torch.rand(8, 1, 2 * VIEW, 2 * VIEW), 2))
     loss.backward()
     grads = {k: p.grad for k, p in method.encoder.named_parameters()}
     assert any(g is not None and g.abs().sum() > 0 for k, g in grads.items() if k.startswith(reached))

@@ -95,7 +95,7 @@ def test_reconstruction_loss_decreases_on_a_fixed_batch(name):
     torch.manual_seed(0)
     method = make(name, decoder_channels=SMALL_DECODER, **({"patch_size": 8} if name == "masked" else {}))
     method.train()
-    views = method.views(torch.rand(8, 1, 2 * VIEW, 2 * VIEW), method.n_views)
+    views = method.view_maker(torch.rand(8, 1, 2 * VIEW, 2 * VIEW), method.n_views)
     opt = torch.optim.Adam(method.parameters(), lr=1e-3)
     losses = []
     for _ in range(8):
@@ -119,7 +119,7 @@ def test_masked_input_is_blanked_and_only_masked_pixels_are_scored():
         seen["pred"] = out
 
     method.head.register_forward_hook(keep_grad)
-    views = method.views(torch.rand(4, 1, 2 * VIEW, 2 * VIEW), method.n_views)
+    views = method.view_maker(torch.rand(4, 1, 2 * VIEW, 2 * VIEW), method.n_views)
     torch.manual_seed(3)
     loss, emb = method.ssl_loss(views)
     loss.backward()
@@ -135,9 +135,9 @@ def test_masked_input_is_blanked_and_only_masked_pixels_are_scored():
 
 
 def test_masked_views_are_geometric_only_by_default_and_settings_are_checked():
-    plain = make("masked", patch_size=8).views.cfg
+    plain = make("masked", patch_size=8).view_maker.cfg
     assert plain.jitter_p == 0 and plain.blur_p == 0 and plain.noise_std == 0
-    assert make("masked", patch_size=8, photometric=True).views.cfg.jitter_p == 0.8
+    assert make("masked", patch_size=8, photometric=True).view_maker.cfg.jitter_p == 0.8
     with pytest.raises(ConfigError, match="multiple of patch_size 12"):
         make("masked", patch_size=12)
     with pytest.raises(ConfigError, match="decoder_channels"):  # one block per encoder stage: five
@@ -163,10 +163,10 @@ def test_denoising_target_is_the_same_crop_without_photometric_changes():
     torch.manual_seed(0)
     base = torch.rand(6, 1, 2 * VIEW, 2 * VIEW)
     off = {"jitter_p": 0.0, "blur_p": 0.0, "noise_std": 0.0, "hflip": 0.5, "vflip": 0.5}
-    v = make("autoencoder", views=off).views(base)
+    v = make("autoencoder", views=off).view_maker(base)
     assert torch.allclose(v.images[0], v.images[1], atol=1e-5)  # same boxes and flips, pixel for pixel
     assert v.flips[0].any() and not v.flips[0].all()
-    v = make("autoencoder", views={"noise_std": 0.1}).views(base)
+    v = make("autoencoder", views={"noise_std": 0.1}).view_maker(base)
     assert (v.images[0] - v.images[1]).abs().mean() > 0.05
     # crop_views of the full square, unflipped, is the base itself
     full = torch.tensor([[0.0, 0.0, 2 * VIEW, 2 * VIEW]])

@@ -55,7 +55,7 @@ def test_an_ssl_method_trains_with_lars():
     )
     method = build_method(cfg, 1)
     method.train()
-    views = method.views(torch.rand(8, 1, 64, 64), method.n_views)
+    views = method.view_maker(torch.rand(8, 1, 64, 64), method.n_views)
     opt = build_optimizer(method, cfg.optim, cfg.train.batch_size)
     first_conv = next(p for p in method.encoder.parameters() if p.ndim == 4)
     start = first_conv.detach().clone()

@@ -13,7 +13,7 @@ from sslseg.config import FinetuneConfig, PretrainConfig
 from sslseg.data.synth import write_synthetic_dataset
 from sslseg.errors import ConfigError, TrainingDiverged
 from sslseg.finetune import finetune
-from sslseg.metrics.representation import effective_rank, embedding_std
+from sslseg.metrics.embeddings import effective_rank, embedding_std
 from sslseg.nn.unet import build_encoder
 from sslseg.pretrain import build_method, pretrain
 

@@ -384,7 +384,7 @@ def _image_study(tmp_path: Path) -> tuple[StudyConfig, list[dict]]:
 
 
 def test_image_count_study_analyses_in_annotated_images(tmp_path):
-    from sslseg.study.represent import representative_cells
+    from sslseg.study.representation_analysis import representative_cells
 
     study, rows = _image_study(tmp_path)
     assert all(r["fraction"] is None for r in rows)  # the store has no fraction for these cells

@@ -37,7 +37,7 @@ from sslseg.data.targets import instance_target_layout
 from sslseg.distributed import check_sync_batchnorm
 from sslseg.errors import ConfigError, DataError
 from sslseg.evaluate import evaluate_samples, load_model, summarize, write_rows_csv
-from sslseg.metrics.representation import weight_change
+from sslseg.metrics.embeddings import weight_change
 from sslseg.oom import explain_out_of_memory
 from sslseg.rundir import (
     AtomicCheckpointIO,

@@ -61,7 +61,7 @@ class Autoencoder(SSLMethod):
 
     def build(self) -> None:
         p = self.params
-        self.views = DenoisingViews(self.cfg.views, self.in_channels)
+        self.view_maker = DenoisingViews(self.cfg.views, self.in_channels)
         # The U-Net decoder with every skip input removed (0 channels): conv shapes differ from the
         # fine-tuning decoder's, so it cannot be transferred by accident.
         dims = self.feature_dims

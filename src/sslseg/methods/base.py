@@ -17,7 +17,7 @@ from sslseg.augment.views import ViewMaker, Views
 from sslseg.config import PretrainConfig, load_config
 from sslseg.distributed import world_size
 from sslseg.errors import TrainingDiverged
-from sslseg.metrics.representation import effective_rank, embedding_std
+from sslseg.metrics.embeddings import effective_rank, embedding_std
 from sslseg.nn.unet import build_encoder
 from sslseg.optim import build_optimizer, cosine_momentum, warmup_cosine
 
@@ -47,7 +47,7 @@ class SSLMethod(L.LightningModule):
         )
         self.in_channels = in_channels
         self.encoder = build_encoder(self.cfg.encoder, in_channels)
-        self.views = ViewMaker(self.cfg.views, in_channels)
+        self.view_maker = ViewMaker(self.cfg.views, in_channels)
         self.feature_dims: list[int] = list(self.encoder.out_channels)
         self._monitor: torch.Tensor | None = None
         self.build()
@@ -93,7 +93,7 @@ class SSLMethod(L.LightningModule):
 
     # -- Lightning ------------------------------------------------------------------------------------
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        views = self.views(batch, self.n_views)
+        views = self.view_maker(batch, self.n_views)
         if self.cfg.train.channels_last:
             views.images = [v.contiguous(memory_format=torch.channels_last) for v in views.images]
         loss, embeddings = self.ssl_loss(views)

@@ -68,7 +68,7 @@ class MaskedImageModelling(SSLMethod):
             )
         if not p.photometric:
             geometric = {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0, "noise_std": 0.0}
-            self.views = ViewMaker(self.cfg.views.model_copy(update=geometric), self.in_channels)
+            self.view_maker = ViewMaker(self.cfg.views.model_copy(update=geometric), self.in_channels)
         # the decoder exactly as the fine-tuning U-Net builds it; its throwaway encoder is dropped
         unet = build_unet(self.cfg.encoder, self.in_channels, self.in_channels, p.decoder_channels)
         self.decoder = describe_unet_decoder(

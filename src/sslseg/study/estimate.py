@@ -65,7 +65,7 @@ def _pretrain_step_seconds(cfg: PretrainConfig, channels: int) -> float:
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=1e-4)
 
     def step() -> None:
-        loss, _ = method.ssl_loss(method.views(batch, method.n_views))
+        loss, _ = method.ssl_loss(method.view_maker(batch, method.n_views))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -508,7 +508,7 @@ def report_study(
     write_json(folder / "report" / "analysis.json", analysis)
     rep: dict[str, dict[str, Any]] = {}
     if representation if representation is not None else study.analysis.representation:
-        from sslseg.study.represent import representation_analysis
+        from sslseg.study.representation_analysis import representation_analysis
 
         rep = representation_analysis(study, rows, progress=progress)
         write_json(

@@ -22,7 +22,7 @@ from sslseg.data.datasets import LoadedSample, load_heldout
 from sslseg.data.layouts import find_samples
 from sslseg.data.splits import load_split
 from sslseg.errors import DataError
-from sslseg.metrics.representation import (
+from sslseg.metrics.embeddings import (
     chance_agreement,
     embedding_map,
     linear_cka,
@@ -81,7 +81,7 @@ def representative_cells(study: StudyConfig, rows: list[dict[str, Any]], dataset
 def _pretrained_encoder(study: StudyConfig, cell: dict[str, Any], channels: int) -> torch.nn.Module:
     """The encoder a cell started from (what pretraining alone learned)."""
     from sslseg.nn.unet import build_encoder, build_unet
-    from sslseg.study.probe import encoder_from_weights
+    from sslseg.study.features import encoder_from_weights
 
     init = cell["config"]["model"]["init"]
     if init == "random":
@@ -132,7 +132,8 @@ def analyse_dataset(
     """Every representation measure of one dataset (empty when no cell is finished)."""
     from sslseg.evaluate import load_model
     from sslseg.nn.unet import encoder_of
-    from sslseg.study.probe import global_embeddings, stage_features, tta_uncertainty
+    from sslseg.study.features import global_embeddings, stage_features
+    from sslseg.study.tta import tta_uncertainty
 
     cells = representative_cells(study, rows, ds.name)
     if not cells:

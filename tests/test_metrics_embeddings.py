@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sslseg.errors import ConfigError
-from sslseg.metrics.representation import (
+from sslseg.metrics.embeddings import (
     chance_agreement,
     embedding_map,
     linear_cka,

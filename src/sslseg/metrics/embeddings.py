@@ -1,5 +1,6 @@
-"""Measures of learned representations: collapse diagnostics for SSL embeddings, CKA between two
-representations, nearest-neighbour class agreement ("Omega") and 2-D maps for plots."""
+"""Measures on embedding matrices (one row per sample): collapse diagnostics for SSL embeddings, CKA
+similarity between two embeddings, nearest-neighbour class agreement ("Omega") and 2-D maps for plots; and
+how far fine-tuning moved the weights."""
 
 from __future__ import annotations
 

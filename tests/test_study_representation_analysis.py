@@ -11,7 +11,7 @@ from sslseg.data.io import read_image
 from sslseg.data.layouts import find_samples
 from sslseg.data.splits import save_split
 from sslseg.data.synth import write_synthetic_dataset
-from sslseg.study.represent import heldout_samples
+from sslseg.study.representation_analysis import heldout_samples
 from sslseg.study.spec import StudyConfig, split_path
 
 

@@ -1,41 +1,30 @@
-"""Probes of trained models for the study: encoder features for CKA and Omega, how far fine-tuning moved
-the weights, and test-time-augmentation uncertainty.
+"""Encoder features of trained models for the study: pooled features per encoder stage (the input to CKA,
+Omega and the 2-D maps), CKA per stage between two encoders, and loading a pretrained or fine-tuned encoder.
 
 Everything runs in eval mode under torch.no_grad (modules are put back in their former mode afterwards),
-on the device the model's parameters are on; results come back as numpy arrays or floats on the CPU.
+on the device the model's parameters are on; results come back as numpy arrays on the CPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from sslseg.data.datasets import LoadedSample
 from sslseg.errors import ConfigError
 from sslseg.evaluate import load_model
-from sslseg.metrics import aji, semantic_scores
-from sslseg.metrics.representation import linear_cka, rbf_cka
-from sslseg.metrics.uncertainty import inverted_agreement
+from sslseg.metrics.embeddings import linear_cka, rbf_cka
 from sslseg.nn.unet import build_encoder, encoder_of
-from sslseg.segmentation.inference import (
-    D4_SIZE,
-    d4_inverse,
-    d4_transform,
-    predict_probabilities,
-    probabilities_to_labels,
-)
-from sslseg.segmentation.module import SegmentationModule, primary_metric
 from sslseg.weights import load_encoder, read_metadata
 
 
 @contextmanager
-def _evaluating(*modules: nn.Module) -> Iterator[None]:
+def evaluating(*modules: nn.Module) -> Iterator[None]:
     """Eval mode and no gradients for the block; each module's former train/eval mode is restored after."""
     modes = [m.training for m in modules]
     for m in modules:
@@ -126,7 +115,7 @@ def stage_features(
         if im.ndim != 3:
             raise ValueError(f"images must be C×H×W, got shape {im.shape}")
         by_shape.setdefault(im.shape, []).append(i)
-    with _evaluating(encoder):
+    with evaluating(encoder):
         for indices in by_shape.values():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
@@ -165,58 +154,3 @@ def stage_cka(
         raise ValueError(f"the encoders have different numbers of stages: {len(fa)} vs {len(fb)}")
     cka = linear_cka if kind == "linear" else rbf_cka
     return [cka(a, b) for a, b in zip(fa, fb, strict=True)]
-
-
-# ------------------------------------------------------------------------------ test-time augmentation
-
-
-def tta_predictions(module: SegmentationModule, sample: LoadedSample, n: int = D4_SIZE) -> list[np.ndarray]:
-    """Label maps at native resolution for the first `n` of the 8 D4 test-time augmentations (identity
-    first): each flipped/rotated image is predicted with the module's own inference and post-processing
-    settings, its probabilities mapped back to the original orientation before labelling."""
-    if not 1 <= n <= D4_SIZE:
-        raise ValueError(f"n must be between 1 and {D4_SIZE} (the D4 group), got {n}")
-    cfg = module.cfg
-    task = cfg.data.task
-    h, w = sample.native_shape
-    single = cfg.inference.model_copy(update={"tta": False})  # one orientation per prediction here
-    out = []
-    with _evaluating(module):
-        for t in range(n):
-            shape = (w, h) if t % 2 else (h, w)  # odd quarter turns swap the sides
-            image = d4_transform(sample.image, t)
-            head = cfg.model.instance_head
-            probs = predict_probabilities(module.net, image, task, shape, single, cfg.data.object_size, head)
-            probs = d4_inverse(probs, t).contiguous()
-            out.append(probabilities_to_labels(probs, task, cfg.postprocess, head))
-    return out
-
-
-def agreement_metric(module: SegmentationModule) -> Callable[[np.ndarray, np.ndarray], float]:
-    """The task's agreement metric(reference, other) of two label maps: AJI for instance tasks, Dice of the
-    foreground (mean over foreground classes) for semantic tasks, as the task's scores compute them."""
-    cfg = module.cfg
-    if cfg.data.task == "semantic":
-        return lambda ref, other: semantic_scores(other, ref, cfg.data.num_classes)["dice"]
-    return aji
-
-
-def tta_uncertainty(
-    module: SegmentationModule, samples: Sequence[LoadedSample], n: int = D4_SIZE
-) -> list[dict[str, Any]]:
-    """Per image: {"id", "uncertainty", "error", "metric"}, where uncertainty is the inverted agreement of
-    the n TTA label maps under the task's metric (`agreement_metric`) and error is 1 − that metric of the
-    un-augmented prediction against the labels (NaN without labels); feed both to
-    `uncertainty_error_correlation`."""
-    if n < 2:
-        raise ValueError(f"TTA uncertainty needs at least 2 augmentations, got {n}")
-    metric = agreement_metric(module)
-    name = primary_metric(module.cfg.data.task)
-    rows = []
-    for s in samples:
-        preds = tta_predictions(module, s, n)
-        error = float("nan") if s.labels is None else 1.0 - float(metric(s.labels, preds[0]))
-        rows.append(
-            {"id": s.id, "uncertainty": inverted_agreement(preds, metric), "error": error, "metric": name}
-        )
-    return rows

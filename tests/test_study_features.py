@@ -1,4 +1,5 @@
-"""Model probes: encoder stage features and CKA, encoder loading, weight change and TTA uncertainty."""
+"""Measures of trained models: encoder stage features and CKA, encoder loading (study.features), weight change
+(metrics.embeddings) and TTA uncertainty (study.tta)."""
 
 import lightning as L
 import numpy as np
@@ -11,19 +12,18 @@ from sslseg.data.datasets import LoadedSample, prepare_image
 from sslseg.data.synth import generate_sample
 from sslseg.data.targets import semantic_classes
 from sslseg.metrics import aji
-from sslseg.metrics.representation import weight_change
+from sslseg.metrics.embeddings import weight_change
 from sslseg.nn.unet import build_encoder
 from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
 from sslseg.segmentation.module import SegmentationModule, score_labels
-from sslseg.study.probe import (
+from sslseg.study.features import (
     encoder_from_checkpoint,
     encoder_from_weights,
     global_embeddings,
     stage_cka,
     stage_features,
-    tta_predictions,
-    tta_uncertainty,
 )
+from sslseg.study.tta import tta_predictions, tta_uncertainty
 from sslseg.weights import save_encoder
 
 RESNET18_CHANNELS = [64, 64, 128, 256, 512]
