@@ -6,8 +6,10 @@ import json
 import os
 import platform
 import sys
+import time
 from typing import Any
 
+import lightning as L
 import torch
 
 from sslseg.data.locations import real_dataset
@@ -52,3 +54,15 @@ def emit_scores(
             passes=scores[metric] >= bar[metric] if metric in bar else None,
             published=published.get(metric),
         )
+
+
+class StepTimer(L.Callback):
+    """Wall-clock time of each training step (batch fetch + views + forward/backward/step)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def on_train_batch_end(self, *args: object) -> None:
+        if torch.cuda.is_available():  # GPU work is queued: wait for the step to finish
+            torch.cuda.synchronize()
+        self.stamps.append(time.perf_counter())

@@ -94,23 +94,41 @@ def _part(views: Views, rank: int, world: int) -> Views:
     )
 
 
-def _worker(rank: int, world: int, init: str, setup: str, out: str, gather: bool) -> None:
+def _to(views: Views, device: str) -> Views:
+    return Views(
+        images=[v.to(device) for v in views.images],
+        boxes=[b.to(device) for b in views.boxes],
+        flips=[f.to(device) for f in views.flips],
+    )
+
+
+def _worker(
+    rank: int, world: int, init: str, setup: str, out: str, gather: bool, device: str = "cpu"
+) -> None:
     torch.set_num_threads(1)
     _same_draws_for_every_image()
     if not gather:  # each process sees only its own samples in the loss
         sslseg.distributed._GatherWithGrad.apply = lambda x: x
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    on = device
+    if device == "cuda":  # one GPU per process, NCCL between them, full float32 (no TF32) as on the CPU
+        torch.cuda.set_device(rank)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        on = f"cuda:{rank}"
+    dist.init_process_group(
+        "nccl" if device == "cuda" else "gloo", init_method=init, rank=rank, world_size=world
+    )
     try:
         saved = torch.load(setup, weights_only=False)
         method = _method(saved["method"], saved["batch"] // world, saved["size"])
         method.load_state_dict(saved["state"])
-        loss, grads = _step(method, _part(saved["views"], rank, world))
+        method.to(on)
+        loss, grads = _step(method, _to(_part(saved["views"], rank, world), on))
         for g in grads.values():  # what DDP does to parameter gradients
             dist.all_reduce(g)
             g /= world
         dist.all_reduce(loss)
         if rank == 0:
-            torch.save({"loss": loss / world, "grads": grads}, out)
+            torch.save({"loss": (loss / world).cpu(), "grads": {n: g.cpu() for n, g in grads.items()}}, out)
     finally:
         dist.destroy_process_group()
 
@@ -122,7 +140,9 @@ def _relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return (diff / max(norm, 1e-30)) ** 0.5
 
 
-def check(name: str, world: int, batch: int, size: int, tmp: Path) -> dict:
+def check(name: str, world: int, batch: int, size: int, tmp: Path, device: str = "cpu") -> dict:
+    """One method's distributed step (`world` processes, on CPUs with gloo or one GPU each with NCCL)
+    against one process holding the global batch on the same kind of device."""
     _same_draws_for_every_image()
     method = _method(name, batch, size)
     torch.manual_seed(1)
@@ -131,12 +151,18 @@ def check(name: str, world: int, batch: int, size: int, tmp: Path) -> dict:
     torch.save(
         {"method": name, "batch": batch, "size": size, "state": method.state_dict(), "views": views}, setup
     )
-    single_loss, single_grads = _step(method, views)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        method.to("cuda:0")
+        single_loss, single_grads = _step(method, _to(views, "cuda:0"))
+        single_loss, single_grads = single_loss.cpu(), {n: g.cpu() for n, g in single_grads.items()}
+    else:
+        single_loss, single_grads = _step(method, views)
     runs = {}
     for gather in (True, False):
         out = tmp / f"{name}_{gather}.pt"
         init = f"file://{tmp / f'{name}_{gather}_init'}"
-        mp.spawn(_worker, args=(world, init, str(setup), str(out), gather), nprocs=world)
+        mp.spawn(_worker, args=(world, init, str(setup), str(out), gather, device), nprocs=world)
         runs[gather] = torch.load(out)
     row = {"method": name}
     for gather, tag in ((True, ""), (False, "without_gather_")):

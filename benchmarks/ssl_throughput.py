@@ -21,9 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
-from _common import emit, hardware, require
+from _common import StepTimer, emit, hardware, require
 
 from sslseg.config import PretrainConfig
 from sslseg.data.datasets import RandomBaseCrops, load_unlabeled
@@ -39,18 +38,6 @@ LIGHTLY = {
     "barlow_twins": {"e2e": 49.5, "bare": 60.0},
     "densecl": {"e2e": 70.1, "bare": 95.7},
 }
-
-
-class StepTimer(L.Callback):
-    """Wall-clock time of each training step (batch fetch + views + forward/backward/step)."""
-
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-
-    def on_train_batch_end(self, *args: object) -> None:
-        if torch.cuda.is_available():  # GPU work is queued: wait for the step to finish
-            torch.cuda.synchronize()
-        self.stamps.append(time.perf_counter())
 
 
 def measure(method: str, steps: int, warmup: int, batch: int, size: int, compile: bool = False) -> dict:

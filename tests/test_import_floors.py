@@ -22,6 +22,8 @@ FLOORS: dict[str, int] = {
     "console": 1,
     "distributed": 1,
     "rundir": 1,
+    "slurm": 1,
+    "trainer": 1,
     "oom": 1,
     "optim": 1,
     "data": 1,

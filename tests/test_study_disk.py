@@ -109,7 +109,60 @@ def test_the_disk_estimate_matches_a_stored_cell(tmp_path):
     full = estimate.disk_estimate(study.model_copy(update={"cell_weights": "float32"}), expand(study), 1)
     assert full.cell_bytes == pytest.approx((tmp_path / "full.ckpt").stat().st_size, rel=0.02)
     assert disk.pretraining_bytes == pytest.approx(full.cell_bytes * 0.95, rel=0.1)  # the encoder's float32
-    assert disk.total > 4 * disk.cell_bytes + disk.pretraining_bytes
+    # keep_weights 'report' (the default): the smallest budget's cell of each pretraining keeps its weights
+    assert disk.kept_cells == 2 and full.kept_cells == 2
+    assert disk.total > 2 * disk.cell_bytes + disk.pretraining_bytes
+    every = estimate.disk_estimate(study.model_copy(update={"keep_weights": "all"}), expand(study), 1)
+    assert every.kept_cells == 4 and every.total - disk.total == 2 * disk.cell_bytes
+    assert disk.total - disk.kept_cells * disk.cell_bytes == every.total - every.kept_cells * every.cell_bytes
+
+
+@pytest.mark.parametrize(
+    ("update", "kept"),
+    [
+        ({}, {"d/random/finetuned/f0.5/s0", "d/simclr/finetuned/f0.5/s0"}),
+        ({"keep_weights": "all"}, "every cell"),
+        ({"keep_weights": "none"}, set()),
+        ({"analysis": {"representation": False}}, set()),  # the report reopens no model then
+        (
+            {"seeds": [3, 1], "encoder_states": ["frozen", "finetuned"]},
+            {"d/random/finetuned/f0.5/s3", "d/simclr/finetuned/f0.5/s3"},
+        ),
+    ],
+)
+def test_the_cells_that_keep_weights_are_the_ones_the_report_reopens(tmp_path, update, kept):
+    from sslseg.study.represent import representative_cells
+    from sslseg.study.spec import keeps_weights
+
+    study = StudyConfig.model_validate({**_study(tmp_path).model_dump(mode="json"), **update})
+    jobs = expand(study)
+    cells = {j.key for j in jobs if j.kind == "finetune"}
+    assert len(cells) >= 4
+    keeping = {j.key for j in jobs if j.kind == "finetune" and keeps_weights(study, j)}
+    assert keeping == (cells if kept == "every cell" else kept)
+    assert all(keeps_weights(study, j) for j in jobs if j.kind == "pretrain")  # cells start from them
+    if study.analysis.representation and study.keep_weights != "none":
+        # the rows the representation analysis picks, had every cell finished, keep theirs
+        rows = [
+            {**j.__dict__, "status": "done", "kind": j.kind, "dataset": j.dataset}
+            for j in jobs
+            if j.kind == "finetune"
+        ]
+        picked = representative_cells(study, rows, "d")
+        assert {r["key"] for r in picked.values()} <= keeping and len(picked) == 2
+
+
+def test_a_done_cell_outside_the_report_drops_its_weights_only(tmp_path):
+    cell = tmp_path / "cell"
+    (cell / "checkpoints").mkdir(parents=True)
+    (cell / "checkpoints" / "last.ckpt").write_bytes(b"resume state")
+    _checkpoint(cell / "best.ckpt")
+    (cell / "result.json").write_text("{}")
+    _keep_products(
+        {"kind": "finetune", "config": {"output": str(cell)}}, _study(tmp_path), keep_weights=False
+    )
+    assert not (cell / "best.ckpt").exists() and not (cell / "checkpoints").exists()
+    assert (cell / "result.json").is_file()
 
 
 def test_the_dry_run_prints_the_disk_a_study_takes(tmp_path, monkeypatch):
@@ -124,6 +177,7 @@ def test_the_dry_run_prints_the_disk_a_study_takes(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     disk = estimate.disk_estimate(_study(tmp_path), expand(_study(tmp_path)))
     line = result.output.strip().splitlines()[-1]
-    assert line.startswith(f"disk: about {disk.total / 1e6:,.0f} MB when done (4 cells × ")
-    assert "float16" in line and "1 pretrainings" in line and "resume checkpoints" in line
+    assert line.startswith(f"disk: about {disk.total / 1e6:,.0f} MB when done (4 cells, 2 keep best.ckpt × ")
+    assert "float16" in line and "keep_weights: report" in line
+    assert "1 pretrainings" in line and "resume checkpoints" in line
     assert not (tmp_path / "study").exists()  # a dry run writes nothing

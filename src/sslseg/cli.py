@@ -131,15 +131,41 @@ def finetune(
         typer.echo(json.dumps({"output": str(result.output), "test": result.test}, indent=2))
 
 
+PretrainConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML config file")]
+DataOption = Annotated[Path | None, typer.Option(help="folder of (unlabeled) images, any layout")]
+MethodOption = Annotated[str | None, typer.Option(help="SSL method (see `sslseg methods`)")]
+EncoderOption = Annotated[str | None, typer.Option(help="encoder name, e.g. resnet18, resnet50")]
+OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="run folder")]
+
+
+def _pretrain_flags(
+    data: Path | None,
+    method: str | None,
+    encoder: str | None,
+    epochs: int | None,
+    batch_size: int | None,
+    output: Path | None,
+) -> dict[str, Any]:
+    """The settings the named flags of `pretrain` (and `pretrain-slurm`) stand for."""
+    return {
+        "data.path": data,
+        "method": method,
+        "encoder": encoder,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "output": output,
+    }
+
+
 @app.command()
 def pretrain(
-    config: Annotated[Path | None, typer.Option(help="YAML config file")] = None,
-    data: Annotated[Path | None, typer.Option(help="folder of (unlabeled) images, any layout")] = None,
-    method: Annotated[str | None, typer.Option(help="SSL method (see `sslseg methods`)")] = None,
-    encoder: Annotated[str | None, typer.Option(help="encoder name, e.g. resnet18, resnet50")] = None,
+    config: PretrainConfigOption = None,
+    data: DataOption = None,
+    method: MethodOption = None,
+    encoder: EncoderOption = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="run folder")] = None,
+    output: OutputOption = None,
     resume: Annotated[bool, typer.Option(help="continue from the run folder's last checkpoint")] = False,
     set_: SetOption = None,
 ) -> None:
@@ -147,25 +173,49 @@ def pretrain(
     from sslseg.config import PretrainConfig, to_yaml
     from sslseg.pretrain import pretrain as run_pretrain
 
-    cfg = _load(
-        PretrainConfig,
-        config,
-        {
-            "data.path": data,
-            "method": method,
-            "encoder": encoder,
-            "train.epochs": epochs,
-            "train.batch_size": batch_size,
-            "output": output,
-        },
-        set_,
-    )
+    flags = _pretrain_flags(data, method, encoder, epochs, batch_size, output)
+    cfg = _load(PretrainConfig, config, flags, set_)
     typer.echo(to_yaml(cfg), err=True)
     result = run_pretrain(cfg, resume=resume)
     if result.main_process:
         typer.echo(
             json.dumps({"weights": str(result.weights), "seconds": round(result.summary["seconds"], 1)})
         )
+
+
+@app.command("pretrain-slurm")
+def pretrain_slurm(
+    nodes: Annotated[int, typer.Option(help="machines (SLURM nodes)")],
+    gpus_per_node: Annotated[int, typer.Option(help="GPUs per node; one task (process) each")],
+    config: PretrainConfigOption = None,
+    data: DataOption = None,
+    method: MethodOption = None,
+    encoder: EncoderOption = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option(help="per GPU")] = None,
+    output: OutputOption = None,
+    hours: Annotated[float, typer.Option(help="time limit of the job")] = 24.0,
+    partition: Annotated[str | None, typer.Option(help="SLURM partition")] = None,
+    cpus_per_task: Annotated[int, typer.Option(help="CPU cores per GPU task")] = 8,
+    out: Annotated[Path | None, typer.Option(help="script file (default: print it)")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Write an sbatch script for one pretraining on NODES × GPUS_PER_NODE GPUs (srun, one task per GPU,
+    Lightning DDP); the settings are those `sslseg pretrain` takes, checked now."""
+    from sslseg.atomic import write_text
+    from sslseg.config import PretrainConfig
+    from sslseg.slurm import pretrain_slurm_script
+
+    flags = _pretrain_flags(data, method, encoder, epochs, batch_size, output)
+    pairs = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(set_ or [])
+    placed = [f"train.num_nodes={nodes}", f"train.devices={gpus_per_node}"]
+    cfg = _load(PretrainConfig, config, {}, [*pairs, *placed])  # fails here on a setting that cannot run
+    script = pretrain_slurm_script(cfg, config, pairs, nodes, gpus_per_node, hours, partition, cpus_per_task)
+    if out is None:
+        typer.echo(script)
+    else:
+        write_text(out, script)
+        typer.echo(f"wrote {out}; submit with: sbatch {out}")
 
 
 @app.command()

@@ -24,6 +24,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Lightning strategies that run one process only: they cannot span several nodes
+SINGLE_PROCESS_STRATEGIES = ("single_device", "single_xla", "dp")
+NUM_NODES = (
+    "machines the run spans (Lightning's num_nodes), each running `devices` processes: under SLURM one task "
+    "per GPU (see `sslseg pretrain-slurm`); more than 1 needs a distributed strategy ('auto' or 'ddp')"
+)
+
+
+def num_nodes_problem(num_nodes: int, strategy: str) -> str | None:
+    """Why a multi-node setting cannot run (None when it can): more than one node needs several processes."""
+    if num_nodes > 1 and strategy in SINGLE_PROCESS_STRATEGIES:
+        return (
+            f"train.num_nodes={num_nodes} needs a distributed strategy ('auto' or 'ddp'), not "
+            f"train.strategy='{strategy}', which runs one process"
+        )
+    return None
+
+
+class _NodesChecked(_Strict):
+    """Trainer settings with num_nodes and strategy, checked together."""
+
+    @model_validator(mode="after")
+    def _nodes_need_processes(self) -> _NodesChecked:
+        problem = num_nodes_problem(self.num_nodes, self.strategy)  # type: ignore[attr-defined]
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
 # the one setting that fine-tuning and pretraining data must share for an encoder to see images alike
 BRIGHT_OBJECTS = (
     "invert images whose objects are darker than their background (H&E, brightfield), so all show bright "
@@ -128,7 +157,7 @@ class ModelConfig(_Strict):
         return head
 
 
-class TrainConfig(_Strict):
+class TrainConfig(_NodesChecked):
     """Optimisation and the Lightning trainer."""
 
     seed: int = 0
@@ -164,7 +193,8 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(10, ge=1, description="early stopping, in epochs without a better val score")
     accelerator: str = "auto"
-    devices: int | str = "auto"
+    devices: int | str = Field("auto", description="devices (processes) per node")
+    num_nodes: int = Field(1, ge=1, description=NUM_NODES)
     strategy: str = Field("auto", description="Lightning strategy, e.g. 'ddp' for several processes")
     sync_batchnorm: bool = Field(False, description="BatchNorm statistics over all processes (GPU only)")
     precision: str = Field("auto", description="'auto' = bf16-mixed on GPU, 32 on CPU")
@@ -381,7 +411,7 @@ class OptimConfig(_Strict):
     min_lr_fraction: float = Field(0.0, ge=0, le=1)
 
 
-class PretrainTrainConfig(_Strict):
+class PretrainTrainConfig(_NodesChecked):
     """Trainer settings of a pretraining run."""
 
     seed: int = 0
@@ -394,7 +424,8 @@ class PretrainTrainConfig(_Strict):
     )
     batch_size: int = Field(64, ge=2)
     accelerator: str = "auto"
-    devices: int | str = "auto"
+    devices: int | str = Field("auto", description="devices (processes) per node")
+    num_nodes: int = Field(1, ge=1, description=NUM_NODES)
     strategy: str = "auto"
     precision: str = Field("auto", description="'auto' = bf16-mixed on GPU, 32 on CPU")
     sync_batchnorm: bool = False

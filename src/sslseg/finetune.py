@@ -34,13 +34,11 @@ from sslseg.data.datasets import (
 from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.splits import LabelBudget, assign_budget, dataset_split, load_split, save_split
 from sslseg.data.targets import instance_target_layout
-from sslseg.distributed import check_sync_batchnorm
 from sslseg.errors import ConfigError, DataError
 from sslseg.evaluate import evaluate_samples, load_model, summarize, write_rows_csv
 from sslseg.metrics.embeddings import weight_change
 from sslseg.oom import explain_out_of_memory
 from sslseg.rundir import (
-    AtomicCheckpointIO,
     RandomStateCheckpoint,
     csv_log_version,
     last_checkpoint,
@@ -49,6 +47,7 @@ from sslseg.rundir import (
 )
 from sslseg.segmentation.module import SegmentationModule, ValidationImages
 from sslseg.segmentation.tuning import tune_postprocess
+from sslseg.trainer import build_trainer, check_trainer_settings
 
 
 @dataclass
@@ -91,12 +90,6 @@ def _loggers(out: Path, resume: bool) -> list[Logger]:
         uri = f"file:{(out / 'mlruns').resolve()}"
         loggers.append(MLFlowLogger(experiment_name="sslseg", tracking_uri=uri))
     return loggers
-
-
-def _precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
 
 
 def resolve_splits(cfg: FinetuneConfig, samples: list[Sample]) -> LabelBudget:
@@ -142,7 +135,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     last = prepare_run_dir(out, resume)
     write_text(out / "config.yaml", to_yaml(cfg))
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    check_sync_batchnorm(cfg.train.sync_batchnorm, cfg.train.accelerator)
+    check_trainer_settings(cfg.train)
 
     # images without a label are the normal case: they are the unlabeled pool, never train/val/test
     samples = find_samples(
@@ -215,22 +208,13 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         callbacks.append(EpochSummary())
     if val_set:
         callbacks.append(EarlyStopping("val/score", mode="max", patience=cfg.train.patience))
-    trainer = L.Trainer(
-        max_epochs=cfg.train.epochs,
-        accelerator=cfg.train.accelerator,
-        devices=cfg.train.devices,
-        strategy=cfg.train.strategy,
-        sync_batchnorm=cfg.train.sync_batchnorm,
-        precision=_precision(cfg.train.precision),
-        deterministic=cfg.train.deterministic,
+    trainer = build_trainer(
+        cfg.train,
+        out,
         callbacks=callbacks,
         logger=_loggers(out, resume),
-        default_root_dir=out,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
+        progress=progress,
         log_every_n_steps=min(10, cfg.train.steps_per_epoch),
-        num_sanity_val_steps=0,
-        plugins=[AtomicCheckpointIO()],
     )
     t0 = time.perf_counter()
     inference = ("inference.batch_size", cfg.inference.batch_size)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
@@ -23,18 +22,17 @@ from sslseg.data.datasets import RandomBaseCrops, load_unlabeled, read_images
 from sslseg.data.heldout import drop_heldout, heldout_index
 from sslseg.data.layouts import find_samples
 from sslseg.data.splits import load_split
-from sslseg.distributed import check_sync_batchnorm
 from sslseg.errors import ConfigError
 from sslseg.methods import get_method
 from sslseg.methods.base import SSLMethod
 from sslseg.oom import explain_out_of_memory
 from sslseg.rundir import (
-    AtomicCheckpointIO,
     RandomStateCheckpoint,
     csv_log_version,
     last_checkpoint,
     prepare_run_dir,
 )
+from sslseg.trainer import build_trainer, check_trainer_settings
 from sslseg.weights import save_encoder
 
 
@@ -46,12 +44,6 @@ class PretrainResult:
     weights: Path
     summary: dict[str, Any]
     main_process: bool = True  # False in the other processes of a DDP run, which write nothing
-
-
-def _precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
 
 
 def resolve_optim(cfg: PretrainConfig) -> PretrainConfig:
@@ -80,7 +72,7 @@ def pretrain(
         raise ConfigError("data.path is not set: give the folder of unlabeled images")
     cfg = resolve_optim(cfg)  # also fails on an unknown method before any image is read
     load_config(get_method(cfg.method).Params, overrides=cfg.params, source=f"params of {cfg.method}")
-    check_sync_batchnorm(cfg.train.sync_batchnorm, cfg.train.accelerator)
+    check_trainer_settings(cfg.train)
     out = Path(cfg.output)
     last = prepare_run_dir(out, resume)
     write_text(out / "config.yaml", to_yaml(cfg))
@@ -112,22 +104,13 @@ def pretrain(
         drop_last=True,
     )
     ckpt = last_checkpoint(out / "checkpoints")
-    trainer = L.Trainer(
-        max_epochs=cfg.train.epochs,
-        accelerator=cfg.train.accelerator,
-        devices=cfg.train.devices,
-        strategy=cfg.train.strategy,
-        precision=_precision(cfg.train.precision),
-        sync_batchnorm=cfg.train.sync_batchnorm,
-        deterministic=cfg.train.deterministic,
+    trainer = build_trainer(
+        cfg.train,
+        out,
         callbacks=[ckpt, RandomStateCheckpoint(), *(callbacks or [])],
-        plugins=[AtomicCheckpointIO()],
         logger=CSVLogger(out, name="logs", version=csv_log_version(out, resume)),
-        default_root_dir=out,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
+        progress=progress,
         log_every_n_steps=min(10, steps),
-        num_sanity_val_steps=0,
     )
     t0 = time.perf_counter()
     with explain_out_of_memory("train.batch_size", cfg.train.batch_size, minimum=2):

@@ -4,7 +4,8 @@ disk its results take.
 The step time comes from jobs of the same kind already finished in the store when there are any, else from
 timing two training steps of the very model on random input on this machine. Validation, testing and data
 loading are not in a step; `OVERHEAD` adds a rough share for them, so the figure is an estimate, not a promise.
-The disk figure counts the weights each finished job keeps, from the parameter count of its model.
+The disk figure counts the weights each finished job keeps (every pretraining's; a cell's under the study's
+`keep_weights`), from the parameter count of its model.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from sslseg.config import FinetuneConfig, PretrainConfig
 from sslseg.errors import ConfigError
-from sslseg.study.spec import Job, StudyConfig, expand
+from sslseg.study.spec import Job, StudyConfig, expand, keeps_weights
 
 OVERHEAD = 1.3  # validation, test scoring and data loading on top of the training steps
 # a job's folder besides its weights (config, split, logs, per-image scores, result): about 10 kB for a
@@ -160,16 +161,21 @@ class DiskEstimate:
     pretraining_bytes: int  # one pretraining's weights files (float32)
     running_bytes: int  # the largest job's resume checkpoints while it runs, per worker
     cell_weights: str
+    kept_cells: int  # the cells that keep their best.ckpt under the study's keep_weights
+    keep_weights: str
 
     @property
     def total(self) -> int:
-        return self.cells * (self.cell_bytes + RUN_FILES_BYTES) + self.pretrainings * (
-            self.pretraining_bytes + RUN_FILES_BYTES
+        return (
+            self.kept_cells * self.cell_bytes
+            + self.cells * RUN_FILES_BYTES
+            + self.pretrainings * (self.pretraining_bytes + RUN_FILES_BYTES)
         )
 
     def text(self) -> str:
         mb = 1e6
-        parts = [f"{self.cells} cells × {self.cell_bytes / mb:.1f} MB (best.ckpt in {self.cell_weights})"]
+        weights = f"{self.kept_cells} keep best.ckpt × {self.cell_bytes / mb:.1f} MB in {self.cell_weights}"
+        parts = [f"{self.cells} cells, {weights} (keep_weights: {self.keep_weights})"]
         if self.pretrainings:
             parts.append(f"{self.pretrainings} pretrainings × {self.pretraining_bytes / mb:.1f} MB (weights)")
         return (
@@ -217,7 +223,10 @@ def disk_estimate(study: StudyConfig, jobs: list[Job], channels: int = 3) -> Dis
             pre = max(pre, kept[sig][0])
         running = max(running, kept[sig][1])
     n_pre = sum(j.kind == "pretrain" for j in jobs)
-    return DiskEstimate(len(jobs) - n_pre, cell, n_pre, pre, running, study.cell_weights)
+    kept = sum(j.kind == "finetune" and keeps_weights(study, j) for j in jobs)
+    return DiskEstimate(
+        len(jobs) - n_pre, cell, n_pre, pre, running, study.cell_weights, kept, study.keep_weights
+    )
 
 
 def dry_run_table(study: StudyConfig) -> str:

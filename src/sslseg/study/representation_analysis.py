@@ -31,7 +31,7 @@ from sslseg.metrics.embeddings import (
 )
 from sslseg.metrics.uncertainty import uncertainty_error_correlation
 from sslseg.study.analyze import budget_text, cell_budget
-from sslseg.study.spec import BASELINE, StudyConfig, StudyDataset, split_path
+from sslseg.study.spec import BASELINE, StudyConfig, StudyDataset, report_cell, split_path
 
 SEED = 0  # the untrained "random" encoder shown beside the pretrained ones
 
@@ -64,8 +64,7 @@ def heldout_samples(
 
 def representative_cells(study: StudyConfig, rows: list[dict[str, Any]], dataset: str) -> dict[str, dict]:
     """pretraining → its done cell at the main state, smallest budget, first seed (if finished)."""
-    state = "finetuned" if "finetuned" in study.encoder_states else study.encoder_states[0]
-    budget, seed = study.budgets[0], study.seeds[0]
+    state, budget, seed = report_cell(study)  # the cells whose weights the study keeps (keep_weights)
     out = {}
     for r in rows:
         if (
@@ -146,7 +145,15 @@ def analyse_dataset(
     # every cell of a dataset reads images alike (scale, normalisation, bright objects): take the first's
     samples = heldout_samples(study, ds, channels, DataConfig.model_validate(first["config"]["data"]))
     images = [s.image for s in samples]
-    modules = {n: load_model(Path(c["config"]["output"]) / "best.ckpt") for n, c in cells.items()}
+    checkpoints = {n: Path(c["config"]["output"]) / "best.ckpt" for n, c in cells.items()}
+    gone = [p for p in checkpoints.values() if not p.is_file()]
+    if gone:
+        raise DataError(
+            gone[0],
+            f"the weights of {len(gone)} cell(s) the analysis reopens are gone (the study's keep_weights is "
+            f"'{study.keep_weights}'); rerun those cells with keep_weights: report or all",
+        )
+    modules = {n: load_model(p) for n, p in checkpoints.items()}
     tuned = {n: encoder_of(m.net) for n, m in modules.items()}
     out: dict[str, Any] = {}
 

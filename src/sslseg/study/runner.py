@@ -30,7 +30,8 @@ from sslseg.config import FinetuneConfig, PretrainConfig, to_yaml
 from sslseg.data.layouts import find_samples
 from sslseg.data.splits import dataset_split, save_split
 from sslseg.errors import ConfigError, SslsegError
-from sslseg.study.spec import Job, StudyConfig, expand, split_path, study_dir
+from sslseg.slurm import sbatch_time
+from sslseg.study.spec import Job, StudyConfig, expand, keeps_weights, split_path, study_dir
 from sslseg.study.store import Backend, JobStore, open_store, resolve_backend, store_location
 
 HEARTBEAT_SECONDS = 30.0
@@ -147,12 +148,16 @@ def _describe(row: dict[str, Any], metrics: dict[str, Any], seconds: dict[str, f
     return f"test {name} {metrics.get(name, float('nan')):.3f} in {seconds['total']:.0f}s"
 
 
-def _keep_products(row: dict[str, Any], study: StudyConfig) -> None:
+def _keep_products(row: dict[str, Any], study: StudyConfig, keep_weights: bool = True) -> None:
     """What a done job keeps: not its resume state (optimiser and all, the largest files of a study; a done
-    job is never resumed), and a cell's weights in the study's `cell_weights` precision."""
+    job is never resumed), and a cell's weights in the study's `cell_weights` precision when it keeps them
+    (`keeps_weights`). Called only once the job's result is stored."""
     out = Path(row["config"]["output"])
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     best = out / "best.ckpt"
+    if row["kind"] == "finetune" and not keep_weights:
+        best.unlink(missing_ok=True)
+        return
     if row["kind"] == "finetune" and study.cell_weights != "float32" and best.is_file():
         from sslseg.rundir import half_precision_checkpoint
 
@@ -171,6 +176,7 @@ def worker_loop(
     study = StudyConfig.model_validate(study_json)
     jobs = expand(study)
     keys = [j.key for j in jobs]
+    by_key = {j.key: j for j in jobs}
     ran = 0
     with study_store(study, stale_after) as store:
         while True:
@@ -201,7 +207,7 @@ def worker_loop(
                 # the runner that took the job over resumes from its checkpoints and stores its result
                 print(f"[{runner}] {row['key']} belongs to another runner now", file=sys.stderr, flush=True)
                 continue
-            _keep_products(row, study)
+            _keep_products(row, study, keeps_weights(study, by_key[row["key"]]))
             ran += 1
             c = store.counts(keys)
             print(
@@ -299,7 +305,6 @@ def slurm_script(
         *[x for o in overrides or [] if not o.startswith("store=") for x in ("--set", o)],
     ]
     command += ["--set", f"store={store}"]
-    h, m = int(hours), int(round((hours - int(hours)) * 60))
     return "\n".join(
         [
             "#!/bin/bash",
@@ -307,7 +312,7 @@ def slurm_script(
             f"#SBATCH --array=0-{tasks - 1}",
             "#SBATCH --gpus=1",
             "#SBATCH --cpus-per-task=8",
-            f"#SBATCH --time={h:02d}:{m:02d}:00",
+            f"#SBATCH --time={sbatch_time(hours)}",
             f"#SBATCH --output={study_dir(study).resolve()}/slurm-%A_%a.log",
             "",
             "# Every task claims jobs from the study's results store until none is left; a task that is",

@@ -35,6 +35,7 @@ from sslseg.data.locations import real_data_root
 from sslseg.methods import get_method
 
 EncoderState = Literal["finetuned", "frozen"]
+KeepWeights = Literal["report", "all", "none"]
 BudgetKey = Literal["label_fraction", "labelled_images"]
 BASELINE = "random"  # the pretraining every other one is compared with
 
@@ -127,6 +128,13 @@ class StudyConfig(_Strict):
     )
     cell_weights: Literal["float16", "bfloat16", "float32"] = Field(
         "float16", description="precision of a finished cell's best.ckpt weights (float16: half the disk)"
+    )
+    keep_weights: KeepWeights = Field(
+        "report",
+        description="which finished cells keep their best.ckpt: 'report' the ones the report reopens (per "
+        "dataset and pretraining the main encoder state, smallest budget, first seed; none when "
+        "analysis.representation is off), 'all' every cell (to predict with any of them), 'none' no cell; "
+        "a cell's weights go only once its result is stored",
     )
 
     @model_validator(mode="after")
@@ -232,6 +240,24 @@ class Job:
     state: EncoderState | None = None
     order: int = 0
     labels: dict[str, Any] = field(default_factory=dict)
+
+
+def report_cell(study: StudyConfig) -> tuple[EncoderState, float, int]:
+    """(encoder state, budget, seed) of the cells whose models the report reopens, one per dataset and
+    pretraining: the main encoder state, the smallest labelled budget, the first seed."""
+    state: EncoderState = "finetuned" if "finetuned" in study.encoder_states else study.encoder_states[0]
+    return state, study.budgets[0], study.seeds[0]
+
+
+def keeps_weights(study: StudyConfig, job: Job) -> bool:
+    """Whether a finished job keeps its weights under the study's `keep_weights` (pretrainings always do:
+    their cells start from them, and the report compares them with the fine-tuned encoders)."""
+    if job.kind != "finetune" or study.keep_weights == "all":
+        return True
+    if study.keep_weights == "none" or not study.analysis.representation:
+        return False
+    budget = job.fraction if job.fraction is not None else job.labelled_images
+    return (job.state, budget, job.seed) == report_cell(study)
 
 
 def study_dir(study: StudyConfig) -> Path:
