@@ -200,7 +200,7 @@ def bare_steps(cfg: PretrainConfig, images: list, channels: int, sz: Sizes) -> d
     if cfg.train.compile:
         m.encoder.compile(backend=cfg.train.compile_backend)
     base = torch.stack([RandomBaseCrops(images, 2 * sz.size, sz.batch)[i] for i in range(sz.batch)])
-    views = m.views(base.float().to(device), m.n_views)
+    views = m.view_maker(base.float().to(device), m.n_views)
     views.images = [v.contiguous(memory_format=torch.channels_last) for v in views.images]
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     times = []

@@ -131,7 +131,7 @@ def test_the_disk_estimate_matches_a_stored_cell(tmp_path):
     ],
 )
 def test_the_cells_that_keep_weights_are_the_ones_the_report_reopens(tmp_path, update, kept):
-    from sslseg.study.represent import representative_cells
+    from sslseg.study.representation_analysis import representative_cells
     from sslseg.study.spec import keeps_weights
 
     study = StudyConfig.model_validate({**_study(tmp_path).model_dump(mode="json"), **update})
