@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from sslseg.cli import app
 from sslseg.config import FinetuneConfig
-from sslseg.data.io import write_image
+from sslseg.data.io import read_pixel_size, write_image
 from sslseg.data.synth import write_synthetic_dataset
 from sslseg.errors import ConfigError, DataError
 from sslseg.finetune import finetune
@@ -24,7 +24,6 @@ from sslseg.objects import (
     measure_objects,
     object_polygons,
     objects_geojson,
-    read_pixel_size,
     semantic_objects,
     write_geojson,
     write_measurements_csv,

@@ -12,110 +12,17 @@ import csv
 import io
 import json
 import math
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import roifile
 import shapely
-import tifffile
 from shapely.geometry import Polygon
 from shapely.geometry.polygon import orient
 from skimage.measure import find_contours, label, regionprops, regionprops_table
 
 from sslseg.atomic import atomic_path, write_text
-from sslseg.data.io import TIFF_EXTENSIONS
-from sslseg.errors import DataError
-
-#: Micrometres per unit, for the unit names OME-XML, ImageJ and TIFF resolution tags use.
-_MICRONS_PER_UNIT = {
-    "pm": 1e-6,
-    "å": 1e-4,
-    "angstrom": 1e-4,
-    "nm": 1e-3,
-    "nanometer": 1e-3,
-    "µm": 1.0,
-    "μm": 1.0,  # Greek mu, which some writers use instead of the micro sign
-    "um": 1.0,
-    "micron": 1.0,
-    "microns": 1.0,
-    "micrometer": 1.0,
-    "mm": 1e3,
-    "millimeter": 1e3,
-    "cm": 1e4,
-    "centimeter": 1e4,
-    "m": 1e6,
-    "meter": 1e6,
-    "inch": 25400.0,
-    "in": 25400.0,
-}
-# Image editors stamp these resolutions on every file they save; they say nothing about the specimen.
-_SCREEN_DPI = (72.0, 96.0)
-
-
-def read_pixel_size(path: str | Path) -> tuple[float, float] | None:
-    """The (y, x) pixel size of an image file in µm, or None when the file does not say.
-
-    Read from OME-XML (PhysicalSizeY/X), then ImageJ metadata (its unit with the resolution tags), then plain
-    TIFF resolution tags in inches or centimetres (72 and 96 dpi are software defaults, so ignored). Only
-    TIFF files carry it here; other formats give None."""
-    path = Path(path)
-    if path.suffix.lower() not in TIFF_EXTENSIONS:
-        return None
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            if tif.is_ome and tif.ome_metadata:
-                size = _ome_pixel_size(tif.ome_metadata)
-                if size is not None:
-                    return size
-            x_res, y_res = (float(r) for r in page.resolution)
-            if tif.is_imagej:
-                unit = str((tif.imagej_metadata or {}).get("unit", "")).strip()
-                microns = _microns(unit)
-                if microns is None or x_res <= 0 or y_res <= 0:
-                    return None
-                return microns / y_res, microns / x_res
-            unit_code = page.resolutionunit
-    except Exception as exc:  # any tifffile error becomes the one-line DataError a batch reports
-        raise DataError(path, f"cannot read the TIFF's metadata: {exc}") from None
-    microns = {
-        tifffile.RESUNIT.INCH: 25400.0,
-        tifffile.RESUNIT.CENTIMETER: 1e4,
-        tifffile.RESUNIT.MILLIMETER: 1e3,
-        tifffile.RESUNIT.MICROMETER: 1.0,
-    }.get(unit_code)
-    if microns is None or x_res <= 0 or y_res <= 0:
-        return None
-    if unit_code == tifffile.RESUNIT.INCH and x_res in _SCREEN_DPI and y_res in _SCREEN_DPI:
-        return None
-    return microns / y_res, microns / x_res
-
-
-def _microns(unit: str) -> float | None:
-    """Micrometres per `unit` (ImageJ writes e.g. 'micron', 'um' or the escaped '\\u00B5m'); None if unknown."""
-    unit = unit.replace("\\u00B5", "µ").replace("\\u03BC", "μ").strip().lower()
-    return _MICRONS_PER_UNIT.get(unit)
-
-
-def _ome_pixel_size(xml: str) -> tuple[float, float] | None:
-    """PhysicalSizeY/X of the first image's Pixels element, in µm (the schema's default unit)."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return None
-    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-    if pixels is None:
-        return None
-    sizes = []
-    for axis in ("Y", "X"):
-        value = pixels.get(f"PhysicalSize{axis}")
-        microns = _microns(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
-        if value is None or microns is None or float(value) <= 0:
-            return None
-        sizes.append(float(value) * microns)
-    return sizes[0], sizes[1]
 
 
 def semantic_objects(class_map: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:

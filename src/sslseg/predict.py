@@ -17,14 +17,13 @@ from tqdm.auto import tqdm
 
 from sslseg.atomic import atomic_path
 from sslseg.data.datasets import prepare_image
-from sslseg.data.io import IMAGE_EXTENSIONS, read_image, write_label
+from sslseg.data.io import IMAGE_EXTENSIONS, read_image, read_pixel_size, write_label
 from sslseg.errors import ConfigError, DataError, SslsegError
 from sslseg.evaluate import load_model
 from sslseg.objects import (
     measure_objects,
     object_polygons,
     objects_geojson,
-    read_pixel_size,
     semantic_objects,
     write_geojson,
     write_measurements_csv,
