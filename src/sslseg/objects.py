@@ -46,11 +46,13 @@ def measure_objects(
     image: np.ndarray,
     pixel_size: tuple[float, float] | None = None,
     classes: dict[int, int] | None = None,
+    origin: tuple[int, int] = (0, 0),
 ) -> dict[str, np.ndarray]:
     """One row per object of an instance label map: id, [class], centroid, area, perimeter, eccentricity,
     mean intensity of each channel of `image` (H×W×C) and bounding box. Columns name their unit: `_px`
     (pixels; bounding box min inclusive, max exclusive) always, `_um`/`_um2` too when `pixel_size` (y, x in
-    µm) is known. Perimeter in µm needs square pixels (NaN otherwise)."""
+    µm) is known. Perimeter in µm needs square pixels (NaN otherwise). `origin` (row, column) is where the
+arrays lie in a larger image (a block of one), whose coordinates the positions are given in."""
     if image.ndim == 2:
         image = image[:, :, None]
     if image.shape[:2] != labels.shape:
@@ -64,6 +66,10 @@ def measure_objects(
     cols: dict[str, np.ndarray] = {"id": ids}
     if classes is not None:
         cols["class"] = np.array([classes[int(i)] for i in ids], np.int64)
+    oy, ox = origin
+    t["centroid-0"], t["centroid-1"] = t["centroid-0"] + oy, t["centroid-1"] + ox
+    for k, offset in enumerate((oy, ox, oy, ox)):
+        t[f"bbox-{k}"] = t[f"bbox-{k}"] + offset
     cols["centroid_y_px"], cols["centroid_x_px"] = t["centroid-0"], t["centroid-1"]
     cols["area_px"], cols["perimeter_px"] = t["area"], t["perimeter"]
     eccentricity = t["eccentricity"]
@@ -85,16 +91,17 @@ def measure_objects(
     return cols
 
 
-def object_polygons(labels: np.ndarray) -> dict[int, Polygon]:
+def object_polygons(labels: np.ndarray, origin: tuple[int, int] = (0, 0)) -> dict[int, Polygon]:
     """The outer contour of every object as a polygon in pixel-corner coordinates (x, y), by object id.
 
     Marching squares at the 0.5 level of each object's mask, joining diagonal neighbours as the 8-connected
     labelling does; a polygon's area is its pixel count less half a pixel per convex corner. An object in
-    several pieces gives its largest piece."""
+    several pieces gives its largest piece. `origin` (row, column) shifts the polygons to where `labels`
+    lies in a larger image."""
     polygons: dict[int, Polygon] = {}
     for region in regionprops(labels):
         mask = np.pad(region.image, 1).astype(np.float32)  # padding closes contours at the crop's edge
-        y0, x0 = region.bbox[0] - 1, region.bbox[1] - 1
+        y0, x0 = region.bbox[0] - 1 + origin[0], region.bbox[1] - 1 + origin[1]
         best: Polygon | None = None
         for contour in find_contours(mask, 0.5, fully_connected="high"):
             if len(contour) < 4:
@@ -161,14 +168,20 @@ def write_geojson(path: str | Path, collection: dict[str, Any]) -> None:
 
 def write_roi_zip(path: str | Path, polygons: dict[int, Polygon]) -> None:
     """An ImageJ/Fiji ROI set (opened by the ROI Manager): one polygon ROI per object, named by its id."""
+    rois, names = imagej_rois(polygons, len(str(max(polygons, default=0))))
+    with atomic_path(path) as tmp:
+        tmp.unlink()  # roiwrite appends to an existing zip; the temporary file must start afresh
+        roifile.roiwrite(tmp, rois, name=names)
+
+
+def imagej_rois(polygons: dict[int, Polygon], width: int) -> tuple[list[roifile.ImagejRoi], list[str]]:
+    """One polygon ROI per object and its name: the id zero-padded to `width` digits, so that the ROI
+    Manager lists objects in id order."""
     rois, names = [], []
-    width = len(str(max(polygons, default=0)))
     for object_id, poly in polygons.items():
-        name = str(object_id).zfill(width)  # zero-padded so the ROI Manager lists objects in id order
+        name = str(object_id).zfill(width)
         roi = roifile.ImagejRoi.frompoints(np.asarray(poly.exterior.coords)[:-1], name=name)
         roi.roitype = roifile.ROI_TYPE.POLYGON
         rois.append(roi)
         names.append(name)
-    with atomic_path(path) as tmp:
-        tmp.unlink()  # roiwrite appends to an existing zip; the temporary file must start afresh
-        roifile.roiwrite(tmp, rois, name=names)
+    return rois, names
