@@ -264,7 +264,8 @@ def segment_blocks(
     progress: bool = True,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Segment a large image block by block; yields (first row, rows × W uint32 labels) bands in order,
-    each a whole number of `band_rows` rows except the last. Instance labels are stitched (one global id per
+    each a whole number of `band_rows` rows except the last. The halo (`halo`, else from `block_settings`)
+    is capped at the block side; objects larger than it are counted in `report.cut_objects`. Instance labels are stitched (one global id per
     object, 1..N in the order blocks keep them); semantic maps are class indices. `on_objects` receives each
     block's kept objects (instance tasks)."""
     if block < 1 or band_rows < 1:
@@ -287,8 +288,9 @@ def segment_blocks(
 
     ys = list(range(0, h, block))
     xs = list(range(0, w, block))
-    pad = settings.halo if task == "instance" else 0
-    buffer = np.zeros((min(h, block + 2 * settings.halo + band_rows), w), np.uint32)
+    # class maps need no stitching: a halo is only context, which the whole image's tiles already give
+    pad = 0 if task != "instance" and cache is not None else min(settings.halo, block)
+    buffer = np.zeros((min(h, block + 2 * pad + band_rows), w), np.uint32)
     buffer_y0 = 0
     next_id = 1
     bar = tqdm(total=len(ys) * len(xs), desc=f"{source.path.name} blocks", disable=not progress, leave=False)
