@@ -285,8 +285,10 @@ def _predict_one(module: SegmentationModule, path: Path, targets: dict[str, Path
         if options.block_size is not None or h * w > BLOCKWISE_PIXELS:
             _predict_blocks(module, source, targets, size, options)
             return
-        plain = options.level == 0 and options.series == 0 and path.suffix.lower() != ZARR_EXTENSION
-        raw = read_image(path) if plain else source.read_all()
+        # a plain TIFF is read as it always was (the same checks); pyramid levels, series, Zarr and the
+        # formats read whole anyway come from the source
+        plain = source.lazy and options.level == 0 and options.series == 0
+        raw = read_image(path) if plain and path.suffix.lower() != ZARR_EXTENSION else source.read_all()
     cfg = module.cfg
     image = prepare_image(
         raw,

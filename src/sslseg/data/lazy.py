@@ -158,8 +158,10 @@ def _tiff_array(path: Path, tif: tifffile.TiffFile, lv: Any, level: int, series:
     except ImportError:
         zarr = None
     if zarr is not None:
-        store = tif.series[series].aszarr(level=level)
-        return zarr.open(store, mode="r"), True
+        try:
+            return zarr.open(tif.series[series].aszarr(level=level), mode="r"), True
+        except (ValueError, TypeError, ImportError):  # a tifffile older than its zarr (<2025.5.21 with zarr 3)
+            pass
     try:
         return tifffile.memmap(path, series=series, level=level, mode="r"), True
     except ValueError:
