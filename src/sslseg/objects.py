@@ -49,10 +49,10 @@ def measure_objects(
     origin: tuple[int, int] = (0, 0),
 ) -> dict[str, np.ndarray]:
     """One row per object of an instance label map: id, [class], centroid, area, perimeter, eccentricity,
-    mean intensity of each channel of `image` (H×W×C) and bounding box. Columns name their unit: `_px`
-    (pixels; bounding box min inclusive, max exclusive) always, `_um`/`_um2` too when `pixel_size` (y, x in
-    µm) is known. Perimeter in µm needs square pixels (NaN otherwise). `origin` (row, column) is where the
-arrays lie in a larger image (a block of one), whose coordinates the positions are given in."""
+        mean intensity of each channel of `image` (H×W×C) and bounding box. Columns name their unit: `_px`
+        (pixels; bounding box min inclusive, max exclusive) always, `_um`/`_um2` too when `pixel_size` (y, x in
+        µm) is known. Perimeter in µm needs square pixels (NaN otherwise). `origin` (row, column) is where the
+    arrays lie in a larger image (a block of one), whose coordinates the positions are given in."""
     if image.ndim == 2:
         image = image[:, :, None]
     if image.shape[:2] != labels.shape:

@@ -160,8 +160,8 @@ def _tiff_array(path: Path, tif: tifffile.TiffFile, lv: Any, level: int, series:
     if zarr is not None:
         try:
             return zarr.open(tif.series[series].aszarr(level=level), mode="r"), True
-        except (ValueError, TypeError, ImportError):  # a tifffile older than its zarr (<2025.5.21 with zarr 3)
-            pass
+        except (ValueError, TypeError, ImportError):
+            pass  # a tifffile older than its zarr (before 2025.5.21 with zarr 3): read it another way
     try:
         return tifffile.memmap(path, series=series, level=level, mode="r"), True
     except ValueError:
