@@ -2,6 +2,7 @@
 with shapely and roifile, pixel sizes from TIFF metadata, and a batch that goes on past a corrupt file."""
 
 import csv
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from sslseg.cli import app
 from sslseg.config import FinetuneConfig
-from sslseg.data.io import write_image
+from sslseg.data.io import read_pixel_size, write_image
 from sslseg.data.synth import write_synthetic_dataset
 from sslseg.errors import ConfigError, DataError
 from sslseg.finetune import finetune
@@ -24,7 +25,6 @@ from sslseg.objects import (
     measure_objects,
     object_polygons,
     objects_geojson,
-    read_pixel_size,
     semantic_objects,
     write_geojson,
     write_measurements_csv,
@@ -284,3 +284,72 @@ def test_batch_goes_on_past_a_corrupt_file_and_a_rerun_skips_finished_images(che
     assert fourth.exit_code == 0 and "predicted 3 images" in fourth.output
     header = (out / "c_objects.csv").read_text().splitlines()[0].split(",")
     assert {"area_px", "area_um2", "perimeter_um", "centroid_x_um"} <= set(header)
+
+
+def test_block_wise_prediction_writes_every_format_and_parts_share_a_batch(checkpoint, tmp_path):
+    rng = np.random.default_rng(1)
+    images = tmp_path / "images"
+    write_image(images / "big.tif", rng.integers(0, 255, (150, 130), dtype=np.uint8))
+    write_image(images / "small.tif", rng.integers(0, 255, (40, 44), dtype=np.uint8))
+    out = tmp_path / "pred"
+    formats = "tiff,zarr,csv,geojson,roi,overlay"
+    base = ["predict", str(checkpoint), "--out", str(out), "--formats", formats, "--pixel-size", "0.5"]
+    runner = CliRunner()
+    # the two shares of the sorted list: part 1 of 2 is big.tif alone, part 2 small.tif
+    first = runner.invoke(app, [*base, str(images), "--block-size", "64", "--part", "1/2"])
+    assert first.exit_code == 0, first.output
+    assert "predicted 1 images" in first.output and not list(out.glob("small_*"))
+    labels = tifffile.imread(out / "big_labels.tif")
+    with tifffile.TiffFile(out / "big_labels.tif") as tif:
+        assert tif.is_bigtiff and tif.pages[0].is_tiled and labels.shape == (150, 130)
+    assert read_pixel_size(out / "big_labels.tif") == pytest.approx((0.5, 0.5))
+    ids = sorted(int(i) for i in np.unique(labels) if i)
+    assert ids == list(range(1, len(ids) + 1))  # one global id per object, no gaps
+    table = list(csv.DictReader((out / "big_objects.csv").open()))
+    assert sorted(int(r["id"]) for r in table) == ids
+    for r in table:  # positions and areas in the whole image's coordinates, µm beside pixels
+        i = int(r["id"])
+        rows, cols = np.nonzero(labels == i)
+        assert float(r["area_px"]) == len(rows) and float(r["area_um2"]) == pytest.approx(0.25 * len(rows))
+        assert float(r["centroid_y_px"]) == pytest.approx(rows.mean())
+        assert int(r["bbox_min_x_px"]) == cols.min() and int(r["bbox_max_y_px"]) == rows.max() + 1
+    features = json.loads((out / "big_objects.geojson").read_text())["features"]
+    assert sorted(int(f["properties"]["name"]) for f in features) == ids
+    rois = {int(r.name): r for r in roifile.roiread(out / "big_rois.zip")}
+    assert sorted(rois) == ids
+    if importlib.util.find_spec("zarr") is not None:
+        from sslseg.data.lazy import open_image
+
+        with open_image(out / "big_labels.zarr") as stored:
+            np.testing.assert_array_equal(stored.read_all()[..., 0], labels)
+            assert stored.pixel_size == pytest.approx((0.5, 0.5))
+    second = runner.invoke(app, [*base, str(images), "--part", "2/2"])
+    assert (
+        second.exit_code == 0
+        and (out / "small_labels.tif").is_file()
+        and (out / "small_overlay.png").is_file()
+    )
+    bad = runner.invoke(app, [*base, str(images), "--part", "3/2"])
+    assert isinstance(bad.exception, ConfigError) and "--part 3/2" in str(bad.exception)
+
+
+def test_zarr_input_is_predicted_into_an_ome_zarr_label_map(checkpoint, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    from sslseg.data.lazy import open_image
+
+    image = np.random.default_rng(2).integers(0, 255, (60, 50), dtype=np.uint8)
+    group = zarr.open_group(str(tmp_path / "plate.zarr"), mode="w", zarr_format=2)
+    group.create_array("0", shape=image.shape, chunks=(32, 32), dtype=np.uint8)[...] = image
+    axes = [{"name": n, "type": "space", "unit": "micrometer"} for n in "yx"]
+    transform = [{"type": "scale", "scale": [0.4, 0.4]}]
+    group.attrs["multiscales"] = [
+        {"version": "0.4", "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": transform}]}
+    ]
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(
+        app, ["predict", str(checkpoint), str(tmp_path / "plate.zarr"), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert not (out / "plate_labels.tif").exists() and (out / "plate_overlay.png").is_file()
+    with open_image(out / "plate_labels.zarr") as labels:
+        assert labels.shape == (60, 50, 1) and labels.pixel_size == pytest.approx((0.4, 0.4))

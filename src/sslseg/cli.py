@@ -262,7 +262,8 @@ def predict(
     formats: Annotated[
         str,
         typer.Option(
-            help="comma-separated outputs: tiff (label map), overlay (PNG), csv (per-object measurements), "
+            help="comma-separated outputs: tiff (label map; tiled BigTIFF for large images; OME-Zarr for "
+            ".zarr inputs), zarr (OME-Zarr label map), overlay (PNG), csv (per-object measurements), "
             "geojson (QuPath detections), roi (ImageJ/Fiji ROI zip)"
         ),
     ] = "tiff,overlay",
@@ -274,13 +275,45 @@ def predict(
         bool, typer.Option("--overwrite", help="predict again images whose outputs already exist")
     ] = False,
     tta: TtaOption = None,
+    tile_size: Annotated[
+        int | None, typer.Option(help="network tile side in pixels (default: the checkpoint's)")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="tiles per forward pass (default: the checkpoint's)")
+    ] = None,
+    part: Annotated[
+        str | None,
+        typer.Option(help="i/n: predict only the i-th of n shares of the sorted image list (array jobs)"),
+    ] = None,
+    block_size: Annotated[
+        int | None,
+        typer.Option(
+            help="segment block-wise with blocks of this side (default: only images over 4096×4096 px, in "
+            "2048 px blocks); memory then does not grow with the image"
+        ),
+    ] = None,
+    level: Annotated[int, typer.Option(help="pyramid level of OME-TIFF / OME-Zarr inputs (0 = full)")] = 0,
+    series: Annotated[int, typer.Option(help="series of multi-series TIFF inputs")] = 0,
 ) -> None:
-    """Segment images of any size (tiled) and write the chosen outputs. A batch goes on past unreadable
-    images and lists them at the end (exit code 1); a rerun skips images whose outputs are complete."""
+    """Segment images of any size (tiled; block-wise when large) and write the chosen outputs. A batch goes
+    on past unreadable images and lists them at the end (exit code 1); a rerun skips images whose outputs
+    are complete."""
     from sslseg.predict import predict_files
 
     report = predict_files(
-        checkpoint, inputs, out, tta=tta, formats=formats, pixel_size=pixel_size, overwrite=overwrite
+        checkpoint,
+        inputs,
+        out,
+        tta=tta,
+        formats=formats,
+        pixel_size=pixel_size,
+        overwrite=overwrite,
+        tile_size=tile_size,
+        batch_size=batch_size,
+        part=part,
+        block_size=block_size,
+        level=level,
+        series=series,
     )
     done = f"predicted {len(report.outputs)} images into {out}"
     if report.skipped:

@@ -12,110 +12,17 @@ import csv
 import io
 import json
 import math
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import roifile
 import shapely
-import tifffile
 from shapely.geometry import Polygon
 from shapely.geometry.polygon import orient
 from skimage.measure import find_contours, label, regionprops, regionprops_table
 
 from sslseg.atomic import atomic_path, write_text
-from sslseg.data.io import TIFF_EXTENSIONS
-from sslseg.errors import DataError
-
-#: Micrometres per unit, for the unit names OME-XML, ImageJ and TIFF resolution tags use.
-_MICRONS_PER_UNIT = {
-    "pm": 1e-6,
-    "å": 1e-4,
-    "angstrom": 1e-4,
-    "nm": 1e-3,
-    "nanometer": 1e-3,
-    "µm": 1.0,
-    "μm": 1.0,  # Greek mu, which some writers use instead of the micro sign
-    "um": 1.0,
-    "micron": 1.0,
-    "microns": 1.0,
-    "micrometer": 1.0,
-    "mm": 1e3,
-    "millimeter": 1e3,
-    "cm": 1e4,
-    "centimeter": 1e4,
-    "m": 1e6,
-    "meter": 1e6,
-    "inch": 25400.0,
-    "in": 25400.0,
-}
-# Image editors stamp these resolutions on every file they save; they say nothing about the specimen.
-_SCREEN_DPI = (72.0, 96.0)
-
-
-def read_pixel_size(path: str | Path) -> tuple[float, float] | None:
-    """The (y, x) pixel size of an image file in µm, or None when the file does not say.
-
-    Read from OME-XML (PhysicalSizeY/X), then ImageJ metadata (its unit with the resolution tags), then plain
-    TIFF resolution tags in inches or centimetres (72 and 96 dpi are software defaults, so ignored). Only
-    TIFF files carry it here; other formats give None."""
-    path = Path(path)
-    if path.suffix.lower() not in TIFF_EXTENSIONS:
-        return None
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            if tif.is_ome and tif.ome_metadata:
-                size = _ome_pixel_size(tif.ome_metadata)
-                if size is not None:
-                    return size
-            x_res, y_res = (float(r) for r in page.resolution)
-            if tif.is_imagej:
-                unit = str((tif.imagej_metadata or {}).get("unit", "")).strip()
-                microns = _microns(unit)
-                if microns is None or x_res <= 0 or y_res <= 0:
-                    return None
-                return microns / y_res, microns / x_res
-            unit_code = page.resolutionunit
-    except Exception as exc:  # any tifffile error becomes the one-line DataError a batch reports
-        raise DataError(path, f"cannot read the TIFF's metadata: {exc}") from None
-    microns = {
-        tifffile.RESUNIT.INCH: 25400.0,
-        tifffile.RESUNIT.CENTIMETER: 1e4,
-        tifffile.RESUNIT.MILLIMETER: 1e3,
-        tifffile.RESUNIT.MICROMETER: 1.0,
-    }.get(unit_code)
-    if microns is None or x_res <= 0 or y_res <= 0:
-        return None
-    if unit_code == tifffile.RESUNIT.INCH and x_res in _SCREEN_DPI and y_res in _SCREEN_DPI:
-        return None
-    return microns / y_res, microns / x_res
-
-
-def _microns(unit: str) -> float | None:
-    """Micrometres per `unit` (ImageJ writes e.g. 'micron', 'um' or the escaped '\\u00B5m'); None if unknown."""
-    unit = unit.replace("\\u00B5", "µ").replace("\\u03BC", "μ").strip().lower()
-    return _MICRONS_PER_UNIT.get(unit)
-
-
-def _ome_pixel_size(xml: str) -> tuple[float, float] | None:
-    """PhysicalSizeY/X of the first image's Pixels element, in µm (the schema's default unit)."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return None
-    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-    if pixels is None:
-        return None
-    sizes = []
-    for axis in ("Y", "X"):
-        value = pixels.get(f"PhysicalSize{axis}")
-        microns = _microns(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
-        if value is None or microns is None or float(value) <= 0:
-            return None
-        sizes.append(float(value) * microns)
-    return sizes[0], sizes[1]
 
 
 def semantic_objects(class_map: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
@@ -139,11 +46,13 @@ def measure_objects(
     image: np.ndarray,
     pixel_size: tuple[float, float] | None = None,
     classes: dict[int, int] | None = None,
+    origin: tuple[int, int] = (0, 0),
 ) -> dict[str, np.ndarray]:
     """One row per object of an instance label map: id, [class], centroid, area, perimeter, eccentricity,
-    mean intensity of each channel of `image` (H×W×C) and bounding box. Columns name their unit: `_px`
-    (pixels; bounding box min inclusive, max exclusive) always, `_um`/`_um2` too when `pixel_size` (y, x in
-    µm) is known. Perimeter in µm needs square pixels (NaN otherwise)."""
+        mean intensity of each channel of `image` (H×W×C) and bounding box. Columns name their unit: `_px`
+        (pixels; bounding box min inclusive, max exclusive) always, `_um`/`_um2` too when `pixel_size` (y, x in
+        µm) is known. Perimeter in µm needs square pixels (NaN otherwise). `origin` (row, column) is where the
+    arrays lie in a larger image (a block of one), whose coordinates the positions are given in."""
     if image.ndim == 2:
         image = image[:, :, None]
     if image.shape[:2] != labels.shape:
@@ -157,6 +66,10 @@ def measure_objects(
     cols: dict[str, np.ndarray] = {"id": ids}
     if classes is not None:
         cols["class"] = np.array([classes[int(i)] for i in ids], np.int64)
+    oy, ox = origin
+    t["centroid-0"], t["centroid-1"] = t["centroid-0"] + oy, t["centroid-1"] + ox
+    for k, offset in enumerate((oy, ox, oy, ox)):
+        t[f"bbox-{k}"] = t[f"bbox-{k}"] + offset
     cols["centroid_y_px"], cols["centroid_x_px"] = t["centroid-0"], t["centroid-1"]
     cols["area_px"], cols["perimeter_px"] = t["area"], t["perimeter"]
     eccentricity = t["eccentricity"]
@@ -178,16 +91,17 @@ def measure_objects(
     return cols
 
 
-def object_polygons(labels: np.ndarray) -> dict[int, Polygon]:
+def object_polygons(labels: np.ndarray, origin: tuple[int, int] = (0, 0)) -> dict[int, Polygon]:
     """The outer contour of every object as a polygon in pixel-corner coordinates (x, y), by object id.
 
     Marching squares at the 0.5 level of each object's mask, joining diagonal neighbours as the 8-connected
     labelling does; a polygon's area is its pixel count less half a pixel per convex corner. An object in
-    several pieces gives its largest piece."""
+    several pieces gives its largest piece. `origin` (row, column) shifts the polygons to where `labels`
+    lies in a larger image."""
     polygons: dict[int, Polygon] = {}
     for region in regionprops(labels):
         mask = np.pad(region.image, 1).astype(np.float32)  # padding closes contours at the crop's edge
-        y0, x0 = region.bbox[0] - 1, region.bbox[1] - 1
+        y0, x0 = region.bbox[0] - 1 + origin[0], region.bbox[1] - 1 + origin[1]
         best: Polygon | None = None
         for contour in find_contours(mask, 0.5, fully_connected="high"):
             if len(contour) < 4:
@@ -254,14 +168,20 @@ def write_geojson(path: str | Path, collection: dict[str, Any]) -> None:
 
 def write_roi_zip(path: str | Path, polygons: dict[int, Polygon]) -> None:
     """An ImageJ/Fiji ROI set (opened by the ROI Manager): one polygon ROI per object, named by its id."""
+    rois, names = imagej_rois(polygons, len(str(max(polygons, default=0))))
+    with atomic_path(path) as tmp:
+        tmp.unlink()  # roiwrite appends to an existing zip; the temporary file must start afresh
+        roifile.roiwrite(tmp, rois, name=names)
+
+
+def imagej_rois(polygons: dict[int, Polygon], width: int) -> tuple[list[roifile.ImagejRoi], list[str]]:
+    """One polygon ROI per object and its name: the id zero-padded to `width` digits, so that the ROI
+    Manager lists objects in id order."""
     rois, names = [], []
-    width = len(str(max(polygons, default=0)))
     for object_id, poly in polygons.items():
-        name = str(object_id).zfill(width)  # zero-padded so the ROI Manager lists objects in id order
+        name = str(object_id).zfill(width)
         roi = roifile.ImagejRoi.frompoints(np.asarray(poly.exterior.coords)[:-1], name=name)
         roi.roitype = roifile.ROI_TYPE.POLYGON
         rois.append(roi)
         names.append(name)
-    with atomic_path(path) as tmp:
-        tmp.unlink()  # roiwrite appends to an existing zip; the temporary file must start afresh
-        roifile.roiwrite(tmp, rois, name=names)
+    return rois, names

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -225,14 +227,81 @@ def _read_zarr(path: Path) -> np.ndarray:
     return array
 
 
-def write_label(path: str | Path, labels: np.ndarray) -> None:
-    """Write an integer label map (instance ids or class indices) as a compressed TIFF, atomically."""
+def write_label(path: str | Path, labels: np.ndarray, pixel_size: tuple[float, float] | None = None) -> None:
+    """Write an integer label map (instance ids or class indices) as a compressed TIFF, atomically; with a
+    (y, x) `pixel_size` in µm the file carries it (see `pixel_size_options`)."""
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"a label map must be a 2-D integer array, got {labels.dtype} {labels.shape}")
     dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
+    options = pixel_size_options(pixel_size, np.dtype(dtype), tiled=False)
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib")
+        tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", **options)
+
+
+#: Tile side of the tiled BigTIFF label maps written for large images (readers fetch one tile at a time).
+LABEL_TILE = 512
+
+
+def write_label_tiles(
+    path: str | Path,
+    shape: tuple[int, int],
+    bands: Iterable[tuple[int, np.ndarray]],
+    pixel_size: tuple[float, float] | None = None,
+    tile: int = LABEL_TILE,
+) -> None:
+    """Write a large label map as a tiled, compressed BigTIFF (uint32), atomically, from `bands`: (first row,
+    rows × W array) in order, each a whole number of `tile` rows except the last, so that no more than a band
+    is ever held. The pixel size travels as OME-XML and resolution tags."""
+    h, w = shape
+
+    def tiles() -> Iterator[np.ndarray]:
+        expected = 0
+        for y0, band in bands:
+            if y0 != expected or band.shape[1] != w or (band.shape[0] % tile and y0 + band.shape[0] != h):
+                raise ValueError(f"band at row {y0} of shape {band.shape} does not continue the label map")
+            expected = y0 + band.shape[0]
+            for ty in range(0, band.shape[0], tile):
+                rows = band[ty : ty + tile]
+                for tx in range(0, w, tile):
+                    out = np.zeros((tile, tile), np.uint32)
+                    part = rows[:, tx : tx + tile]
+                    out[: part.shape[0], : part.shape[1]] = part
+                    yield out
+        if expected != h:
+            raise ValueError(f"the bands ended at row {expected} of {h}")
+
+    options = pixel_size_options(pixel_size, np.dtype(np.uint32), tiled=True)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(
+            tmp,
+            tiles(),
+            shape=(h, w),
+            dtype=np.uint32,
+            tile=(tile, tile),
+            compression="zlib",
+            bigtiff=True,
+            **options,
+        )
+
+
+def pixel_size_options(
+    pixel_size: tuple[float, float] | None, dtype: np.dtype, tiled: bool
+) -> dict[str, object]:
+    """tifffile.imwrite options that record a (y, x) pixel size in µm where Fiji, QuPath and napari look
+    for it: ImageJ metadata (unit micron) for 8/16-bit untiled maps, which plain ImageJ reads; OME-XML
+    (PhysicalSizeX/Y) otherwise, as ImageJ's format has no 32-bit integers or tiles, with the TIFF
+    resolution tags in centimetres beside it. None: no options (the file says nothing of its size)."""
+    if pixel_size is None:
+        return {}
+    py, px = (float(v) for v in pixel_size)
+    if not (py > 0 and px > 0):
+        raise ValueError(f"pixel size must be positive µm, got {pixel_size}")
+    if not tiled and dtype.itemsize <= 2:
+        return {"imagej": True, "resolution": (1 / px, 1 / py), "metadata": {"unit": "micron", "axes": "YX"}}
+    meta = {"axes": "YX", "PhysicalSizeX": px, "PhysicalSizeXUnit": "µm"}
+    meta |= {"PhysicalSizeY": py, "PhysicalSizeYUnit": "µm"}
+    return {"ome": True, "metadata": meta, "resolution": (1e4 / px, 1e4 / py), "resolutionunit": "CENTIMETER"}
 
 
 def write_image(path: str | Path, image: np.ndarray) -> None:
@@ -247,3 +316,95 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
         options = {"photometric": "rgb" if rgb else "minisblack", "planarconfig": "contig"}
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, image, compression="zlib", **options)
+
+
+# --- physical pixel size -----------------------------------------------------------------------------
+
+#: Micrometres per unit, for the unit names OME-XML, ImageJ and TIFF resolution tags use.
+_MICRONS_PER_UNIT = {
+    "pm": 1e-6,
+    "å": 1e-4,
+    "angstrom": 1e-4,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "µm": 1.0,
+    "μm": 1.0,  # Greek mu, which some writers use instead of the micro sign
+    "um": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "cm": 1e4,
+    "centimeter": 1e4,
+    "m": 1e6,
+    "meter": 1e6,
+    "inch": 25400.0,
+    "in": 25400.0,
+}
+# Image editors stamp these resolutions on every file they save; they say nothing about the specimen.
+_SCREEN_DPI = (72.0, 96.0)
+
+
+def read_pixel_size(path: str | Path) -> tuple[float, float] | None:
+    """The (y, x) pixel size of an image file in µm, or None when the file does not say.
+
+    Read from OME-XML (PhysicalSizeY/X), then ImageJ metadata (its unit with the resolution tags), then plain
+    TIFF resolution tags in inches or centimetres (72 and 96 dpi are software defaults, so ignored). Only
+    TIFF files carry it here; other formats give None."""
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_EXTENSIONS:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if tif.is_ome and tif.ome_metadata:
+                size = _ome_pixel_size(tif.ome_metadata)
+                if size is not None:
+                    return size
+            x_res, y_res = (float(r) for r in page.resolution)
+            if tif.is_imagej:
+                unit = str((tif.imagej_metadata or {}).get("unit", "")).strip()
+                microns = _microns(unit)
+                if microns is None or x_res <= 0 or y_res <= 0:
+                    return None
+                return microns / y_res, microns / x_res
+            unit_code = page.resolutionunit
+    except Exception as exc:  # any tifffile error becomes the one-line DataError a batch reports
+        raise DataError(path, f"cannot read the TIFF's metadata: {exc}") from None
+    microns = {
+        tifffile.RESUNIT.INCH: 25400.0,
+        tifffile.RESUNIT.CENTIMETER: 1e4,
+        tifffile.RESUNIT.MILLIMETER: 1e3,
+        tifffile.RESUNIT.MICROMETER: 1.0,
+    }.get(unit_code)
+    if microns is None or x_res <= 0 or y_res <= 0:
+        return None
+    if unit_code == tifffile.RESUNIT.INCH and x_res in _SCREEN_DPI and y_res in _SCREEN_DPI:
+        return None
+    return microns / y_res, microns / x_res
+
+
+def _microns(unit: str) -> float | None:
+    """Micrometres per `unit` (ImageJ writes e.g. 'micron', 'um' or the escaped '\\u00B5m'); None if unknown."""
+    unit = unit.replace("\\u00B5", "µ").replace("\\u03BC", "μ").strip().lower()
+    return _MICRONS_PER_UNIT.get(unit)
+
+
+def _ome_pixel_size(xml: str) -> tuple[float, float] | None:
+    """PhysicalSizeY/X of the first image's Pixels element, in µm (the schema's default unit)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return None
+    sizes = []
+    for axis in ("Y", "X"):
+        value = pixels.get(f"PhysicalSize{axis}")
+        microns = _microns(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+        if value is None or microns is None or float(value) <= 0:
+            return None
+        sizes.append(float(value) * microns)
+    return sizes[0], sizes[1]

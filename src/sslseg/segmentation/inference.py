@@ -3,6 +3,8 @@ and prediction so that what is scored is exactly what users get."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -71,7 +73,24 @@ def predict_probabilities(
     cfg = cfg or InferenceConfig()
     if object_size is None or task != "instance":
         return _predict_oriented(net, image, task, native_shape, cfg)
-    probs = _predict_once(net, image, task, native_shape, cfg)
+    factor, probs = working_factor(net, image, native_shape, cfg, object_size, head)
+    if factor == 1.0:
+        return _predict_oriented(net, image, task, native_shape, cfg, identity=probs)
+    return _predict_oriented(net, rescale_image(image, factor), task, native_shape, cfg)
+
+
+def working_factor(
+    net: nn.Module,
+    image: np.ndarray,
+    native_shape: tuple[int, int],
+    cfg: InferenceConfig,
+    object_size: float,
+    head: str = "distance",
+) -> tuple[float, torch.Tensor]:
+    """The resize factor that brings the objects of a prepared instance image to `object_size` px (1.0 when
+    within RESCALE_TOLERANCE or nothing is found), with the first prediction it was measured on (native
+    shape). Block-wise prediction measures it once on a sample of a large image and keeps it for all blocks."""
+    probs = _predict_once(net, image, "instance", native_shape, cfg)
     diameter = _sizing_diameter(probs, head)
     factor = 1.0  # nothing found: no size to go by
     if diameter is not None:
@@ -80,8 +99,16 @@ def predict_probabilities(
             diameter = _whole_object_diameter(net, image, cfg, diameter, object_size, head)
         factor = size_factor(diameter, object_size)
     if 1 / RESCALE_TOLERANCE <= factor <= RESCALE_TOLERANCE:
-        return _predict_oriented(net, image, task, native_shape, cfg, identity=probs)
-    return _predict_oriented(net, rescale_image(image, factor), task, native_shape, cfg)
+        factor = 1.0
+    return factor, probs
+
+
+def predict_at_scale(
+    net: nn.Module, image: np.ndarray, task: str, native_shape: tuple[int, int], cfg: InferenceConfig
+) -> torch.Tensor:
+    """Probabilities (K×H×W at `native_shape`, CPU) of a prepared image already at its working scale: one
+    tiled pass, or the mean over the 8 flips/quarter turns with `cfg.tta`."""
+    return _predict_oriented(net, image, task, native_shape, cfg)
 
 
 def _sizing_diameter(probs: torch.Tensor, head: str) -> float | None:
@@ -137,16 +164,24 @@ def _predict_oriented(
     return (total / D4_SIZE).contiguous()
 
 
-def _predict_once(
-    net: nn.Module, image: np.ndarray, task: str, native_shape: tuple[int, int], cfg: InferenceConfig
-) -> torch.Tensor:
+def network_probabilities(net: nn.Module, task: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function the sliding window applies to a batch of tiles: the network's probabilities, in
+    bfloat16 autocast on CUDA."""
     device = next(net.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             return activate(net(batch), task)
 
+    return run
+
+
+def _predict_once(
+    net: nn.Module, image: np.ndarray, task: str, native_shape: tuple[int, int], cfg: InferenceConfig
+) -> torch.Tensor:
+    device = next(net.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+    run = network_probabilities(net, task)
     probs = sliding_window(run, x, cfg.tile_size, cfg.overlap, cfg.batch_size)
     if tuple(probs.shape[1:]) != tuple(native_shape):
         probs = F.interpolate(probs[None], size=native_shape, mode="bilinear", align_corners=False)[0]

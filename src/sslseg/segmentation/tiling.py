@@ -16,6 +16,21 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
+def tile_grid(
+    h: int, w: int, tile_size: int, overlap: float, multiple: int = 32
+) -> tuple[int, list[tuple[int, int]]]:
+    """The tile side and the (y, x) tile origins, in order, that `sliding_window` uses on an h×w image at
+    least one tile large; block-wise prediction evaluates the same tiles so its blocks blend as one image."""
+    tile = -(-min(tile_size, max(h, w)) // multiple) * multiple
+    stride = max(1, int(tile * (1 - overlap)))
+    return tile, [(y, x) for y in _starts(h, tile, stride) for x in _starts(w, tile, stride)]
+
+
+def blend_window(tile: int, device: torch.device) -> torch.Tensor:
+    """The weight of each pixel of a tile when overlapping tiles are averaged (see `sliding_window`)."""
+    return _blend_window(tile, device)
+
+
 def _blend_window(tile: int, device: torch.device) -> torch.Tensor:
     """A separable ramp that is highest in the tile centre and small but positive at its edges."""
     ramp = torch.minimum(torch.arange(tile, device=device) + 1.0, tile - torch.arange(tile, device=device))
