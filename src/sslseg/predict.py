@@ -25,12 +25,12 @@ from sslseg.objects import (
     object_polygons,
     objects_geojson,
     read_pixel_size,
-    semantic_objects,
     write_geojson,
     write_measurements_csv,
     write_roi_zip,
 )
 from sslseg.segmentation.module import SegmentationModule
+from sslseg.segmentation.tasks import task_named
 
 #: Output formats and the file each writes beside the image's name.
 OUTPUT_SUFFIXES = {
@@ -60,7 +60,7 @@ def display_rgb(raw: np.ndarray) -> np.ndarray:
 def overlay(raw: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
     """Instance outlines (one colour per object) or tinted classes drawn over the image."""
     rgb = display_rgb(raw)
-    if task == "semantic":
+    if task_named(task).labels_are_classes:
         out = rgb.astype(np.float32)
         for k in range(1, int(labels.max()) + 1):
             m = labels == k
@@ -210,7 +210,7 @@ def _predict_one(
     if not _OBJECT_FORMATS & targets.keys():
         return
     # a semantic map's objects are the connected regions of each class, with the class as a property
-    instances, classes = semantic_objects(labels) if cfg.data.task == "semantic" else (labels, None)
+    instances, classes = task_named(cfg.data.task).objects(labels)
     size = (pixel_size, pixel_size) if pixel_size is not None else read_pixel_size(path)
     table = measure_objects(instances, raw, size, classes)
     if "csv" in targets:
