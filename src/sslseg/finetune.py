@@ -33,7 +33,6 @@ from sslseg.data.datasets import (
 )
 from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.splits import LabelBudget, assign_budget, dataset_split, load_split, save_split
-from sslseg.data.targets import instance_target_layout
 from sslseg.errors import ConfigError, DataError
 from sslseg.evaluate import evaluate_samples, load_model, summarize, write_rows_csv
 from sslseg.metrics.embeddings import weight_change
@@ -46,6 +45,7 @@ from sslseg.rundir import (
     save_model_checkpoint,
 )
 from sslseg.segmentation.module import SegmentationModule, ValidationImages
+from sslseg.segmentation.tasks import task_named
 from sslseg.segmentation.tuning import tune_postprocess
 from sslseg.trainer import build_trainer, check_trainer_settings
 
@@ -187,7 +187,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
             cfg.train.crop_size,
             cfg.train.steps_per_epoch * cfg.train.batch_size,
             cfg.train.scale_range,
-            instance_target_layout(cfg.model.instance_head).binary if d.task == "instance" else (),
+            task_named(d.task).binary_target_channels(cfg),
         ),
         batch_size=cfg.train.batch_size,
         num_workers=0,
@@ -229,7 +229,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     best_state = save_model_checkpoint(best_path, stable_best)["state_dict"]
     moved = weight_change(initial_weights, best_state, ("net.encoder.", "net.decoder."))
     tuning = {}
-    if d.task == "instance" and cfg.postprocess.tune and val_set:
+    if task_named(d.task).tunes_postprocessing and cfg.postprocess.tune and val_set:
         tuning = tune_checkpoint(stable_best, val_set)
     t1 = time.perf_counter()
     test_samples = _test_samples(cfg, split, by_id)
@@ -333,7 +333,7 @@ def tune_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     out = Path(run_dir)
     cfg = load_config(FinetuneConfig, out / "config.yaml")
     d = cfg.data
-    if d.task != "instance":
+    if not task_named(d.task).tunes_postprocessing:
         raise ConfigError(f"{out}: post-processing tuning applies to instance runs, this one is {d.task}")
     samples = {s.id: s for s in find_samples(d.train, d.layout, d.mask_suffix, allow_unlabeled=True)}
     split = load_split(out / "split.json", list(samples))

@@ -42,13 +42,13 @@ from sslseg.objects import (
     measure_objects,
     object_polygons,
     objects_geojson,
-    semantic_objects,
     write_geojson,
     write_measurements_csv,
     write_roi_zip,
 )
 from sslseg.segmentation.blocks import BLOCKWISE_PIXELS, DEFAULT_BLOCK, BlockObjects, segment_blocks
 from sslseg.segmentation.module import SegmentationModule
+from sslseg.segmentation.tasks import task_named
 
 #: Output formats and the file each writes beside the image's name.
 OUTPUT_SUFFIXES = {
@@ -80,7 +80,7 @@ def display_rgb(raw: np.ndarray) -> np.ndarray:
 def overlay(raw: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
     """Instance outlines (one colour per object) or tinted classes drawn over the image."""
     rgb = display_rgb(raw)
-    if task == "semantic":
+    if task_named(task).labels_are_classes:
         out = rgb.astype(np.float32)
         for k in range(1, int(labels.max()) + 1):
             m = labels == k
@@ -309,7 +309,7 @@ def _predict_one(module: SegmentationModule, path: Path, targets: dict[str, Path
     if not _OBJECT_FORMATS & targets.keys():
         return
     # a semantic map's objects are the connected regions of each class, with the class as a property
-    instances, classes = semantic_objects(labels) if cfg.data.task == "semantic" else (labels, None)
+    instances, classes = task_named(cfg.data.task).objects(labels)
     table = measure_objects(instances, raw, size, classes)
     if "csv" in targets:
         write_measurements_csv(targets["csv"], table)
@@ -349,7 +349,7 @@ def _predict_blocks(
     cfg = module.cfg
     h, w, _ = source.shape
     objects = _OBJECT_FORMATS & targets.keys()
-    if objects and cfg.data.task == "semantic":
+    if objects and task_named(cfg.data.task).labels_are_classes:
         raise ConfigError(
             f"{', '.join(sorted(objects))} of a semantic map are not computed block-wise (a class region may "
             "span blocks); ask for tiff/zarr/overlay for images this large"

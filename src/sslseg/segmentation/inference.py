@@ -14,7 +14,7 @@ from sslseg.config import InferenceConfig, PostprocessConfig
 from sslseg.data.datasets import rescale_image
 from sslseg.data.scale import MIN_FACTOR, median_diameter, size_factor
 from sslseg.segmentation.heads import instance_head
-from sslseg.segmentation.postprocess import probabilities_to_classes
+from sslseg.segmentation.tasks import task_named
 from sslseg.segmentation.tiling import sliding_window
 
 SIZING_SPECK_FRACTION = 0.1  # objects under a tenth of the typical object's area are not measured
@@ -25,8 +25,8 @@ FRAGMENT_SHRINK = 0.75
 
 
 def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
-    """Logits → probabilities: softmax over classes, or sigmoid for [foreground, distance]."""
-    return logits.softmax(dim=1) if task == "semantic" else logits.sigmoid()
+    """Logits → probabilities, as the task activates them (softmax over classes, sigmoid for instance maps)."""
+    return task_named(task).activate(logits)
 
 
 D4_SIZE = 8  # the flips and quarter turns of a square: the test-time augmentations
@@ -71,7 +71,7 @@ def predict_probabilities(
     `cfg.tta`: a median over objects does not need eight. `head` names the instance representation the
     network predicts (`model.instance_head`), which the size estimate segments with."""
     cfg = cfg or InferenceConfig()
-    if object_size is None or task != "instance":
+    if object_size is None or not task_named(task).sizes_objects:
         return _predict_oriented(net, image, task, native_shape, cfg)
     factor, probs = working_factor(net, image, native_shape, cfg, object_size, head)
     if factor == 1.0:
@@ -192,7 +192,4 @@ def probabilities_to_labels(
     probs: torch.Tensor, task: str, post: PostprocessConfig | None = None, head: str = "distance"
 ) -> np.ndarray:
     """Probabilities → class map (semantic) or instance map (instance, by the instance `head`)."""
-    p = probs.numpy()
-    if task == "semantic":
-        return probabilities_to_classes(p)
-    return instance_head(head).to_labels(p, post)
+    return task_named(task).to_labels(probs.numpy(), post, head)

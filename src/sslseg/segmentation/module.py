@@ -9,42 +9,23 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import segmentation_models_pytorch as smp
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from sslseg.augment.segmentation import augment_batch, photometric, random_d4
 from sslseg.config import FinetuneConfig
 from sslseg.data.datasets import LoadedSample
-from sslseg.data.targets import instance_target_layout
 from sslseg.errors import TrainingDiverged
-from sslseg.losses.consistency import class_consistency, map_consistency
-from sslseg.metrics import instance_scores, semantic_scores
 from sslseg.nn.unet import build_unet, encoder_of, freeze
 from sslseg.optim import warmup_cosine
-from sslseg.segmentation.heads import instance_head
-from sslseg.segmentation.inference import activate, predict_probabilities, probabilities_to_labels
+from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
+from sslseg.segmentation.tasks import Task, task_named
 from sslseg.weights import decoder_beside, load_decoder, load_encoder
-
-
-def output_channels(cfg: FinetuneConfig) -> int:
-    """Semantic: one channel per class; instance: the maps of the instance head."""
-    if cfg.data.task == "semantic":
-        return cfg.data.num_classes
-    return instance_head(cfg.model.instance_head).channels
 
 
 def score_labels(pred: Any, labels: Any, cfg: FinetuneConfig) -> dict[str, float]:
     """The task's metrics of one prediction against native-resolution labels."""
-    if cfg.data.task == "semantic":
-        return semantic_scores(pred, labels, cfg.data.num_classes)
-    return instance_scores(labels, pred)
-
-
-def primary_metric(task: str) -> str:
-    """The score that selects checkpoints: Dice for semantic, AJI for instance segmentation."""
-    return "dice" if task == "semantic" else "aji"
+    return task_named(cfg.data.task).scores(pred, labels, cfg)
 
 
 class ValidationImages(Dataset):
@@ -67,11 +48,12 @@ class SegmentationModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = FinetuneConfig.model_validate(config)
+        self.task: Task = task_named(self.cfg.data.task)
         m = self.cfg.model
         self.net = build_unet(
             m.encoder,
             in_channels,
-            output_channels(self.cfg),
+            self.task.output_channels(self.cfg),
             m.decoder_channels,
             imagenet=load_init and m.init == "imagenet",
         )
@@ -94,7 +76,6 @@ class SegmentationModule(L.LightningModule):
                 self.decoder_init = str(decoder)
         if m.frozen:
             freeze(encoder_of(self.net))
-        self.dice = smp.losses.DiceLoss("multiclass", from_logits=True)
         self.val_samples: list[LoadedSample] = []
         # semi-supervised fine-tuning (cfg.semi): batches of unlabeled crops, and the mean teacher, kept out
         # of the module's state (a list hides it from state_dict) so checkpoints hold the student alone
@@ -133,10 +114,8 @@ class SegmentationModule(L.LightningModule):
         return self.net(x)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Dice + cross-entropy (semantic) or the instance head's loss."""
-        if self.cfg.data.task == "semantic":
-            return F.cross_entropy(logits, target) + self.dice(logits, target)
-        return instance_head(self.cfg.model.instance_head).loss(logits, target)
+        """The task's loss: Dice + cross-entropy (semantic) or the instance head's loss."""
+        return self.task.loss(logits, target, self.cfg)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         train = self.cfg.train
@@ -173,17 +152,13 @@ class SegmentationModule(L.LightningModule):
 
     def _unlabeled_loss(self, batch_size: int) -> torch.Tensor:
         """The consistency loss on one batch of unlabeled crops, ramped up over `semi.rampup` of the run."""
-        semi, task = self.cfg.semi, self.cfg.data.task
+        semi = self.cfg.semi
         weak, _ = random_d4(self._next_unlabeled().to(self.device, torch.float32))
         with torch.no_grad():
-            teacher_probs = activate(self.teacher()(weak), task)
+            teacher_probs = self.task.activate(self.teacher()(weak))
         strong = photometric(weak, semi.strong_intensity, semi.strong_noise, semi.strong_gamma)
         student = self(strong)
-        if task == "semantic":
-            loss, used = class_consistency(student, teacher_probs, semi.confidence)
-        else:
-            binary = instance_target_layout(self.cfg.model.instance_head).binary
-            loss, used = map_consistency(student, teacher_probs, binary, semi.confidence)
+        loss, used = self.task.consistency(student, teacher_probs, self.cfg)
         if self._rampup_steps is None:  # the trainer's step estimate is not free: read it once
             self._rampup_steps = max(semi.rampup * int(self.trainer.estimated_stepping_batches), 1.0)
         ramp = min(1.0, self.global_step / self._rampup_steps)
@@ -208,7 +183,7 @@ class SegmentationModule(L.LightningModule):
         # under DDP each process scores its share of the images: the epoch's score is the mean over all
         self.log(
             "val/score",
-            scores[primary_metric(self.cfg.data.task)],
+            scores[self.task.primary_metric],
             prog_bar=True,
             batch_size=1,
             sync_dist=True,

@@ -15,7 +15,8 @@ from sslseg.data.datasets import LoadedSample
 from sslseg.metrics import instance_scores
 from sslseg.segmentation.heads import instance_head
 from sslseg.segmentation.inference import probabilities_to_labels
-from sslseg.segmentation.module import SegmentationModule, primary_metric
+from sslseg.segmentation.module import SegmentationModule
+from sslseg.segmentation.tasks import task_named
 
 
 def tune_postprocess(
@@ -26,7 +27,7 @@ def tune_postprocess(
     cfg = module.cfg
     head = cfg.model.instance_head
     grid = grid or instance_head(head).tuning_grid
-    metric = primary_metric(cfg.data.task)
+    metric = task_named(cfg.data.task).primary_metric
     probs = [module.probabilities(s.image, s.native_shape) for s in samples]
 
     def score(post: PostprocessConfig) -> float:

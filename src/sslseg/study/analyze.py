@@ -19,14 +19,8 @@ import numpy as np
 from sslseg.study import stats
 from sslseg.study.spec import BASELINE, StudyConfig
 
-INSTANCE_METRICS = ("aji", "aji_plus", "pq", "dsb_score", "f1@0.5")
-SEMANTIC_METRICS = ("dice", "iou")
 # resampling two seeds gives three possible means: an interval from that would look far surer than it is
 MIN_BOOTSTRAP = 3
-
-
-def primary_metric(task: str) -> str:
-    return "aji" if task == "instance" else "dice"
 
 
 def _clean(x: Any) -> Any:
@@ -496,10 +490,12 @@ def verdict(
 
 def analyze(study: StudyConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The whole score analysis of a study as a JSON-ready dict."""
+    from sslseg.segmentation.tasks import task_named  # torch and the networks: only when analysing
+
     result: dict[str, Any] = {"study": study.name, "datasets": {}}
     for ds in study.datasets:
-        metrics = INSTANCE_METRICS if ds.task == "instance" else SEMANTIC_METRICS
-        primary = primary_metric(ds.task)
+        task = task_named(ds.task)
+        metrics, primary = task.metrics, task.primary_metric
         groups: dict[str, dict[str, Any]] = {}
         references: dict[str, Any] = {}
         axis = annotated_counts(study, rows, ds.name)

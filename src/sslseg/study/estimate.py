@@ -190,7 +190,7 @@ def disk_estimate(study: StudyConfig, jobs: list[Job], channels: int = 3) -> Dis
     its method saves) in float32."""
     from sslseg.nn.unet import build_unet
     from sslseg.pretrain import build_method, resolve_optim
-    from sslseg.segmentation.module import output_channels
+    from sslseg.segmentation.tasks import task_named
 
     float_bytes = BYTES[study.cell_weights]
     kept: dict[tuple, tuple[int, int]] = {}  # model signature → (kept bytes, resume bytes)
@@ -199,10 +199,20 @@ def disk_estimate(study: StudyConfig, jobs: list[Job], channels: int = 3) -> Dis
         if job.kind == "finetune":
             cfg = FinetuneConfig.model_validate(job.config)
             m = cfg.model
-            sig: tuple = ("finetune", m.encoder, m.decoder_channels, output_channels(cfg))
+            sig: tuple = (
+                "finetune",
+                m.encoder,
+                m.decoder_channels,
+                task_named(cfg.data.task).output_channels(cfg),
+            )
             if sig not in kept:
                 with torch.device("meta"):
-                    net = build_unet(m.encoder, channels, output_channels(cfg), m.decoder_channels)
+                    net = build_unet(
+                        m.encoder,
+                        channels,
+                        task_named(cfg.data.task).output_channels(cfg),
+                        m.decoder_channels,
+                    )
                 state = net.state_dict()
                 kept[sig] = (_tensor_bytes(state, float_bytes), 2 * RESUME_FACTOR * _tensor_bytes(state, 4))
             cell = max(cell, kept[sig][0])

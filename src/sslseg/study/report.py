@@ -396,6 +396,8 @@ def write_report(
     footer: str = "",
 ) -> dict[str, Path]:
     """Write report.html, report.md and the CSV tables into `out`; returns their paths."""
+    from sslseg.segmentation.tasks import task_named  # torch and the networks: only when reporting
+
     out.mkdir(parents=True, exist_ok=True)
     representation = representation or {}
     h = [f"<!doctype html><meta charset='utf-8'><title>sslseg study {html.escape(study_name)}</title>"]
@@ -416,8 +418,9 @@ def write_report(
         axis_name = (
             "label fractions" if ds["budget_axis"]["budget_key"] == "label_fraction" else "image counts"
         )
-        h.append(f"<h2>{html.escape(ds_name)} ({ds['task']} segmentation)</h2>")
-        md.append(f"\n## {ds_name} ({ds['task']} segmentation)\n")
+        task = task_named(ds["task"]).display_name
+        h.append(f"<h2>{html.escape(ds_name)} ({task})</h2>")
+        md.append(f"\n## {ds_name} ({task})\n")
         h.append(f'<img src="data:image/png;base64,{curves_figure(ds, metric)}">')
         note = (
             f"Label-efficiency integral: area under the {metric} curve over the studied {axis_name}, divided "

@@ -143,8 +143,9 @@ class _Heartbeat:
 def _describe(row: dict[str, Any], metrics: dict[str, Any], seconds: dict[str, float]) -> str:
     if row["kind"] == "pretrain":
         return f"pretrained in {seconds['total']:.0f}s"
-    task = row["config"]["data"]["task"]
-    name = "aji" if task == "instance" else "dice"
+    from sslseg.segmentation.tasks import task_named
+
+    name = task_named(row["config"]["data"]["task"]).primary_metric
     return f"test {name} {metrics.get(name, float('nan')):.3f} in {seconds['total']:.0f}s"
 
 

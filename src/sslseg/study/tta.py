@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from sslseg.data.datasets import LoadedSample
-from sslseg.metrics import aji, semantic_scores
 from sslseg.metrics.uncertainty import inverted_agreement
 from sslseg.segmentation.inference import (
     D4_SIZE,
@@ -22,7 +21,7 @@ from sslseg.segmentation.inference import (
     predict_probabilities,
     probabilities_to_labels,
 )
-from sslseg.segmentation.module import SegmentationModule, primary_metric
+from sslseg.segmentation.module import SegmentationModule
 from sslseg.study.features import evaluating
 
 
@@ -51,10 +50,7 @@ def tta_predictions(module: SegmentationModule, sample: LoadedSample, n: int = D
 def agreement_metric(module: SegmentationModule) -> Callable[[np.ndarray, np.ndarray], float]:
     """The task's agreement metric(reference, other) of two label maps: AJI for instance tasks, Dice of the
     foreground (mean over foreground classes) for semantic tasks, as the task's scores compute them."""
-    cfg = module.cfg
-    if cfg.data.task == "semantic":
-        return lambda ref, other: semantic_scores(other, ref, cfg.data.num_classes)["dice"]
-    return aji
+    return module.task.agreement(module.cfg)
 
 
 def tta_uncertainty(
@@ -67,7 +63,7 @@ def tta_uncertainty(
     if n < 2:
         raise ValueError(f"TTA uncertainty needs at least 2 augmentations, got {n}")
     metric = agreement_metric(module)
-    name = primary_metric(module.cfg.data.task)
+    name = module.task.primary_metric
     rows = []
     for s in samples:
         preds = tta_predictions(module, s, n)

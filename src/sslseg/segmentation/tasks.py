@@ -1,0 +1,181 @@
+"""Segmentation tasks as objects: what a U-Net for the task outputs, how it learns, how its outputs become
+label maps and how those are scored, in one registry (`TASKS`) as `METHODS` is for SSL.
+
+A config names its task by string (`data.task: semantic | instance`); code that behaves differently by task
+asks the task object (`task_named(cfg.data.task)`) instead of comparing strings. The instance task learns and
+post-processes through the instance head the config chooses (`model.instance_head`,
+`sslseg.segmentation.heads.INSTANCE_HEADS`), so a new instance representation is one more head, not a task.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import ClassVar
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+
+from sslseg.config import FinetuneConfig, PostprocessConfig
+from sslseg.losses.consistency import class_consistency, map_consistency
+from sslseg.metrics import aji, instance_scores, semantic_scores
+from sslseg.objects import semantic_objects
+from sslseg.segmentation.heads import instance_head
+from sslseg.segmentation.postprocess import probabilities_to_classes
+
+Agreement = Callable[[np.ndarray, np.ndarray], float]
+
+_MULTICLASS_DICE = smp.losses.DiceLoss("multiclass", from_logits=True)
+
+
+class Task(ABC):
+    """One segmentation task; subclasses fill in the class attributes and the abstract methods."""
+
+    name: ClassVar[str]
+    display_name: ClassVar[str]  # how reports name it
+    primary_metric: ClassVar[str]  # the score that selects checkpoints, tunes thresholds and leads reports
+    metrics: ClassVar[tuple[str, ...]]  # the scores a study analyses, the primary one first
+    labels_are_classes: ClassVar[bool]  # label maps hold class indices (else object ids)
+    sizes_objects: ClassVar[bool]  # objects have sizes: `data.object_size` can choose the working scale
+    tunes_postprocessing: ClassVar[bool]  # post-processing thresholds are tuned on the validation split
+
+    @abstractmethod
+    def output_channels(self, cfg: FinetuneConfig) -> int:
+        """Channels of the U-Net's output."""
+
+    @abstractmethod
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits (B×K×H×W) → probabilities."""
+
+    @abstractmethod
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, cfg: FinetuneConfig) -> torch.Tensor:
+        """The supervised loss of a batch of logits against its targets."""
+
+    @abstractmethod
+    def consistency(
+        self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, cfg: FinetuneConfig
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Semi-supervised consistency loss of a student against a confident teacher, and the share used."""
+
+    @abstractmethod
+    def binary_target_channels(self, cfg: FinetuneConfig) -> tuple[int, ...]:
+        """Target channels that are 0/1 maps, re-binarised after a crop is zoomed."""
+
+    @abstractmethod
+    def to_labels(
+        self, probs: np.ndarray, post: PostprocessConfig | None = None, head: str = "distance"
+    ) -> np.ndarray:
+        """Probabilities (K×H×W) → label map (class indices or object ids)."""
+
+    @abstractmethod
+    def scores(self, pred: np.ndarray, labels: np.ndarray, cfg: FinetuneConfig) -> dict[str, float]:
+        """The task's metrics of one predicted label map against native-resolution labels."""
+
+    @abstractmethod
+    def agreement(self, cfg: FinetuneConfig) -> Agreement:
+        """agreement(reference, other) of two label maps under the task's main measure, in [0, 1]."""
+
+    def objects(self, labels: np.ndarray) -> tuple[np.ndarray, dict[int, int] | None]:
+        """The objects of a label map (an instance map) and, for class maps, the class of each object."""
+        if self.labels_are_classes:
+            return semantic_objects(labels)
+        return labels, None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class SemanticTask(Task):
+    """One channel per class: softmax, cross-entropy + Dice, the argmax class map, per-image Dice/IoU."""
+
+    name = "semantic"
+    display_name = "semantic segmentation"
+    primary_metric = "dice"
+    metrics = ("dice", "iou")
+    labels_are_classes = True
+    sizes_objects = False
+    tunes_postprocessing = False
+
+    def output_channels(self, cfg: FinetuneConfig) -> int:
+        return cfg.data.num_classes
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.softmax(dim=1)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, cfg: FinetuneConfig) -> torch.Tensor:
+        return F.cross_entropy(logits, target) + _MULTICLASS_DICE(logits, target)
+
+    def consistency(
+        self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, cfg: FinetuneConfig
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return class_consistency(student_logits, teacher_probs, cfg.semi.confidence)
+
+    def binary_target_channels(self, cfg: FinetuneConfig) -> tuple[int, ...]:
+        return ()
+
+    def to_labels(
+        self, probs: np.ndarray, post: PostprocessConfig | None = None, head: str = "distance"
+    ) -> np.ndarray:
+        return probabilities_to_classes(probs)
+
+    def scores(self, pred: np.ndarray, labels: np.ndarray, cfg: FinetuneConfig) -> dict[str, float]:
+        return semantic_scores(pred, labels, cfg.data.num_classes)
+
+    def agreement(self, cfg: FinetuneConfig) -> Agreement:
+        """Dice of the foreground (mean over foreground classes), as `scores` computes it."""
+        return lambda ref, other: semantic_scores(other, ref, cfg.data.num_classes)["dice"]
+
+
+class InstanceTask(Task):
+    """The maps of the chosen instance head: sigmoid, the head's loss and post-processing, instance metrics."""
+
+    name = "instance"
+    display_name = "instance segmentation"
+    primary_metric = "aji"
+    metrics = ("aji", "aji_plus", "pq", "dsb_score", "f1@0.5")
+    labels_are_classes = False
+    sizes_objects = True
+    tunes_postprocessing = True
+
+    def output_channels(self, cfg: FinetuneConfig) -> int:
+        return instance_head(cfg.model.instance_head).channels
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.sigmoid()
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, cfg: FinetuneConfig) -> torch.Tensor:
+        return instance_head(cfg.model.instance_head).loss(logits, target)
+
+    def consistency(
+        self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, cfg: FinetuneConfig
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        binary = self.binary_target_channels(cfg)
+        return map_consistency(student_logits, teacher_probs, binary, cfg.semi.confidence)
+
+    def binary_target_channels(self, cfg: FinetuneConfig) -> tuple[int, ...]:
+        return instance_head(cfg.model.instance_head).targets.binary
+
+    def to_labels(
+        self, probs: np.ndarray, post: PostprocessConfig | None = None, head: str = "distance"
+    ) -> np.ndarray:
+        return instance_head(head).to_labels(probs, post)
+
+    def scores(self, pred: np.ndarray, labels: np.ndarray, cfg: FinetuneConfig) -> dict[str, float]:
+        return instance_scores(labels, pred)
+
+    def agreement(self, cfg: FinetuneConfig) -> Agreement:
+        """AJI of the two label maps."""
+        return aji
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (SemanticTask(), InstanceTask())}
+
+
+def task_named(name: str) -> Task:
+    """The task registered under `name`; an unknown name is an error listing the valid ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task '{name}'; choose one of {', '.join(TASKS)}") from None
