@@ -4,7 +4,6 @@ native resolution."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import platform
 import sys
@@ -18,7 +17,6 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
 from torch.utils.data import DataLoader
 
 import sslseg
@@ -42,9 +40,9 @@ from sslseg.oom import explain_out_of_memory
 from sslseg.rundir import (
     AtomicCheckpointIO,
     RandomStateCheckpoint,
-    csv_log_version,
     last_checkpoint,
     prepare_run_dir,
+    run_loggers,
     save_model_checkpoint,
 )
 from sslseg.segmentation.module import SegmentationModule, ValidationImages
@@ -76,21 +74,6 @@ class EpochSummary(L.Callback):
                 parts.append(f"{key} {float(m[key]):.4f}")
         parts.append(f"{time.perf_counter() - self.start:.0f}s")
         print("  ".join(parts), file=sys.stderr, flush=True)
-
-
-def _loggers(out: Path, resume: bool) -> list[Logger]:
-    loggers: list[Logger] = [CSVLogger(out, name="logs", version=csv_log_version(out, resume))]
-    # the CSV log always; TensorBoard and MLflow (a file store inside the run folder) when installed
-    if importlib.util.find_spec("tensorboard"):
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(out, name="tensorboard", version=""))
-    if importlib.util.find_spec("mlflow"):
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        uri = f"file:{(out / 'mlruns').resolve()}"
-        loggers.append(MLFlowLogger(experiment_name="sslseg", tracking_uri=uri))
-    return loggers
 
 
 def _precision(setting: str) -> str:
@@ -224,7 +207,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         precision=_precision(cfg.train.precision),
         deterministic=cfg.train.deterministic,
         callbacks=callbacks,
-        logger=_loggers(out, resume),
+        logger=run_loggers(out, resume),
         default_root_dir=out,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -386,3 +369,6 @@ def _test_samples(cfg: FinetuneConfig, split: dict[str, list[str]], by_id: dict[
             raise DataError(cfg.data.test, f"{len(missing)} test images have no labels, e.g. {missing[:3]}")
         return samples
     return [by_id[i] for i in split["test"]]
+
+
+sslseg.entry_point(__name__)  # `from sslseg import finetune` is callable (see sslseg.API)

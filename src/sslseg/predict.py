@@ -15,6 +15,7 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
+import sslseg
 from sslseg.atomic import atomic_path
 from sslseg.data.datasets import prepare_image
 from sslseg.data.io import IMAGE_EXTENSIONS, read_image, write_label
@@ -151,17 +152,19 @@ def predict_files(
     formats: str | Iterable[str] = DEFAULT_FORMATS,
     pixel_size: float | None = None,
     overwrite: bool = False,
+    device: str = "auto",
 ) -> PredictReport:
     """Segment each image and write the requested `formats` (see OUTPUT_SUFFIXES) into `out_dir` as
     `<name><suffix>`. An image that cannot be read or segmented is recorded in the report's `failed` and the
     batch goes on; images whose outputs all exist are skipped unless `overwrite`. `pixel_size` (µm) overrides
-    the one read from each file for the measurements; `tta` overrides the checkpoint's test-time augmentation."""
+    the one read from each file for the measurements; `tta` overrides the checkpoint's test-time augmentation;
+    `device` is auto (cuda > mps > cpu), cpu, cuda or mps."""
     chosen = parse_formats(formats)
     if pixel_size is not None and not pixel_size > 0:
         raise ConfigError(f"--pixel-size must be a positive number of µm, got {pixel_size}")
     out = Path(out_dir)
     jobs = named_images([Path(p) for p in inputs], out)
-    module = load_model(checkpoint, tta=tta)
+    module = load_model(checkpoint, device=device, tta=tta)
     report = PredictReport()
     bar = tqdm(jobs, desc="predicting", disable=not progress)
     for path, name in bar:
@@ -221,3 +224,6 @@ def _predict_one(
             write_geojson(targets["geojson"], objects_geojson(polygons, table))
         if "roi" in targets:
             write_roi_zip(targets["roi"], polygons)
+
+
+sslseg.entry_point(__name__)  # `from sslseg import predict` is callable (see sslseg.API)

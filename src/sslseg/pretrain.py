@@ -1,7 +1,8 @@
 """Pretrain a segmentation encoder with a self-supervised method on unlabeled images.
 
 Outputs: Lightning checkpoints (last, for --resume), `encoder.safetensors` with its JSON sidecar (what
-`sslseg finetune --init` loads), the resolved config and a CSV log.
+`sslseg finetune --init` loads), the resolved config and the logs fine-tuning writes too (CSV; TensorBoard
+and MLflow when installed, see `sslseg.rundir.run_loggers`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 import sslseg
@@ -31,9 +31,9 @@ from sslseg.oom import explain_out_of_memory
 from sslseg.rundir import (
     AtomicCheckpointIO,
     RandomStateCheckpoint,
-    csv_log_version,
     last_checkpoint,
     prepare_run_dir,
+    run_loggers,
 )
 from sslseg.weights import save_encoder
 
@@ -122,7 +122,7 @@ def pretrain(
         deterministic=cfg.train.deterministic,
         callbacks=[ckpt, RandomStateCheckpoint(), *(callbacks or [])],
         plugins=[AtomicCheckpointIO()],
-        logger=CSVLogger(out, name="logs", version=csv_log_version(out, resume)),
+        logger=run_loggers(out, resume),
         default_root_dir=out,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -160,3 +160,6 @@ def pretrain(
             save_encoder(module, out / f"{name}.safetensors", {**summary, "part": name})
         write_json(out / "result.json", summary)
     return PretrainResult(out, weights, summary, main_process=trainer.is_global_zero)
+
+
+sslseg.entry_point(__name__)  # `from sslseg import pretrain` is callable (see sslseg.API)
