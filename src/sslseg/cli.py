@@ -32,6 +32,10 @@ TtaOption = Annotated[
         help="average the 8 flips/quarter turns of each image (default: the model's inference.tta)",
     ),
 ]
+DeviceOption = Annotated[
+    str,
+    typer.Option(help="where the network runs: auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps"),
+]
 
 
 @data_app.command("verify")
@@ -246,11 +250,14 @@ def evaluate(
     layout: str = "auto",
     mask_suffix: str | None = None,
     tta: TtaOption = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """Score a fine-tuned model on a labelled dataset at native resolution."""
     from sslseg.evaluate import evaluate_checkpoint
 
-    mean = evaluate_checkpoint(checkpoint, data, out, layout=layout, mask_suffix=mask_suffix, tta=tta)
+    mean = evaluate_checkpoint(
+        checkpoint, data, out, layout=layout, mask_suffix=mask_suffix, tta=tta, device=device
+    )
     typer.echo(json.dumps(mean, indent=2))
 
 
@@ -294,6 +301,7 @@ def predict(
     ] = None,
     level: Annotated[int, typer.Option(help="pyramid level of OME-TIFF / OME-Zarr inputs (0 = full)")] = 0,
     series: Annotated[int, typer.Option(help="series of multi-series TIFF inputs")] = 0,
+    device: DeviceOption = "auto",
 ) -> None:
     """Segment images of any size (tiled; block-wise when large) and write the chosen outputs. A batch goes
     on past unreadable images and lists them at the end (exit code 1); a rerun skips images whose outputs
@@ -314,6 +322,7 @@ def predict(
         block_size=block_size,
         level=level,
         series=series,
+        device=device,
     )
     done = f"predicted {len(report.outputs)} images into {out}"
     if report.skipped:
@@ -325,6 +334,62 @@ def predict(
         for path, reason in report.failed.items():
             typer.echo(f"  {path}: {reason}", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    checkpoint: Path,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("export"),
+    formats: Annotated[
+        str,
+        typer.Option(help="comma-separated: torchscript, onnx, bioimageio (a zipped bioimage.io package)"),
+    ] = "torchscript,onnx,bioimageio",
+    name: Annotated[str | None, typer.Option(help="model name in the package")] = None,
+    author: Annotated[
+        list[str] | None, typer.Option(help="author of the model (repeatable; default: your user name)")
+    ] = None,
+    license: Annotated[str, typer.Option(help="SPDX licence of the weights")] = "CC-BY-4.0",
+    cite: Annotated[
+        list[str] | None,
+        typer.Option(help='"TEXT|DOI-or-URL" to cite (repeatable; default: the U-Net paper)'),
+    ] = None,
+    sample: Annotated[
+        Path | None, typer.Option(help="image for the package's test input and cover (default: synthetic)")
+    ] = None,
+    onnx_exporter: Annotated[
+        str, typer.Option(help="torch's ONNX exporter: torchscript (fast) or dynamo (needs onnxscript)")
+    ] = "torchscript",
+    test_package: Annotated[
+        bool,
+        typer.Option(
+            "--test-package/--no-test-package", help="run bioimageio.core's model test if installed"
+        ),
+    ] = True,
+) -> None:
+    """Export a fine-tuned model as TorchScript, ONNX (each checked against PyTorch) and a validated
+    bioimage.io package, with its post-processing settings in sslseg.yaml."""
+    from sslseg.errors import ConfigError
+    from sslseg.export import export_model
+
+    pairs = []
+    for entry in cite or []:
+        text, sep, ref = entry.rpartition("|")
+        if not sep or not text.strip() or not ref.strip():
+            raise ConfigError(f'--cite {entry!r}: give "TEXT|DOI-or-URL"')
+        pairs.append((text.strip(), ref.strip()))
+    result = export_model(
+        checkpoint,
+        out,
+        formats,
+        name=name,
+        authors=author or [],
+        license=license,
+        cite=pairs,
+        sample=sample,
+        onnx_exporter=onnx_exporter,
+        test_package=test_package,
+    )
+    typer.echo(json.dumps(result.as_dict(), indent=2))
 
 
 study_app = typer.Typer(no_args_is_help=True, help="Run a study: pretrainings × label fractions × seeds.")

@@ -28,3 +28,7 @@ class TrainingDiverged(SslsegError):
 
 class OutOfMemory(SslsegError):
     """Training or inference ran out of (GPU) memory; the message names the setting and a value to try."""
+
+
+class ExportCheckFailed(SslsegError):
+    """An exported model does not reproduce PyTorch, or its bioimage.io package does not validate."""

@@ -7,35 +7,36 @@ import io
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
+import sslseg
 from sslseg.atomic import write_json, write_text
 from sslseg.data.datasets import LoadedSample, load_heldout
 from sslseg.data.layouts import find_samples
+from sslseg.device import resolve_device
 from sslseg.errors import DataError
 from sslseg.metrics import mean_scores
 from sslseg.segmentation.module import SegmentationModule, score_labels
 
 
 def load_model(checkpoint: str | Path, device: str = "auto", tta: bool | None = None) -> SegmentationModule:
-    """Load a fine-tuned model from a Lightning checkpoint (or a run folder holding `best.ckpt`); `tta`
-    overrides the test-time augmentation setting it was trained with."""
+    """Load a fine-tuned model from a Lightning checkpoint (or a run folder holding `best.ckpt`) onto
+    `device` (see `sslseg.device.resolve_device`: auto = cuda > mps > cpu); `tta` overrides the test-time
+    augmentation setting it was trained with."""
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "best.ckpt"
     if not path.is_file():
         raise DataError(path, "checkpoint not found")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    target = resolve_device(device)  # an unavailable device fails before the checkpoint is read
     try:
-        module = SegmentationModule.load_from_checkpoint(path, map_location=device, load_init=False)
+        module = SegmentationModule.load_from_checkpoint(path, map_location=target, load_init=False)
     except (RuntimeError, EOFError, KeyError, OSError, ValueError) as e:
         raise DataError(path, f"not a readable sslseg checkpoint (truncated or corrupt?): {e}") from None
     if tta is not None:
         inference = module.cfg.inference.model_copy(update={"tta": tta})
         module.cfg = module.cfg.model_copy(update={"inference": inference})
-    return module.eval()
+    return module.to(target).eval()
 
 
 def evaluate_samples(
@@ -75,10 +76,11 @@ def evaluate_checkpoint(
     mask_suffix: str | None = None,
     progress: bool = True,
     tta: bool | None = None,
+    device: str = "auto",
 ) -> dict[str, float]:
     """Score a checkpoint on a labelled dataset; writes `per_image.csv` and `metrics.json` to `out_dir`.
-    `tta` overrides the checkpoint's test-time augmentation setting."""
-    module = load_model(checkpoint, tta=tta)
+    `tta` overrides the checkpoint's test-time augmentation setting; `device` is auto, cpu, cuda or mps."""
+    module = load_model(checkpoint, device=device, tta=tta)
     cfg = module.cfg
     samples = find_samples(data, layout=layout, mask_suffix=mask_suffix)
     if any(s.label is None for s in samples):
@@ -91,3 +93,6 @@ def evaluate_checkpoint(
         write_rows_csv(out / "per_image.csv", rows)
         write_json(out / "metrics.json", {"data": str(data), "checkpoint": str(checkpoint), "mean": mean})
     return mean
+
+
+sslseg.entry_point(__name__)  # `from sslseg import evaluate` is callable (see sslseg.API)

@@ -4,7 +4,6 @@ native resolution."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import platform
 import sys
@@ -18,7 +17,6 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
 from torch.utils.data import DataLoader
 
 import sslseg
@@ -39,9 +37,9 @@ from sslseg.metrics.embeddings import weight_change
 from sslseg.oom import explain_out_of_memory
 from sslseg.rundir import (
     RandomStateCheckpoint,
-    csv_log_version,
     last_checkpoint,
     prepare_run_dir,
+    run_loggers,
     save_model_checkpoint,
 )
 from sslseg.segmentation.module import SegmentationModule, ValidationImages
@@ -75,21 +73,6 @@ class EpochSummary(L.Callback):
                 parts.append(f"{key} {float(m[key]):.4f}")
         parts.append(f"{time.perf_counter() - self.start:.0f}s")
         print("  ".join(parts), file=sys.stderr, flush=True)
-
-
-def _loggers(out: Path, resume: bool) -> list[Logger]:
-    loggers: list[Logger] = [CSVLogger(out, name="logs", version=csv_log_version(out, resume))]
-    # the CSV log always; TensorBoard and MLflow (a file store inside the run folder) when installed
-    if importlib.util.find_spec("tensorboard"):
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(out, name="tensorboard", version=""))
-    if importlib.util.find_spec("mlflow"):
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        uri = f"file:{(out / 'mlruns').resolve()}"
-        loggers.append(MLFlowLogger(experiment_name="sslseg", tracking_uri=uri))
-    return loggers
 
 
 def resolve_splits(cfg: FinetuneConfig, samples: list[Sample]) -> LabelBudget:
@@ -212,7 +195,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         cfg.train,
         out,
         callbacks=callbacks,
-        logger=_loggers(out, resume),
+        logger=run_loggers(out, resume),
         progress=progress,
         log_every_n_steps=min(10, cfg.train.steps_per_epoch),
     )
@@ -370,3 +353,6 @@ def _test_samples(cfg: FinetuneConfig, split: dict[str, list[str]], by_id: dict[
             raise DataError(cfg.data.test, f"{len(missing)} test images have no labels, e.g. {missing[:3]}")
         return samples
     return [by_id[i] for i in split["test"]]
+
+
+sslseg.entry_point(__name__)  # `from sslseg import finetune` is callable (see sslseg.API)

@@ -1,7 +1,8 @@
 """Pretrain a segmentation encoder with a self-supervised method on unlabeled images.
 
 Outputs: Lightning checkpoints (last, for --resume), `encoder.safetensors` with its JSON sidecar (what
-`sslseg finetune --init` loads), the resolved config and a CSV log.
+`sslseg finetune --init` loads), the resolved config and the logs fine-tuning writes too (CSV; TensorBoard
+and MLflow when installed, see `sslseg.rundir.run_loggers`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 import sslseg
@@ -28,9 +28,9 @@ from sslseg.methods.base import SSLMethod
 from sslseg.oom import explain_out_of_memory
 from sslseg.rundir import (
     RandomStateCheckpoint,
-    csv_log_version,
     last_checkpoint,
     prepare_run_dir,
+    run_loggers,
 )
 from sslseg.trainer import build_trainer, check_trainer_settings
 from sslseg.weights import save_encoder
@@ -108,7 +108,7 @@ def pretrain(
         cfg.train,
         out,
         callbacks=[ckpt, RandomStateCheckpoint(), *(callbacks or [])],
-        logger=CSVLogger(out, name="logs", version=csv_log_version(out, resume)),
+        logger=run_loggers(out, resume),
         progress=progress,
         log_every_n_steps=min(10, steps),
     )
@@ -143,3 +143,6 @@ def pretrain(
             save_encoder(module, out / f"{name}.safetensors", {**summary, "part": name})
         write_json(out / "result.json", summary)
     return PretrainResult(out, weights, summary, main_process=trainer.is_global_zero)
+
+
+sslseg.entry_point(__name__)  # `from sslseg import pretrain` is callable (see sslseg.API)

@@ -3,6 +3,7 @@ must hold so that a run killed and resumed ends exactly where an uninterrupted r
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import zipfile
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
 
 from sslseg.atomic import atomic_path
 from sslseg.errors import ConfigError, DataError
@@ -70,6 +72,23 @@ def csv_log_version(out: Path, resume: bool) -> str:
     while (out / "logs" / f"resumed-{n}").exists():
         n += 1
     return f"resumed-{n}"
+
+
+def run_loggers(out: Path, resume: bool) -> list[Logger]:
+    """The loggers of a training run (pretraining and fine-tuning alike): the CSV log under `logs/` always,
+    TensorBoard (`tensorboard/`) and MLflow (a file store in `mlruns/`) when they are installed, all inside
+    the run folder so that nothing is sent anywhere."""
+    loggers: list[Logger] = [CSVLogger(out, name="logs", version=csv_log_version(out, resume))]
+    if importlib.util.find_spec("tensorboard"):
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(out, name="tensorboard", version=""))
+    if importlib.util.find_spec("mlflow"):
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        uri = f"file:{(out / 'mlruns').resolve()}"
+        loggers.append(MLFlowLogger(experiment_name="sslseg", tracking_uri=uri))
+    return loggers
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
