@@ -133,10 +133,20 @@ class SegmentationModule(L.LightningModule):
         return self.net(x)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Dice + cross-entropy (semantic) or the instance head's loss."""
+        """Dice + cross-entropy (semantic) or the instance head's loss; with `loss.object_balance` the
+        target's last channel is each pixel's weight minus 1 (see `load_samples`)."""
         if self.cfg.data.task == "semantic":
             return F.cross_entropy(logits, target) + self.dice(logits, target)
-        return instance_head(self.cfg.model.instance_head).loss(logits, target)
+        head = instance_head(self.cfg.model.instance_head)
+        balanced = self.cfg.loss.balance() is not None
+        expected = head.channels + int(balanced)
+        if target.shape[1] != expected:
+            raise ValueError(
+                f"instance targets have {target.shape[1]} channels; head '{head.name}' "
+                f"{'with' if balanced else 'without'} object balancing expects {expected}"
+            )
+        weight = 1.0 + target[:, head.channels :] if balanced else None
+        return head.loss(logits, target[:, : head.channels], weight)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         train = self.cfg.train
