@@ -51,9 +51,10 @@ class InstanceHead:
         the foreground BCE up on contact pixels. `pixel_weight` (B×1×H×W, e.g. object balancing's, see
         `sslseg.data.targets.object_balance_weights`) multiplies the foreground BCE's pixel weights too.
 
-        The Dice term stays unweighted: its gradient is the same for every foreground pixel whatever its
-        object, so it neither favours nor neglects small objects, while the BCE's per-pixel gradient is
-        where a pixel weight acts."""
+        The Dice term stays unweighted: it is one overlap over the whole batch, whose gradient is the same on
+        every foreground pixel whatever its error or its object (a missed small nucleus is pulled no harder
+        than a confident large one), so a per-pixel weight acts through the BCE, whose gradient grows with
+        each pixel's error."""
         fg_logit, dist_logit = logits[:, :1], logits[:, 1:2]
         fg, dist = target[:, :1], target[:, 1:2]
         weight = pixel_weight
