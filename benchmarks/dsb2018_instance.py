@@ -7,6 +7,7 @@ shipped it (per-object masks). Prints JSON lines: each figure beside the bar and
     python benchmarks/dsb2018_instance.py --tta                         # also score with TTA (8× slower)
     python benchmarks/dsb2018_instance.py --gamma-jitter 0.4 --shuffle-channels  # stronger augmentation
     python benchmarks/dsb2018_instance.py --instance-head contact --compare-without instance-head
+    python benchmarks/dsb2018_instance.py --instance-head contact --object-balance 1  # small/dim objects
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--compare-without",
-        choices=["object-size", "bright-objects", "instance-head"],
+        choices=["object-size", "bright-objects", "instance-head", "object-balance"],
         help="first train the same budget without this one option, for a comparison in one run",
     )
     ap.add_argument("--baseline", action="store_true", help="the same as --compare-without object-size")
@@ -51,6 +52,12 @@ def main() -> None:
     ap.add_argument(
         "--instance-head", default="distance", help="model.instance_head (sslseg.segmentation.heads)"
     )
+    ap.add_argument(
+        "--object-balance",
+        type=float,
+        default=0.0,
+        help="loss.object_balance: exponent of the weights of small and dim nuclei (e.g. 1; 0 = off)",
+    )
     args = ap.parse_args()
     without = "object-size" if args.baseline else args.compare_without
     if without == "object-size" and args.object_size is None:
@@ -59,21 +66,30 @@ def main() -> None:
         ap.error("comparing without --bright-objects needs --bright-objects")
     if without == "instance-head" and args.instance_head == "distance":
         ap.error("comparing without --instance-head needs another head than 'distance'")
+    if without == "object-balance" and not args.object_balance:
+        ap.error("comparing without --object-balance needs --object-balance")
+    balance = args.object_balance
     if without == "object-size":
-        run(args, None, args.bright_objects, args.instance_head)
+        run(args, None, args.bright_objects, args.instance_head, balance)
     elif without == "bright-objects":
-        run(args, args.object_size, False, args.instance_head)
+        run(args, args.object_size, False, args.instance_head, balance)
     elif without == "instance-head":
-        run(args, args.object_size, args.bright_objects, "distance")
-    run(args, args.object_size, args.bright_objects, args.instance_head)
+        run(args, args.object_size, args.bright_objects, "distance", balance)
+    elif without == "object-balance":
+        run(args, args.object_size, args.bright_objects, args.instance_head, 0.0)
+    run(args, args.object_size, args.bright_objects, args.instance_head, balance)
 
 
-def run(args: argparse.Namespace, object_size: float | None, bright_objects: bool, head: str) -> None:
+def run(
+    args: argparse.Namespace, object_size: float | None, bright_objects: bool, head: str, balance: float
+) -> None:
     tag = "baseline" if object_size is None else f"object_size_{object_size:g}"
     if bright_objects:
         tag += "_bright_objects"
     if head != "distance":
         tag += f"_{head}"
+    if balance:
+        tag += f"_balance_{balance:g}"
     if args.seed:
         tag += f"_seed_{args.seed}"
     if args.gamma_jitter:
@@ -111,6 +127,7 @@ def run(args: argparse.Namespace, object_size: float | None, bright_objects: boo
                 "gamma_jitter": args.gamma_jitter,
                 "shuffle_channels": args.shuffle_channels,
             },
+            "loss": {"object_balance": balance},
             "output": f"{args.out}/{tag}",
         }
     )
@@ -130,6 +147,7 @@ def run(args: argparse.Namespace, object_size: float | None, bright_objects: boo
         object_size=object_size,
         bright_objects=bright_objects,
         instance_head=head,
+        object_balance=balance,
         seed=args.seed,
         gamma_jitter=args.gamma_jitter,
         shuffle_channels=args.shuffle_channels,

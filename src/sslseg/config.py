@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sslseg.data.targets import instance_target_layout
+from sslseg.data.targets import ObjectBalance, instance_target_layout
 from sslseg.errors import ConfigError
 
 # the names of sslseg.segmentation.tasks.TASKS, which this floor cannot import (tests/test_tasks.py keeps them equal)
@@ -203,6 +203,40 @@ class TrainConfig(_NodesChecked):
     val_max_images: int | None = Field(None, ge=1, description="cap validation images per epoch")
 
 
+class LossConfig(_Strict):
+    """How the training loss weighs pixels (instance tasks): object balancing of small and dim objects."""
+
+    object_balance: float = Field(
+        0.0,
+        ge=0,
+        le=4,
+        description="instance tasks: exponent p of object balancing; each object's foreground pixels weigh "
+        "(typical area / its area)^p × (typical contrast / its contrast)^p (each factor at least 1) in the "
+        "foreground loss, so small and dim objects count; 0 = off (every pixel weighs 1)",
+    )
+    object_balance_max: float = Field(5.0, ge=1, description="largest object-balance weight of a pixel")
+    object_balance_contrast: bool = Field(
+        True, description="object balancing also weighs objects dimmer than their image's typical object up"
+    )
+    object_balance_ring: int = Field(
+        2,
+        ge=0,
+        description="background pixels within this many px of an object take its weight, so that a small "
+        "object is not grown into its surroundings",
+    )
+
+    def balance(self) -> ObjectBalance | None:
+        """The object balancing these settings ask for, or None when it is off."""
+        if self.object_balance == 0:
+            return None
+        return ObjectBalance(
+            self.object_balance,
+            self.object_balance_max,
+            self.object_balance_contrast,
+            self.object_balance_ring,
+        )
+
+
 class PostprocessConfig(_Strict):
     """Instance post-processing: marker-controlled watershed on the predicted distance (and contact) map."""
 
@@ -280,10 +314,20 @@ class FinetuneConfig(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    loss: LossConfig = LossConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
     inference: InferenceConfig = InferenceConfig()
     semi: SemiConfig = SemiConfig()
     output: Path = Path("runs/finetune")
+
+    @model_validator(mode="after")
+    def _balance_needs_objects(self) -> FinetuneConfig:
+        if self.loss.object_balance > 0 and self.data.task != "instance":
+            raise ValueError(
+                f"loss.object_balance ({self.loss.object_balance}) weighs instance objects; task "
+                f"'{self.data.task}' has none (set it to 0)"
+            )
+        return self
 
 
 def _suggest(loc: tuple[Any, ...], model: type[BaseModel]) -> str:

@@ -154,6 +154,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         object_size=d.object_size,
         bright_objects=d.bright_objects,
         instance_head=cfg.model.instance_head,
+        object_balance=cfg.loss.balance(),
     )
     val_set = _validation_set(cfg, split, by_id, channels, progress)
 

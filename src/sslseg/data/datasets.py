@@ -29,7 +29,12 @@ from sslseg.data.normalize import (
     normalize,
 )
 from sslseg.data.scale import median_diameter, size_factor
-from sslseg.data.targets import instance_target_layout, semantic_classes
+from sslseg.data.targets import (
+    ObjectBalance,
+    instance_target_layout,
+    object_balance_weights,
+    semantic_classes,
+)
 from sslseg.errors import DataError
 
 if TYPE_CHECKING:
@@ -42,7 +47,7 @@ class LoadedSample:
 
     id: str
     image: np.ndarray  # float32 C×h×w at the working scale
-    target: np.ndarray | None  # semantic: int64 h×w; instance: float32 2×h×w (foreground, distance)
+    target: np.ndarray | None  # semantic: int64 h×w; instance: float32 K×h×w (the head's maps [+ weight - 1])
     labels: np.ndarray | None  # native-resolution class map or instance map, for honest evaluation
     native_shape: tuple[int, int]
 
@@ -149,14 +154,20 @@ def load_samples(
     object_size: float | None = None,
     bright_objects: bool = False,
     instance_head: str = "distance",
+    object_balance: ObjectBalance | None = None,
 ) -> tuple[list[LoadedSample], int]:
     """Decode, harmonise and normalise every sample once; returns the samples and the channel count used.
-    Instance targets are the maps of `instance_head` (`sslseg.data.targets.INSTANCE_TARGETS`).
+    Instance targets are the maps of `instance_head` (`sslseg.data.targets.INSTANCE_TARGETS`); with
+    `object_balance` one more channel follows them: each pixel's loss weight minus 1
+    (`object_balance_weights`, from the labels and the image at the working scale), so that the zero padding
+    of a crop means weight 1 and a zoomed crop interpolates weights linearly.
 
     With `object_size` (instance tasks, training samples only) each image's working scale is chosen from
     its own labels so that its median object becomes `object_size` px across (images without objects keep
     scale 1); targets follow the resized image, `labels` stay native. Validation and test samples must be
     loaded without it: their scale is estimated at inference, as it will be for new images."""
+    if object_balance is not None and task != "instance":
+        raise ValueError(f"object_balance weighs instance objects, not '{task}' targets")
     if object_size is not None:
         if task != "instance":
             raise ValueError(f"object_size applies to instance tasks, not '{task}'")
@@ -193,6 +204,9 @@ def load_samples(
                 target = semantic_classes(work, num_classes)
             else:
                 target = make_instance_targets(work.astype(np.int64))
+                if object_balance is not None:
+                    extra = object_balance_weights(work, image, object_balance) - 1.0
+                    target = np.concatenate([target, extra[None]])
         out.append(LoadedSample(s.id, image, target, labels, shape))
     return out, channels
 

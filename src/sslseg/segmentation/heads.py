@@ -44,16 +44,26 @@ class InstanceHead:
     def channels(self) -> int:
         return len(self.targets.channels)
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, target: torch.Tensor, pixel_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Foreground BCE + Dice and distance MSE; heads with a contact map add its BCE + Dice and weight
-        the foreground BCE up on contact pixels."""
+        the foreground BCE up on contact pixels. `pixel_weight` (B×1×H×W, e.g. object balancing's, see
+        `sslseg.data.targets.object_balance_weights`) multiplies the foreground BCE's pixel weights too.
+
+        The Dice term stays unweighted: it is one overlap over the whole batch, whose gradient is the same on
+        every foreground pixel whatever its error or its object (a missed small nucleus is pulled no harder
+        than a confident large one), so a per-pixel weight acts through the BCE, whose gradient grows with
+        each pixel's error."""
         fg_logit, dist_logit = logits[:, :1], logits[:, 1:2]
         fg, dist = target[:, :1], target[:, 1:2]
-        weight = None
+        weight = pixel_weight
         extra = logits.new_zeros(())
         if self.channels > 2:
             contact_logit, contact = logits[:, 2:3], target[:, 2:3]
             weight = 1.0 + CONTACT_PIXEL_WEIGHT * contact
+            if pixel_weight is not None:
+                weight = weight * pixel_weight
             extra = F.binary_cross_entropy_with_logits(contact_logit, contact) + _DICE(contact_logit, contact)
         return (
             F.binary_cross_entropy_with_logits(fg_logit, fg, weight=weight)

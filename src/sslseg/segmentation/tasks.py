@@ -146,7 +146,18 @@ class InstanceTask(Task):
         return logits.sigmoid()
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, cfg: FinetuneConfig) -> torch.Tensor:
-        return instance_head(cfg.model.instance_head).loss(logits, target)
+        """The head's loss; with `loss.object_balance` the target's last channel is each pixel's weight
+        minus 1 (see `load_samples`)."""
+        head = instance_head(cfg.model.instance_head)
+        balanced = cfg.loss.balance() is not None
+        expected = head.channels + int(balanced)
+        if target.shape[1] != expected:
+            raise ValueError(
+                f"instance targets have {target.shape[1]} channels; head '{head.name}' "
+                f"{'with' if balanced else 'without'} object balancing expects {expected}"
+            )
+        weight = 1.0 + target[:, head.channels :] if balanced else None
+        return head.loss(logits, target[:, : head.channels], weight)
 
     def consistency(
         self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, cfg: FinetuneConfig
