@@ -41,7 +41,8 @@ from sslseg.evaluate import load_model
 from sslseg.nn.unet import build_unet
 from sslseg.predict import display_rgb, overlay
 from sslseg.segmentation.inference import activate, probabilities_to_labels
-from sslseg.segmentation.module import SegmentationModule, output_channels
+from sslseg.segmentation.module import SegmentationModule
+from sslseg.segmentation.tasks import task_named
 
 #: What `sslseg export --formats` accepts.
 EXPORT_FORMATS = ("torchscript", "onnx", "bioimageio")
@@ -79,8 +80,10 @@ class ProbabilityNet(nn.Module):
         task: str,
     ) -> None:
         super().__init__()
-        if task not in ("semantic", "instance"):
-            raise ConfigError(f"unknown task '{task}'; choose semantic or instance")
+        try:
+            task_named(task)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.net = build_unet(encoder, in_channels, out_channels, tuple(decoder_channels))
         self.task = task
         self.stride = 2 ** len(decoder_channels)
@@ -95,7 +98,7 @@ def architecture_kwargs(module: SegmentationModule) -> dict[str, Any]:
     return {
         "encoder": cfg.model.encoder,
         "in_channels": int(module.hparams["in_channels"]),
-        "out_channels": output_channels(cfg),
+        "out_channels": task_named(cfg.data.task).output_channels(cfg),
         "decoder_channels": [int(c) for c in cfg.model.decoder_channels],
         "task": cfg.data.task,
     }
@@ -110,7 +113,7 @@ def probability_net(module: SegmentationModule) -> ProbabilityNet:
 
 def output_names(cfg: FinetuneConfig) -> list[str]:
     """The name of each output channel: the classes, or the maps of the instance head."""
-    if cfg.data.task == "semantic":
+    if task_named(cfg.data.task).labels_are_classes:
         return ["background", *(f"class_{k}" for k in range(1, cfg.data.num_classes))]
     return list(instance_target_layout(cfg.model.instance_head).channels)
 
@@ -120,15 +123,16 @@ def sidecar(module: SegmentationModule, checkpoint: str | Path) -> dict[str, Any
     and the post-processing (with the checkpoint's tuned thresholds) that turns probabilities into labels."""
     cfg = module.cfg
     d = cfg.data
+    classes = task_named(d.task).labels_are_classes
     return {
         "sslseg_version": sslseg.__version__,
         "checkpoint": str(checkpoint),
         "task": d.task,
-        "num_classes": d.num_classes if d.task == "semantic" else None,
-        "instance_head": cfg.model.instance_head if d.task == "instance" else None,
+        "num_classes": d.num_classes if classes else None,
+        "instance_head": None if classes else cfg.model.instance_head,
         "in_channels": int(module.hparams["in_channels"]),
         "outputs": output_names(cfg),
-        "activation": "softmax" if d.task == "semantic" else "sigmoid",
+        "activation": "softmax" if classes else "sigmoid",
         "stride": 2 ** len(cfg.model.decoder_channels),
         "preprocessing": {
             "normalization": d.normalization,

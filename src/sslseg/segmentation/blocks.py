@@ -37,6 +37,7 @@ from sslseg.segmentation.inference import (
     probabilities_to_labels,
     working_factor,
 )
+from sslseg.segmentation.tasks import task_named
 from sslseg.segmentation.tiling import blend_window, tile_grid
 
 #: Side of a block's core in native pixels (the `--block-size` default).
@@ -148,7 +149,7 @@ def block_settings(
     channels = net_in_channels(net)
     post = cfg.postprocess
     scale = cfg.data.scale
-    if cfg.data.task != "instance":
+    if task_named(cfg.data.task).labels_are_classes:
         return BlockSettings(scale, halo if halo is not None else MIN_HALO * 2, post, None)
     sh, sw = min(h, SAMPLE_WINDOW), min(w, SAMPLE_WINDOW)
     y0, x0 = (h - sh) // 2, (w - sw) // 2
@@ -271,6 +272,7 @@ def segment_blocks(
     if block < 1 or band_rows < 1:
         raise ValueError(f"block ({block}) and band_rows ({band_rows}) must be positive")
     task = cfg.data.task
+    classes = task_named(task).labels_are_classes
     h, w, _ = source.shape
     channels = net_in_channels(net)
     if stats is None:
@@ -289,7 +291,7 @@ def segment_blocks(
     ys = list(range(0, h, block))
     xs = list(range(0, w, block))
     # class maps need no stitching: a halo is only context, which the whole image's tiles already give
-    pad = 0 if task != "instance" and cache is not None else min(settings.halo, block)
+    pad = 0 if classes and cache is not None else min(settings.halo, block)
     buffer = np.zeros((min(h, block + 2 * pad + band_rows), w), np.uint32)
     buffer_y0 = 0
     next_id = 1
@@ -316,7 +318,7 @@ def segment_blocks(
             labels = probabilities_to_labels(probs, task, settings.post, head)
             del probs
             by0 = ry0 - buffer_y0
-            if task != "instance":
+            if classes:
                 core = labels[cy0 - ry0 : cy1 - ry0, cx0 - rx0 : cx1 - rx0]
                 buffer[cy0 - buffer_y0 : cy1 - buffer_y0, cx0:cx1] = core
             else:
