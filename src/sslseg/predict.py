@@ -22,6 +22,7 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
+import sslseg
 from sslseg.atomic import atomic_path
 from sslseg.config import InferenceConfig
 from sslseg.data.datasets import prepare_image
@@ -473,3 +474,6 @@ class _ObjectWriter:
             self.geojson.write("]}")
         if self.roi is not None and not self.roi.exists():
             roifile.roiwrite(self.roi, [], mode="w")
+
+
+sslseg.entry_point(__name__)  # `from sslseg import predict` is callable (see sslseg.API)
