@@ -137,10 +137,11 @@ def named_images(inputs: list[Path], out_dir: Path) -> list[tuple[Path, str]]:
     named: list[tuple[Path, str]] = []
     owner: dict[str, Path] = {}
     for root in inputs:
+        folder = root.is_dir() and not is_image_path(root)  # a .zarr folder is one image
         for f in collect_images([root]):
-            if root.is_dir() and f.name.endswith(own) and out in f.resolve().parents:
+            if folder and f.name.endswith(own) and out in f.resolve().parents:
                 continue
-            name = f.relative_to(root).with_suffix("").as_posix() if root.is_dir() else f.stem
+            name = f.relative_to(root).with_suffix("").as_posix() if folder else f.stem
             if name in owner:
                 raise DataError(
                     f,
