@@ -166,6 +166,12 @@ def test_lightning_reads_the_ranks_srun_gives_each_task(tmp_path, monkeypatch):
     assert isinstance(cluster, SLURMEnvironment)
     assert (trainer.world_size, trainer.global_rank, trainer.local_rank, trainer.node_rank) == (8, 5, 1, 1)
     assert not trainer.is_global_zero and cluster.main_address == "gpu07"
+    # Lightning's own check when training starts: the allocation matches devices and nodes...
+    cluster.validate_settings(trainer.num_devices, trainer.num_nodes)
+    # ...and numbers that disagree with it are refused, not run wrongly
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2")
+    with pytest.raises(ValueError, match="ntasks-per-node"):
+        cluster.validate_settings(trainer.num_devices, trainer.num_nodes)
 
 
 def _free_port() -> int:
@@ -214,7 +220,12 @@ def test_two_nodes_pretrain_as_srun_starts_them_and_rank_zero_alone_writes(tmp_p
         procs.append(
             subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
-    outputs = [p.communicate(timeout=300) for p in procs]
+    try:
+        outputs = [p.communicate(timeout=900) for p in procs]
+    finally:
+        for p in procs:  # one that failed leaves the other waiting at the rendezvous
+            if p.poll() is None:
+                p.kill()
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
     summary = json.loads((out / "result.json").read_text())

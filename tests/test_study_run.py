@@ -108,12 +108,12 @@ def test_killed_study_resumes_and_two_runners_share_the_rest(tmp_path):
     after = _jobs(db)
     assert all(r["status"] == "done" for r in after.values()), after
     assert len(after) == 1 + 2 * 2
-    # done jobs keep their products, not their resume state
+    # done jobs keep their products, not their resume state; with the representation analysis off the report
+    # reopens no model, so no cell keeps its weights (keep_weights: report), every pretraining does
     cells = tmp_path / "study" / "cells"
     assert not list(tmp_path.glob("study/**/checkpoints"))
-    assert len(list(cells.glob("**/best.ckpt"))) == 4 and list(
-        tmp_path.glob("study/pretrain/**/encoder.safetensors")
-    )
+    assert len(list(cells.glob("**/result.json"))) == 4 and not list(cells.glob("**/best.ckpt"))
+    assert list(tmp_path.glob("study/pretrain/**/encoder.safetensors"))
     for key, r in after.items():
         if key in done_before:
             assert r["attempts"] == 1 and r["runner"] == before[key]["runner"]  # never redone
@@ -163,3 +163,10 @@ def test_quick_demo_ends_in_a_full_report(tmp_path):
     for name, uncertainty, error, *_ in rows:
         assert 0 <= float(uncertainty) <= 1 and 0 <= float(error) <= 1, (name, uncertainty, error)
     assert (tmp_path / "demo" / "study.yaml").is_file()  # the study the demo ran, to edit and rerun
+    # only the cells the report reopens (smallest budget, first seed) keep their weights: 4 of 16
+    cells = tmp_path / "demo" / "study" / "cells"
+    assert len(list(cells.glob("**/result.json"))) == 16
+    kept = sorted(str(p.parent.relative_to(cells)) for p in cells.glob("**/best.ckpt"))
+    assert kept == [
+        f"synthetic-nuclei/{p}/finetuned/f0.1/s0" for p in ("byol", "densecl", "random", "simclr")
+    ]
