@@ -22,6 +22,7 @@ from sslseg.segmentation.inference import (
     probabilities_to_labels,
 )
 from sslseg.segmentation.module import SegmentationModule
+from sslseg.segmentation.tasks import task_named
 from sslseg.study.features import evaluating
 
 
@@ -50,7 +51,7 @@ def tta_predictions(module: SegmentationModule, sample: LoadedSample, n: int = D
 def agreement_metric(module: SegmentationModule) -> Callable[[np.ndarray, np.ndarray], float]:
     """The task's agreement metric(reference, other) of two label maps: AJI for instance tasks, Dice of the
     foreground (mean over foreground classes) for semantic tasks, as the task's scores compute them."""
-    return module.task.agreement(module.cfg)
+    return task_named(module.cfg.data.task).agreement(module.cfg)
 
 
 def tta_uncertainty(
@@ -63,7 +64,7 @@ def tta_uncertainty(
     if n < 2:
         raise ValueError(f"TTA uncertainty needs at least 2 augmentations, got {n}")
     metric = agreement_metric(module)
-    name = module.task.primary_metric
+    name = task_named(module.cfg.data.task).primary_metric
     rows = []
     for s in samples:
         preds = tta_predictions(module, s, n)
