@@ -156,6 +156,13 @@ def test_lightning_reads_the_ranks_srun_gives_each_task(tmp_path, monkeypatch):
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    # building a rank-5 trainer sets Lightning's process-wide rank; restore it so later tests log as rank 0
+    from lightning.fabric.utilities import rank_zero as fabric_rank_zero
+    from lightning.pytorch.utilities import rank_zero as pl_rank_zero
+    from lightning_utilities.core import rank_zero as util_rank_zero
+
+    for fn in {fabric_rank_zero.rank_zero_only, pl_rank_zero.rank_zero_only, util_rank_zero.rank_zero_only}:
+        monkeypatch.setattr(fn, "rank", getattr(fn, "rank", 0), raising=False)
     # the script's settings, on CPU here (no GPU needed to build the trainer; nothing is started)
     sets = [s for s in _sets(_srun_args(script)) if s != "train.accelerator=gpu"] + ["train.accelerator=cpu"]
     run = load_config(PretrainConfig, overrides=_tree(sets))
