@@ -288,7 +288,12 @@ def write_ome_zarr_labels(
 ) -> Any:
     """Create an OME-Zarr (NGFF 0.4) image group at `path` holding one uint32 y×x array '0' of `shape`, chunked
     `chunk`², with the pixel size (µm) as its scale; returns the array, to be filled band by band."""
-    import zarr
+    try:
+        import zarr
+    except ImportError:
+        raise DataError(
+            path, "writing OME-Zarr needs the optional 'zarr' package (pip install 'sslseg[zarr]')"
+        ) from None
 
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
     array = group.create_array("0", shape=shape, chunks=(chunk, chunk), dtype=np.uint32, fill_value=0)
