@@ -1,12 +1,16 @@
-"""Shared test helpers: the real datasets (skipped cleanly when absent)."""
+"""Shared test helpers: the real datasets (skipped cleanly when absent) and a tiny trained checkpoint."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sslseg.config import FinetuneConfig, deep_merge
 from sslseg.data.locations import real_data_root
+from sslseg.data.synth import write_synthetic_dataset
+from sslseg.finetune import finetune
 
 
 def real_data(*parts: str) -> Path:
@@ -15,3 +19,17 @@ def real_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found at {path} (set SSLSEG_DATA to the shared data folder)")
     return path
+
+
+def tiny_instance_checkpoint(root: Path, **settings: Any) -> Path:
+    """A tiny instance model on 4 synthetic 48 px images, trained for one step (its predictions need not be
+    good, only real); `settings` are merged over the base config, e.g. model={"encoder": ...}."""
+    data = write_synthetic_dataset(root / "data", n_images=4, size=48, seed=1)
+    base = {
+        "data": {"train": data, "task": "instance", "val_fraction": 0.25, "test_fraction": 0.0},
+        "model": {"encoder": "resnet18", "decoder_channels": [16, 16, 8, 8, 8]},
+        "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 2, "crop_size": 32},
+        "output": root / "run",
+    }
+    cfg = FinetuneConfig.model_validate(deep_merge(base, settings))
+    return finetune(cfg, progress=False).best_checkpoint

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import tiny_instance_checkpoint
 from typer.testing import CliRunner
 
 from sslseg.cli import app
-from sslseg.config import FinetuneConfig
-from sslseg.data.synth import write_synthetic_dataset
 from sslseg.errors import ConfigError, ExportCheckFailed
 from sslseg.evaluate import load_model
 from sslseg.export import (
@@ -33,7 +32,6 @@ from sslseg.export import (
     require,
     torchscript_runner,
 )
-from sslseg.finetune import finetune
 from sslseg.segmentation.inference import probabilities_to_labels
 
 TUNED = {"fg_threshold": 0.37, "seed_threshold": 0.61, "min_size": 5}  # not the defaults
@@ -42,19 +40,12 @@ TUNED = {"fg_threshold": 0.37, "seed_threshold": 0.61, "min_size": 5}  # not the
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny instance model trained for one step, with post-processing thresholds as tuning leaves them."""
-    root = tmp_path_factory.mktemp("tiny")
-    data = write_synthetic_dataset(root / "data", n_images=4, size=48, seed=1)
-    cfg = FinetuneConfig.model_validate(
-        {
-            "data": {"train": data, "task": "instance", "val_fraction": 0.25, "test_fraction": 0.0},
-            # a small encoder keeps each exported file (and the package, which holds three) at about 1.5 MB
-            "model": {"encoder": "tu-mobilenetv3_small_050", "decoder_channels": [16, 16, 8, 8, 8]},
-            "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 2, "crop_size": 32},
-            "postprocess": {"tune": False},
-            "output": root / "run",
-        }
+    # a small encoder keeps each exported file (and the package, which holds three) at about 1.5 MB
+    path = tiny_instance_checkpoint(
+        tmp_path_factory.mktemp("tiny"),
+        model={"encoder": "tu-mobilenetv3_small_050"},
+        postprocess={"tune": False},
     )
-    path = finetune(cfg, progress=False).best_checkpoint
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     ckpt["hyper_parameters"]["config"]["postprocess"].update(TUNED)
     torch.save(ckpt, path)

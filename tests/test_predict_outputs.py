@@ -12,15 +12,13 @@ import pytest
 import roifile
 import shapely
 import tifffile
+from conftest import tiny_instance_checkpoint
 from shapely.geometry import Polygon, shape
 from typer.testing import CliRunner
 
 from sslseg.cli import app
-from sslseg.config import FinetuneConfig
 from sslseg.data.io import read_pixel_size, write_image
-from sslseg.data.synth import write_synthetic_dataset
 from sslseg.errors import ConfigError, DataError
-from sslseg.finetune import finetune
 from sslseg.objects import (
     measure_objects,
     object_polygons,
@@ -217,18 +215,7 @@ def test_formats_and_output_names(tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny instance model trained for one step (its predictions need not be good, only real)."""
-    root = tmp_path_factory.mktemp("tiny")
-    data = write_synthetic_dataset(root / "data", n_images=4, size=48, seed=1)
-    cfg = FinetuneConfig.model_validate(
-        {
-            "data": {"train": data, "task": "instance", "val_fraction": 0.25, "test_fraction": 0.0},
-            "model": {"encoder": "resnet18", "decoder_channels": [16, 16, 8, 8, 8]},
-            "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 2, "crop_size": 32},
-            "inference": {"tile_size": 64},
-            "output": root / "run",
-        }
-    )
-    return finetune(cfg, progress=False).best_checkpoint
+    return tiny_instance_checkpoint(tmp_path_factory.mktemp("tiny"), inference={"tile_size": 64})
 
 
 def test_batch_goes_on_past_a_corrupt_file_and_a_rerun_skips_finished_images(checkpoint, tmp_path):

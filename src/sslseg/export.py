@@ -39,7 +39,7 @@ from sslseg.data.targets import instance_target_layout
 from sslseg.errors import ConfigError, DataError, ExportCheckFailed
 from sslseg.evaluate import load_model
 from sslseg.nn.unet import build_unet
-from sslseg.predict import display_rgb, overlay
+from sslseg.predict import display_rgb, overlay, parse_choices
 from sslseg.segmentation.inference import activate, probabilities_to_labels
 from sslseg.segmentation.module import SegmentationModule
 from sslseg.segmentation.tasks import task_named
@@ -215,15 +215,7 @@ class ExportResult:
 
 def parse_export_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
     """Formats from "torchscript,onnx" or a list; unknown names are a ConfigError listing the valid ones."""
-    names = formats.split(",") if isinstance(formats, str) else list(formats)
-    chosen = tuple(dict.fromkeys(n.strip().lower() for n in names if n.strip()))
-    unknown = [n for n in chosen if n not in EXPORT_FORMATS]
-    if unknown or not chosen:
-        raise ConfigError(
-            f"unknown export format(s) {', '.join(unknown) or '(none given)'}; choose from "
-            f"{', '.join(EXPORT_FORMATS)} (comma-separated)"
-        )
-    return chosen
+    return parse_choices(formats, EXPORT_FORMATS, "export")
 
 
 def require(module: str, purpose: str) -> ModuleType:
@@ -297,31 +289,25 @@ def export_onnx(
     example = (tiles[0],)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
+        # batch, height and width stay free; the two exporters spell that differently
         if exporter == "dynamo":
-            batch, height, width = (torch.export.Dim.DYNAMIC,) * 3
-            torch.onnx.export(
-                net,
-                example,
-                str(tmp),
-                input_names=["input"],
-                output_names=["output"],
-                opset_version=ONNX_OPSET,
-                dynamic_shapes={"x": {0: batch, 2: height, 3: width}},
-                dynamo=True,
-                external_data=False,
-            )
+            dynamic: dict[str, Any] = {
+                "dynamic_shapes": {"x": dict.fromkeys((0, 2, 3), torch.export.Dim.DYNAMIC)},
+                "dynamo": True,
+                "external_data": False,
+            }
         else:
             axes = {0: "batch", 2: "height", 3: "width"}
-            torch.onnx.export(
-                net,
-                example,
-                str(tmp),
-                input_names=["input"],
-                output_names=["output"],
-                opset_version=ONNX_OPSET,
-                dynamic_axes={"input": axes, "output": axes},
-                dynamo=False,
-            )
+            dynamic = {"dynamic_axes": {"input": axes, "output": axes}, "dynamo": False}
+        torch.onnx.export(
+            net,
+            example,
+            str(tmp),
+            input_names=["input"],
+            output_names=["output"],
+            opset_version=ONNX_OPSET,
+            **dynamic,
+        )
     onnx.checker.check_model(str(path), full_check=True)  # well-formed, and its shapes infer
     return max_abs_difference(net, onnx_runner(path), tiles)
 

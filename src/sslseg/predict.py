@@ -115,17 +115,24 @@ def collect_images(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
-    """Output formats from "tiff,geojson,..." or a list; unknown names are a ConfigError."""
+def parse_choices(formats: str | Iterable[str], valid: Iterable[str], kind: str) -> tuple[str, ...]:
+    """Names from "a,b,..." or a list, lower-cased, repeats dropped, in order; a name not in `valid` (or
+    none at all) is a ConfigError naming the `kind` of format and the valid ones."""
     names = formats.split(",") if isinstance(formats, str) else list(formats)
     chosen = tuple(dict.fromkeys(n.strip().lower() for n in names if n.strip()))
-    unknown = [n for n in chosen if n not in OUTPUT_SUFFIXES]
+    valid = tuple(valid)
+    unknown = [n for n in chosen if n not in valid]
     if unknown or not chosen:
         raise ConfigError(
-            f"unknown output format(s) {', '.join(unknown) or '(none given)'}; choose from "
-            f"{', '.join(OUTPUT_SUFFIXES)} (comma-separated)"
+            f"unknown {kind} format(s) {', '.join(unknown) or '(none given)'}; choose from "
+            f"{', '.join(valid)} (comma-separated)"
         )
     return chosen
+
+
+def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
+    """Output formats from "tiff,geojson,..." or a list; unknown names are a ConfigError."""
+    return parse_choices(formats, OUTPUT_SUFFIXES, "output")
 
 
 def named_images(inputs: list[Path], out_dir: Path) -> list[tuple[Path, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -194,15 +195,21 @@ def _read_pil(path: Path, keep_palette: bool) -> np.ndarray:
         return np.asarray(im)
 
 
-def _read_zarr(path: Path) -> np.ndarray:
-    """Read a 2-D array (optionally with channels) from a `.zarr` folder; needs the optional zarr package."""
-    if not path.exists():
-        raise DataError(path, "file not found")
+def require_zarr(path: Path, doing: str) -> Any:
+    """The optional zarr package, or a DataError on `path` saying that `doing` needs it and how to get it."""
     try:
         import zarr
     except ImportError:
         hint = "pip install 'sslseg[zarr]'"
-        raise DataError(path, f"reading .zarr needs the optional 'zarr' package ({hint})") from None
+        raise DataError(path, f"{doing} needs the optional 'zarr' package ({hint})") from None
+    return zarr
+
+
+def _read_zarr(path: Path) -> np.ndarray:
+    """Read a 2-D array (optionally with channels) from a `.zarr` folder; needs the optional zarr package."""
+    if not path.exists():
+        raise DataError(path, "file not found")
+    zarr = require_zarr(path, "reading .zarr")
     try:
         node = zarr.open(str(path), mode="r")
         if not hasattr(node, "shape"):  # a group: take its single array, or level "0" of an OME-Zarr

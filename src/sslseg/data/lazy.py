@@ -20,6 +20,7 @@ from sslseg.data.io import (
     _microns,
     read_image,
     read_pixel_size,
+    require_zarr,
 )
 from sslseg.errors import DataError
 
@@ -202,11 +203,7 @@ def _open_zarr(path: Path, level: int) -> ImageSource:
     comes from the level's scale transformation when its axes are in a length unit."""
     if not path.is_dir():
         raise DataError(path, "file not found")
-    try:
-        import zarr
-    except ImportError:
-        hint = "pip install 'sslseg[zarr]'"
-        raise DataError(path, f"reading .zarr needs the optional 'zarr' package ({hint})") from None
+    zarr = require_zarr(path, "reading .zarr")
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:
@@ -288,12 +285,7 @@ def write_ome_zarr_labels(
 ) -> Any:
     """Create an OME-Zarr (NGFF 0.4) image group at `path` holding one uint32 y×x array '0' of `shape`, chunked
     `chunk`², with the pixel size (µm) as its scale; returns the array, to be filled band by band."""
-    try:
-        import zarr
-    except ImportError:
-        raise DataError(
-            path, "writing OME-Zarr needs the optional 'zarr' package (pip install 'sslseg[zarr]')"
-        ) from None
+    zarr = require_zarr(path, "writing OME-Zarr")
 
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
     array = group.create_array("0", shape=shape, chunks=(chunk, chunk), dtype=np.uint32, fill_value=0)
