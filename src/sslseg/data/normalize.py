@@ -53,17 +53,29 @@ def effective_channels(image: np.ndarray) -> int:
     return c
 
 
-def normalize(image: np.ndarray, mode: Normalization = "per_image") -> np.ndarray:
-    """H×W×C array → float32 C×H×W, each channel standardised (mean/std or 1–99.8 percentiles)."""
-    x = image.astype(np.float32).transpose(2, 0, 1)
-    flat = x.reshape(x.shape[0], -1)
+MIN_SPREAD = 1e-6  # a flat channel is centred but not scaled
+
+
+def floor_spread(spread: np.ndarray) -> np.ndarray:
+    """Spreads with those of flat channels (below MIN_SPREAD) replaced by 1."""
+    return np.where(spread < MIN_SPREAD, 1.0, spread)
+
+
+def channel_statistics(flat: np.ndarray, mode: Normalization) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (center, spread) of a C×N array under a normalisation: mean and standard deviation
+    (`per_image`), or the 1st percentile and a quarter of the 1–99.8 percentile range (`percentile`)."""
     if mode == "per_image":
-        center = flat.mean(axis=1)
-        spread = flat.std(axis=1)
+        center, spread = flat.mean(axis=1), flat.std(axis=1)
     elif mode == "percentile":
         lo, hi = np.percentile(flat, [1.0, 99.8], axis=1)
         center, spread = lo, (hi - lo) / 4.0
     else:
         raise ValueError(f"unknown normalization {mode!r}")
-    spread = np.where(spread < 1e-6, 1.0, spread)
+    return center, floor_spread(spread)
+
+
+def normalize(image: np.ndarray, mode: Normalization = "per_image") -> np.ndarray:
+    """H×W×C array → float32 C×H×W, each channel standardised (mean/std or 1–99.8 percentiles)."""
+    x = image.astype(np.float32).transpose(2, 0, 1)
+    center, spread = channel_statistics(x.reshape(x.shape[0], -1), mode)
     return ((x - center[:, None, None]) / spread[:, None, None]).astype(np.float32)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from sslseg.config import FinetuneConfig, PostprocessConfig
 from sslseg.data.datasets import rescale_image
 from sslseg.data.lazy import ImageSource
-from sslseg.data.normalize import brighten_objects, harmonise_channels
+from sslseg.data.normalize import brighten_objects, channel_statistics, floor_spread, harmonise_channels
 from sslseg.data.scale import typical_area
 from sslseg.segmentation.inference import (
     network_probabilities,
@@ -90,16 +90,12 @@ def image_statistics(
     sample = np.concatenate(samples)
     invert = bright_objects and float(np.median(sample.mean(axis=1))) > gray_total / n
     sign = -1.0 if invert else 1.0
-    if normalization == "per_image":
+    if normalization == "per_image":  # exact, from the running sums
         mean = total / n
         center = sign * mean
-        spread = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
-    elif normalization == "percentile":
-        lo, hi = np.percentile(sign * sample, [1.0, 99.8], axis=0)
-        center, spread = lo, (hi - lo) / 4.0
+        spread = floor_spread(np.sqrt(np.maximum(squares / n - mean**2, 0.0)))
     else:
-        raise ValueError(f"unknown normalization {normalization!r}")
-    spread = np.where(spread < 1e-6, 1.0, spread)
+        center, spread = channel_statistics((sign * sample).T, normalization)
     return ImageStats(center.astype(np.float32), spread.astype(np.float32), invert)
 
 
@@ -108,12 +104,7 @@ def whole_image_stats(raw: np.ndarray, channels: int, normalization: str, bright
     x = harmonise_channels(raw, channels)
     invert = bright_objects and brighten_objects(x) is not x
     flat = (-1.0 if invert else 1.0) * x.astype(np.float32).transpose(2, 0, 1).reshape(channels, -1)
-    if normalization == "per_image":
-        center, spread = flat.mean(axis=1), flat.std(axis=1)
-    else:
-        lo, hi = np.percentile(flat, [1.0, 99.8], axis=1)
-        center, spread = lo, (hi - lo) / 4.0
-    spread = np.where(spread < 1e-6, 1.0, spread)
+    center, spread = channel_statistics(flat, normalization)
     return ImageStats(center.astype(np.float32), spread.astype(np.float32), invert)
 
 
