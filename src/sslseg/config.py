@@ -33,24 +33,18 @@ NUM_NODES = (
 )
 
 
-def num_nodes_problem(num_nodes: int, strategy: str) -> str | None:
-    """Why a multi-node setting cannot run (None when it can): more than one node needs several processes."""
-    if num_nodes > 1 and strategy in SINGLE_PROCESS_STRATEGIES:
-        return (
-            f"train.num_nodes={num_nodes} needs a distributed strategy ('auto' or 'ddp'), not "
-            f"train.strategy='{strategy}', which runs one process"
-        )
-    return None
-
-
 class _NodesChecked(_Strict):
-    """Trainer settings with num_nodes and strategy, checked together."""
+    """Trainer settings with num_nodes and strategy, checked together: more than one node needs several
+    processes."""
 
     @model_validator(mode="after")
     def _nodes_need_processes(self) -> _NodesChecked:
-        problem = num_nodes_problem(self.num_nodes, self.strategy)  # type: ignore[attr-defined]
-        if problem:
-            raise ValueError(problem)
+        nodes, strategy = self.num_nodes, self.strategy  # type: ignore[attr-defined]
+        if nodes > 1 and strategy in SINGLE_PROCESS_STRATEGIES:
+            raise ValueError(
+                f"train.num_nodes={nodes} needs a distributed strategy ('auto' or 'ddp'), not "
+                f"train.strategy='{strategy}', which runs one process"
+            )
         return self
 
 

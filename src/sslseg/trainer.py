@@ -15,9 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import Logger
 
-from sslseg.config import num_nodes_problem
 from sslseg.distributed import check_sync_batchnorm
-from sslseg.errors import ConfigError
 from sslseg.rundir import AtomicCheckpointIO
 
 
@@ -42,11 +40,9 @@ def resolve_precision(setting: str) -> str:
 
 
 def check_trainer_settings(train: TrainerSettings) -> None:
-    """Every check of the trainer settings that can run before any image is read."""
+    """The checks of the trainer settings that need this machine (the config checked the rest, e.g. that
+    several nodes need a distributed strategy); callers run them before any image is read."""
     check_sync_batchnorm(train.sync_batchnorm, train.accelerator)
-    problem = num_nodes_problem(train.num_nodes, train.strategy)
-    if problem:
-        raise ConfigError(problem)
 
 
 def build_trainer(
@@ -58,8 +54,8 @@ def build_trainer(
     log_every_n_steps: int,
 ) -> L.Trainer:
     """The Lightning Trainer of a run from its `train` settings: checkpoints written atomically, no sanity
-    validation, no model summary; `callbacks` and `logger` are the caller's."""
-    check_trainer_settings(train)
+    validation, no model summary; `callbacks` and `logger` are the caller's (who ran
+    `check_trainer_settings` first)."""
     return L.Trainer(
         max_epochs=train.epochs,
         accelerator=train.accelerator,
