@@ -70,7 +70,7 @@ def test_torchscript_and_onnx_reproduce_pytorch_at_any_size(checkpoint, tmp_path
     x = torch.randn(3, 1, 96, 160)
     with torch.no_grad():
         expected = net(x).numpy()
-    assert expected.min() >= 0 and expected.max() <= 1 and expected.shape == (3, 2, 96, 160)
+    assert expected.min() >= 0 and expected.max() <= 1 and expected.shape == (3, 3, 96, 160)
     for run in (torchscript_runner(out / "model.torchscript.pt"), onnx_runner(out / "model.onnx")):
         assert np.abs(run(x) - expected).max() <= TOLERANCE
 
@@ -101,8 +101,8 @@ def test_sidecar_carries_the_post_processing_and_reproduces_sslseg_labels(checkp
     settings = load_sidecar(tmp_path)
     assert settings.postprocess == module.cfg.postprocess
     assert settings.postprocess.model_dump(include=set(TUNED)) == TUNED
-    assert settings.task == "instance" and settings.instance_head == "distance"
-    assert settings.outputs == ["foreground", "distance"]
+    assert settings.task == "instance" and settings.instance_head == "contact"
+    assert settings.outputs == ["foreground", "distance", "contact"]
     assert settings.preprocessing["normalization"] == "per_image"
 
     # labels from the ONNX file's probabilities and the sidecar = sslseg's own post-processing
@@ -110,9 +110,11 @@ def test_sidecar_carries_the_post_processing_and_reproduces_sslseg_labels(checkp
     probs = onnx_runner(tmp_path / "model.onnx")(x)[0]
     with torch.no_grad():
         reference = probability_net(module)(x)[0]
-    expected = probabilities_to_labels(reference, "instance", module.cfg.postprocess, "distance")
+    expected = probabilities_to_labels(
+        reference, "instance", module.cfg.postprocess, module.cfg.model.instance_head
+    )
     np.testing.assert_array_equal(labels_from_probabilities(probs, settings), expected)
-    with pytest.raises(ValueError, match="expected 2×H×W probabilities"):
+    with pytest.raises(ValueError, match="expected 3×H×W probabilities"):
         labels_from_probabilities(probs[:1], settings)
 
 

@@ -55,6 +55,7 @@ def _cfg(tta: bool = False) -> FinetuneConfig:
     return FinetuneConfig.model_validate(
         {
             "data": {"task": "instance"},
+            "model": {"instance_head": "distance"},  # what _pixel_net predicts
             "inference": {"tile_size": 32, "overlap": 0.25, "batch_size": 3, "tta": tta},
             "postprocess": {"min_size": 4},
         }
@@ -76,7 +77,7 @@ def test_blockwise_labels_equal_whole_image_labels_across_block_borders(tmp_path
     stats = whole_image_stats(raw[:, :, None], 1, "per_image", False)
     image = stats.apply(raw[:, :, None], 1)
     probs = predict_probabilities(net, image, "instance", raw.shape, cfg.inference)
-    whole = probabilities_to_labels(probs, "instance", cfg.postprocess)
+    whole = probabilities_to_labels(probs, "instance", cfg.postprocess, cfg.model.instance_head)
     report = BlockReport()
     with open_image(tmp_path / "big.tif") as source:
         bands = list(segment_blocks(net, source, cfg, block=BLOCK, band_rows=16, halo=20, report=report))

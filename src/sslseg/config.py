@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sslseg.data.targets import ObjectBalance, instance_target_layout
+from sslseg.data.targets import DEFAULT_INSTANCE_HEAD, ObjectBalance, instance_target_layout
 from sslseg.errors import ConfigError
 
 # the names of sslseg.segmentation.tasks.TASKS, which this floor cannot import (tests/test_tasks.py keeps them equal)
@@ -139,9 +139,10 @@ class ModelConfig(_Strict):
     init: str = Field("random", description="'random', 'imagenet' (local weights) or a weights file")
     frozen: bool = False
     instance_head: str = Field(
-        "distance",
+        DEFAULT_INSTANCE_HEAD,
         description="instance tasks: what the network predicts besides foreground (sslseg.segmentation.heads):"
-        " 'distance' (normalised distance map) or 'contact' (distance and the borders where objects touch)",
+        " 'contact' (distance and the borders where objects touch; the default, it halves merged nuclei on"
+        " DSB2018) or 'distance' (normalised distance map only)",
     )
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
 

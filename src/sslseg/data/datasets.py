@@ -30,6 +30,7 @@ from sslseg.data.normalize import (
 )
 from sslseg.data.scale import median_diameter, size_factor
 from sslseg.data.targets import (
+    DEFAULT_INSTANCE_HEAD,
     ObjectBalance,
     instance_target_layout,
     object_balance_weights,
@@ -153,7 +154,7 @@ def load_samples(
     progress: bool = True,
     object_size: float | None = None,
     bright_objects: bool = False,
-    instance_head: str = "distance",
+    instance_head: str = DEFAULT_INSTANCE_HEAD,
     object_balance: ObjectBalance | None = None,
 ) -> tuple[list[LoadedSample], int]:
     """Decode, harmonise and normalise every sample once; returns the samples and the channel count used.

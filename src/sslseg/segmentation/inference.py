@@ -13,6 +13,7 @@ from torch import nn
 from sslseg.config import InferenceConfig, PostprocessConfig
 from sslseg.data.datasets import rescale_image
 from sslseg.data.scale import MIN_FACTOR, median_diameter, size_factor
+from sslseg.data.targets import DEFAULT_INSTANCE_HEAD
 from sslseg.segmentation.heads import instance_head
 from sslseg.segmentation.tasks import task_named
 from sslseg.segmentation.tiling import sliding_window
@@ -59,7 +60,7 @@ def predict_probabilities(
     native_shape: tuple[int, int],
     cfg: InferenceConfig | None = None,
     object_size: float | None = None,
-    head: str = "distance",
+    head: str = DEFAULT_INSTANCE_HEAD,
 ) -> torch.Tensor:
     """Tiled forward pass over a C×h×w image; probabilities resized to the native H×W (K×H×W, CPU).
     With `cfg.tta` the mean over the 8 flips/quarter turns, each mapped back before averaging.
@@ -85,7 +86,7 @@ def working_factor(
     native_shape: tuple[int, int],
     cfg: InferenceConfig,
     object_size: float,
-    head: str = "distance",
+    head: str = DEFAULT_INSTANCE_HEAD,
 ) -> tuple[float, torch.Tensor]:
     """The resize factor that brings the objects of a prepared instance image to `object_size` px (1.0 when
     within RESCALE_TOLERANCE or nothing is found), with the first prediction it was measured on (native
@@ -189,7 +190,7 @@ def _predict_once(
 
 
 def probabilities_to_labels(
-    probs: torch.Tensor, task: str, post: PostprocessConfig | None = None, head: str = "distance"
+    probs: torch.Tensor, task: str, post: PostprocessConfig | None = None, head: str = DEFAULT_INSTANCE_HEAD
 ) -> np.ndarray:
     """Probabilities → class map (semantic) or instance map (instance, by the instance `head`)."""
     return task_named(task).to_labels(probs.numpy(), post, head)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from sslseg.config import FinetuneConfig, PostprocessConfig
+from sslseg.data.targets import DEFAULT_INSTANCE_HEAD
 from sslseg.losses.consistency import class_consistency, map_consistency
 from sslseg.metrics import aji, instance_scores, semantic_scores
 from sslseg.objects import semantic_objects
@@ -65,7 +66,7 @@ class Task(ABC):
 
     @abstractmethod
     def to_labels(
-        self, probs: np.ndarray, post: PostprocessConfig | None = None, head: str = "distance"
+        self, probs: np.ndarray, post: PostprocessConfig | None = None, head: str = DEFAULT_INSTANCE_HEAD
     ) -> np.ndarray:
         """Probabilities (K×H×W) → label map (class indices or object ids)."""
 
@@ -116,7 +117,7 @@ class SemanticTask(Task):
         return ()
 
     def to_labels(
-        self, probs: np.ndarray, post: PostprocessConfig | None = None, head: str = "distance"
+        self, probs: np.ndarray, post: PostprocessConfig | None = None, head: str = DEFAULT_INSTANCE_HEAD
     ) -> np.ndarray:
         return probabilities_to_classes(probs)
 
@@ -169,7 +170,7 @@ class InstanceTask(Task):
         return instance_head(cfg.model.instance_head).targets.binary
 
     def to_labels(
-        self, probs: np.ndarray, post: PostprocessConfig | None = None, head: str = "distance"
+        self, probs: np.ndarray, post: PostprocessConfig | None = None, head: str = DEFAULT_INSTANCE_HEAD
     ) -> np.ndarray:
         return instance_head(head).to_labels(probs, post)
 
