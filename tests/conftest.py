@@ -33,3 +33,17 @@ def tiny_instance_checkpoint(root: Path, **settings: Any) -> Path:
     }
     cfg = FinetuneConfig.model_validate(deep_merge(base, settings))
     return finetune(cfg, progress=False).best_checkpoint
+
+
+def small_instance_config(root: Path, **settings: Any) -> FinetuneConfig:
+    """An end-to-end instance run on 8 synthetic 80 px images (2 steps, 64 px crops) with the default head;
+    `settings` are merged over it, e.g. loss={"object_balance": 1.0}."""
+    data = write_synthetic_dataset(root / "synth", n_images=8, size=80, seed=2)
+    base = {
+        "data": {"train": data, "task": "instance", "val_fraction": 0.25, "test_fraction": 0.25},
+        "model": {"encoder": "resnet18", "decoder_channels": [32, 16, 16, 8, 8]},
+        "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "crop_size": 64},
+        "inference": {"tile_size": 64},
+        "output": root / "run",
+    }
+    return FinetuneConfig.model_validate(deep_merge(base, settings))

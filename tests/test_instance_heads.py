@@ -4,11 +4,11 @@ disks, and a contact-head run end to end."""
 import numpy as np
 import pytest
 import torch
+from conftest import small_instance_config
 from scipy import ndimage
 
 from sslseg.config import FinetuneConfig, PostprocessConfig
 from sslseg.data.datasets import LoadedSample, RandomCropDataset
-from sslseg.data.synth import write_synthetic_dataset
 from sslseg.data.targets import INSTANCE_TARGETS, contact_map, contact_targets
 from sslseg.errors import ConfigError
 from sslseg.evaluate import evaluate_checkpoint, load_model
@@ -140,24 +140,12 @@ def test_zoomed_crops_keep_the_contact_map_binary():
 
 
 def test_contact_head_trains_tunes_and_segments_end_to_end(tmp_path):
-    data = write_synthetic_dataset(tmp_path / "synth", n_images=8, size=80, seed=2)
-    cfg = FinetuneConfig.model_validate(
-        {
-            "data": {"train": data, "task": "instance", "val_fraction": 0.25, "test_fraction": 0.25},
-            "model": {
-                "encoder": "resnet18",
-                "decoder_channels": [32, 16, 16, 8, 8],
-                "instance_head": "contact",
-            },
-            "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "crop_size": 64},
-            "inference": {"tile_size": 64},
-            "output": tmp_path / "run",
-        }
-    )
+    cfg = small_instance_config(tmp_path)
+    assert cfg.model.instance_head == "contact"  # the default
     res = finetune(cfg, progress=False)
     module = load_model(res.best_checkpoint, device="cpu")
     assert module.net.segmentation_head[0].out_channels == 3
     chosen = res.summary["postprocess_tuning"]["chosen"]
     assert chosen["contact_threshold"] in INSTANCE_HEADS["contact"].tuning_grid["contact_threshold"]
-    scores = evaluate_checkpoint(res.best_checkpoint, data, progress=False)
+    scores = evaluate_checkpoint(res.best_checkpoint, cfg.data.train, progress=False)
     assert 0.0 <= scores["aji"] <= 1.0

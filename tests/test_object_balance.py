@@ -4,6 +4,7 @@ the instance loss, hand-checked on made-up label images, carried through crops, 
 import numpy as np
 import pytest
 import torch
+from conftest import small_instance_config
 
 from sslseg.config import FinetuneConfig, LossConfig, load_config
 from sslseg.data.datasets import LoadedSample, RandomCropDataset, load_samples
@@ -177,21 +178,8 @@ def test_module_checks_the_weight_channel(tmp_path):
 
 
 def test_object_balance_trains_end_to_end(tmp_path):
-    data = write_synthetic_dataset(tmp_path / "synth", n_images=8, size=80, seed=2)
-    cfg = FinetuneConfig.model_validate(
-        {
-            "data": {"train": data, "task": "instance", "val_fraction": 0.25, "test_fraction": 0.25},
-            "model": {
-                "encoder": "resnet18",
-                "decoder_channels": [32, 16, 16, 8, 8],
-                "instance_head": "contact",
-            },
-            "train": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 2, "crop_size": 64},
-            "loss": {"object_balance": 1.0},
-            "postprocess": {"tune": False},
-            "inference": {"tile_size": 64},
-            "output": tmp_path / "run",
-        }
+    cfg = small_instance_config(
+        tmp_path, train={"steps_per_epoch": 3}, loss={"object_balance": 1.0}, postprocess={"tune": False}
     )
     res = finetune(cfg, progress=False)
     assert res.best_checkpoint.is_file()
