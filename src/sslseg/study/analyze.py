@@ -22,6 +22,7 @@ import numpy as np
 
 from sslseg.study import stats
 from sslseg.study.spec import BASELINE, StudyConfig
+from sslseg.study.store import JobRow
 
 # resampling two seeds gives three possible means: an interval from that would look far surer than it is
 MIN_BOOTSTRAP = 3
@@ -40,12 +41,12 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def cell_budget(study: StudyConfig, row: dict[str, Any]) -> float | None:
+def cell_budget(study: StudyConfig, row: JobRow) -> float | None:
     """A fine-tuning row's place on the study's budget axis: its label fraction, or its labelled image
     count (read from its config: the store's fraction column is empty for those cells)."""
     if study.budget_key == "label_fraction":
-        return row["fraction"]
-    value = ((row.get("config") or {}).get("data") or {}).get("labelled_images")
+        return row.fraction
+    value = ((row.config or {}).get("data") or {}).get("labelled_images")
     return None if value is None else int(value)
 
 
@@ -54,11 +55,11 @@ def budget_text(key: str, value: float) -> str:
     return f"{value:.0%} labels" if key == "label_fraction" else f"{int(value)} labelled images"
 
 
-def _done_cells(rows: list[dict[str, Any]], dataset: str) -> list[dict[str, Any]]:
-    return [r for r in rows if r["kind"] == "finetune" and r["dataset"] == dataset and r["status"] == "done"]
+def _done_cells(rows: list[JobRow], dataset: str) -> list[JobRow]:
+    return [r for r in rows if r.kind == "finetune" and r.dataset == dataset and r.status == "done"]
 
 
-def annotated_counts(study: StudyConfig, rows: list[dict[str, Any]], dataset: str) -> dict[str, Any]:
+def annotated_counts(study: StudyConfig, rows: list[JobRow], dataset: str) -> dict[str, Any]:
     """The study's budget axis on one dataset and, per budget, how many images were annotated: the mean over
     seeds of the cells' `n_labelled_total` (training + validation images). None for a budget none of whose
     finished cells recorded it; `consistent` is False when cells of one budget and seed disagree (they
@@ -66,9 +67,9 @@ def annotated_counts(study: StudyConfig, rows: list[dict[str, Any]], dataset: st
     budgets = study.budgets
     seen: dict[tuple[float, int], set[int]] = {}
     for r in _done_cells(rows, dataset):
-        b, n = cell_budget(study, r), (r.get("info") or {}).get("n_labelled_total")
+        b, n = cell_budget(study, r), (r.info or {}).get("n_labelled_total")
         if b in budgets and n is not None:
-            seen.setdefault((b, r["seed"]), set()).add(int(n))
+            seen.setdefault((b, r.seed), set()).add(int(n))
     annotated: list[float | None] = []
     for b in budgets:
         per_seed = [float(np.mean(sorted(seen[b, s]))) for s in study.seeds if (b, s) in seen]
@@ -110,7 +111,7 @@ def accounting_text(axis: dict[str, Any]) -> str:
 
 
 def score_table(
-    study: StudyConfig, rows: list[dict[str, Any]], dataset: str, state: str, metric: str
+    study: StudyConfig, rows: list[JobRow], dataset: str, state: str, metric: str
 ) -> dict[str, np.ndarray]:
     """pretraining → seeds × budgets matrix of test scores (NaN where a cell is missing or failed)."""
     budgets, seeds = study.budgets, study.seeds
@@ -119,41 +120,35 @@ def score_table(
     out: dict[str, np.ndarray] = {}
     for r in _done_cells(rows, dataset):
         b = cell_budget(study, r)
-        if r["state"] != state or b not in col or r["seed"] not in srow:
+        if r.state != state or b not in col or r.seed not in srow:
             continue
-        table = out.setdefault(r["pretraining"], np.full((len(seeds), len(budgets)), np.nan))
-        table[srow[r["seed"]], col[b]] = (r["metrics"] or {}).get(metric, np.nan)
+        table = out.setdefault(r.pretraining, np.full((len(seeds), len(budgets)), np.nan))
+        table[srow[r.seed], col[b]] = (r.metrics or {}).get(metric, np.nan)
     return out
 
 
-def _finetune_seconds(rows: list[dict[str, Any]], dataset: str, state: str, pretraining: str) -> list[float]:
+def _finetune_seconds(rows: list[JobRow], dataset: str, state: str, pretraining: str) -> list[float]:
     return [
-        r["seconds"]["total"]
+        r.total_seconds
         for r in rows
-        if r["kind"] == "finetune"
-        and r["status"] == "done"
-        and (r["dataset"], r["state"], r["pretraining"]) == (dataset, state, pretraining)
+        if r.kind == "finetune"
+        and r.status == "done"
+        and (r.dataset, r.state, r.pretraining) == (dataset, state, pretraining)
     ]
 
 
-def _pretrain_seconds(rows: list[dict[str, Any]], dataset: str, pretraining: str) -> float:
+def _pretrain_seconds(rows: list[JobRow], dataset: str, pretraining: str) -> float:
     for r in rows:
         if (
-            r["kind"] == "pretrain"
-            and r["status"] == "done"
-            and (r["dataset"], r["pretraining"])
-            == (
-                dataset,
-                pretraining,
-            )
+            r.kind == "pretrain"
+            and r.status == "done"
+            and (r.dataset, r.pretraining) == (dataset, pretraining)
         ):
-            return float(r["seconds"]["total"])
+            return r.total_seconds
     return 0.0  # random, ImageNet or a given weights file: no pretraining cost in this study
 
 
-def reference_score(
-    study: StudyConfig, rows: list[dict[str, Any]], dataset: str, metric: str
-) -> tuple[float, str]:
+def reference_score(study: StudyConfig, rows: list[JobRow], dataset: str, metric: str) -> tuple[float, str]:
     """The full-label benchmark the integral is divided by: given in the study file, else random init's
     mean at the largest budget (fine-tuned if studied). Returns the score and where it came from."""
     ds = next(d for d in study.datasets if d.name == dataset)
@@ -169,7 +164,7 @@ def reference_score(
 
 def analyze_group(
     study: StudyConfig,
-    rows: list[dict[str, Any]],
+    rows: list[JobRow],
     dataset: str,
     state: str,
     metric: str,
@@ -492,7 +487,7 @@ def verdict(
     }
 
 
-def analyze(study: StudyConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def analyze(study: StudyConfig, rows: list[JobRow]) -> dict[str, Any]:
     """The whole score analysis of a study as a JSON-ready dict."""
     from sslseg.segmentation.tasks import task_named  # torch and the networks: only when analysing
 
@@ -520,7 +515,7 @@ def analyze(study: StudyConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "references": references,
             "groups": groups,
             "verdict": verdict(study, ds.name, groups[main_state][primary], primary, main_state),
-            "failed": [r["key"] for r in rows if r["dataset"] == ds.name and r["status"] == "failed"],
+            "failed": [r.key for r in rows if r.dataset == ds.name and r.status == "failed"],
         }
     return _clean(result)
 

@@ -446,7 +446,7 @@ def report_study(
     from sslseg.errors import ConfigError
     from sslseg.study.analyze import analyze
     from sslseg.study.spec import StudyConfig, expand
-    from sslseg.study.store import existing_backend, read_rows
+    from sslseg.study.store import JobRow, existing_backend, read_rows
 
     folder = Path(study_dir)
     if not (folder / "study.yaml").is_file() or existing_backend(folder) is None:
@@ -456,7 +456,7 @@ def report_study(
     study = load_config(StudyConfig, folder / "study.yaml")
     study = study.model_copy(update={"output": folder})
     keys = [j.key for j in expand(study)]
-    rows = read_rows(folder, keys, study.store)
+    rows = [JobRow.from_row(r) for r in read_rows(folder, keys, study.store)]
     analysis = analyze(study, rows)
     write_json(folder / "report" / "analysis.json", analysis)
     rep: dict[str, dict[str, Any]] = {}
@@ -468,7 +468,7 @@ def report_study(
             folder / "report" / "representation.json",
             {k: {n: v for n, v in r.items() if n != "examples_png"} for k, r in rep.items()},
         )
-    done = sum(r["status"] == "done" for r in rows)
-    seconds = sum((r["seconds"] or {}).get("total", 0.0) for r in rows if r["status"] == "done")
-    footer = f"{done}/{len(rows)} jobs done, {seconds / 60:.1f} min of compute in total; sslseg {sslseg.__version__}."
+    done = [r for r in rows if r.status == "done"]
+    seconds = sum(r.total_seconds for r in done)
+    footer = f"{len(done)}/{len(rows)} jobs done, {seconds / 60:.1f} min of compute in total; sslseg {sslseg.__version__}."
     return write_report(folder / "report", study.name, analysis, rep, to_yaml(study), footer)
