@@ -326,11 +326,11 @@ def representation_sections(rep: dict[str, Any]) -> list[Section]:
             f"Nearest-neighbour retrieval (Ω): the share of {r['n_images']} held-out images whose nearest "
             f"neighbour in PCA-reduced encoder space has the same {r['class_name']}; chance is {r['chance']:.3f}."
         )
-        sections.append(
-            Section("Retrieval of classes never trained on", [Text(text), Table(header, rows)], 3)
-        )
+        blocks = [Text(text), Table(header, rows)]
+        sections.append(Section("Retrieval of classes never trained on", blocks, level=3))
     if e := rep.get("embedding_map"):
-        sections.append(Section("Map of the encoder embeddings", [Figure(scatter_figure(e, e["title"]))], 3))
+        figure = Figure(scatter_figure(e, e["title"]))
+        sections.append(Section("Map of the encoder embeddings", [figure], level=3))
     if w := rep.get("weight_change"):
         header = ["pretraining", "encoder change", "decoder change"]
         rows = [[n, _fmt(v.get("encoder")), _fmt(v.get("decoder"))] for n, v in w["values"].items()]
