@@ -17,7 +17,7 @@ from sslseg.study.analyze import analyze
 from sslseg.study.report import write_report
 from sslseg.study.runner import slurm_script
 from sslseg.study.spec import StudyConfig, expand, load_study
-from sslseg.study.store import ResultStore
+from sslseg.study.store import JobRow, ResultStore
 
 
 def _study(tmp_path: Path, **changes) -> StudyConfig:
@@ -250,46 +250,50 @@ def test_concurrent_runners_never_run_a_job_twice(tmp_path):
 # ----------------------------------------------------------------------------------------------- analysis
 
 
-def _rows(study: StudyConfig, scores: dict[str, callable], annotated: callable | None = None) -> list[dict]:
+def _rows(study: StudyConfig, scores: dict[str, callable], annotated: callable | None = None) -> list[JobRow]:
     """Done rows whose AJI is scores[pretraining](budget, seed) (budget: the fraction or the image count);
     other metrics equal it. `annotated(budget, seed)`, if given, is each cell's n_labelled_total."""
     rows = []
     for j in expand(study):
         if j.kind == "pretrain":
             rows.append(
-                {
-                    "key": j.key,
-                    "kind": "pretrain",
-                    "dataset": j.dataset,
-                    "pretraining": j.pretraining,
-                    "state": None,
-                    "fraction": None,
-                    "seed": None,
-                    "status": "done",
-                    "metrics": {},
-                    "seconds": {"total": 100.0},
-                    "info": {},
-                }
+                JobRow(
+                    **{
+                        "key": j.key,
+                        "kind": "pretrain",
+                        "dataset": j.dataset,
+                        "pretraining": j.pretraining,
+                        "state": None,
+                        "fraction": None,
+                        "seed": None,
+                        "status": "done",
+                        "metrics": {},
+                        "seconds": {"total": 100.0},
+                        "info": {},
+                    }
+                )
             )
             continue
         budget = j.fraction if j.fraction is not None else j.labelled_images
         v = scores[j.pretraining](budget, j.seed)
         metrics = dict.fromkeys(("aji", "aji_plus", "pq", "dsb_score", "f1@0.5"), v)
         rows.append(
-            {
-                "key": j.key,
-                "kind": "finetune",
-                "dataset": j.dataset,
-                "pretraining": j.pretraining,
-                "state": j.state,
-                "fraction": j.fraction,  # as the store keeps it: empty in an image-count study
-                "seed": j.seed,
-                "config": j.config,
-                "status": "done",
-                "metrics": metrics,
-                "seconds": {"total": 50.0},
-                "info": {} if annotated is None else {"n_labelled_total": annotated(budget, j.seed)},
-            }
+            JobRow(
+                **{
+                    "key": j.key,
+                    "kind": "finetune",
+                    "dataset": j.dataset,
+                    "pretraining": j.pretraining,
+                    "state": j.state,
+                    "fraction": j.fraction,  # as the store keeps it: empty in an image-count study
+                    "seed": j.seed,
+                    "config": j.config,
+                    "status": "done",
+                    "metrics": metrics,
+                    "seconds": {"total": 50.0},
+                    "info": {} if annotated is None else {"n_labelled_total": annotated(budget, j.seed)},
+                }
+            )
         )
     return rows
 
@@ -387,7 +391,7 @@ def test_image_count_study_analyses_in_annotated_images(tmp_path):
     from sslseg.study.representation_analysis import representative_cells
 
     study, rows = _image_study(tmp_path)
-    assert all(r["fraction"] is None for r in rows)  # the store has no fraction for these cells
+    assert all(r.fraction is None for r in rows)  # the store has no fraction for these cells
     a = analyze(study, rows)["datasets"]["synth"]
     g = a["groups"]["finetuned"]["aji"]
     assert g["budgets"] == [4, 8, 16, 32] and g["annotated"] == [7, 11, 19, 35] and g["labels_in_images"]
@@ -409,7 +413,7 @@ def test_image_count_study_analyses_in_annotated_images(tmp_path):
     )
     assert "data.validation: fixed" in a["accounting"]
     cells = representative_cells(study, rows, "synth")
-    assert {c["key"] for c in cells.values()} == {
+    assert {c.key for c in cells.values()} == {
         f"synth/{p}/finetuned/n4/s0" for p in ("random", "simclr", "densecl")
     }
 

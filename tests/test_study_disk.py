@@ -22,6 +22,7 @@ from sslseg.segmentation.module import SegmentationModule
 from sslseg.study import estimate
 from sslseg.study.runner import _keep_products
 from sslseg.study.spec import StudyConfig, expand
+from sslseg.study.store import JobRow
 
 TINY = {"encoder": "resnet18", "decoder_channels": [32, 16, 16, 8, 8]}
 
@@ -144,12 +145,12 @@ def test_the_cells_that_keep_weights_are_the_ones_the_report_reopens(tmp_path, u
     if study.analysis.representation and study.keep_weights != "none":
         # the rows the representation analysis picks, had every cell finished, keep theirs
         rows = [
-            {**j.__dict__, "status": "done", "kind": j.kind, "dataset": j.dataset}
+            JobRow.from_row({**j.__dict__, "status": "done", "kind": j.kind, "dataset": j.dataset})
             for j in jobs
             if j.kind == "finetune"
         ]
         picked = representative_cells(study, rows, "d")
-        assert {r["key"] for r in picked.values()} <= keeping and len(picked) == 2
+        assert {r.key for r in picked.values()} <= keeping and len(picked) == 2
 
 
 def test_a_done_cell_outside_the_report_drops_its_weights_only(tmp_path):

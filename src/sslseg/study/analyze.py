@@ -11,13 +11,18 @@ Everything here is computed from the rows of the results store; nothing is re-ru
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import types
+import typing
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sslseg.study import stats
 from sslseg.study.spec import BASELINE, StudyConfig
+from sslseg.study.store import JobRow
 
 # resampling two seeds gives three possible means: an interval from that would look far surer than it is
 MIN_BOOTSTRAP = 3
@@ -36,12 +41,12 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def cell_budget(study: StudyConfig, row: dict[str, Any]) -> float | None:
+def cell_budget(study: StudyConfig, row: JobRow) -> float | None:
     """A fine-tuning row's place on the study's budget axis: its label fraction, or its labelled image
     count (read from its config: the store's fraction column is empty for those cells)."""
     if study.budget_key == "label_fraction":
-        return row["fraction"]
-    value = ((row.get("config") or {}).get("data") or {}).get("labelled_images")
+        return row.fraction
+    value = ((row.config or {}).get("data") or {}).get("labelled_images")
     return None if value is None else int(value)
 
 
@@ -50,11 +55,11 @@ def budget_text(key: str, value: float) -> str:
     return f"{value:.0%} labels" if key == "label_fraction" else f"{int(value)} labelled images"
 
 
-def _done_cells(rows: list[dict[str, Any]], dataset: str) -> list[dict[str, Any]]:
-    return [r for r in rows if r["kind"] == "finetune" and r["dataset"] == dataset and r["status"] == "done"]
+def _done_cells(rows: list[JobRow], dataset: str) -> list[JobRow]:
+    return [r for r in rows if r.kind == "finetune" and r.dataset == dataset and r.status == "done"]
 
 
-def annotated_counts(study: StudyConfig, rows: list[dict[str, Any]], dataset: str) -> dict[str, Any]:
+def annotated_counts(study: StudyConfig, rows: list[JobRow], dataset: str) -> dict[str, Any]:
     """The study's budget axis on one dataset and, per budget, how many images were annotated: the mean over
     seeds of the cells' `n_labelled_total` (training + validation images). None for a budget none of whose
     finished cells recorded it; `consistent` is False when cells of one budget and seed disagree (they
@@ -62,9 +67,9 @@ def annotated_counts(study: StudyConfig, rows: list[dict[str, Any]], dataset: st
     budgets = study.budgets
     seen: dict[tuple[float, int], set[int]] = {}
     for r in _done_cells(rows, dataset):
-        b, n = cell_budget(study, r), (r.get("info") or {}).get("n_labelled_total")
+        b, n = cell_budget(study, r), (r.info or {}).get("n_labelled_total")
         if b in budgets and n is not None:
-            seen.setdefault((b, r["seed"]), set()).add(int(n))
+            seen.setdefault((b, r.seed), set()).add(int(n))
     annotated: list[float | None] = []
     for b in budgets:
         per_seed = [float(np.mean(sorted(seen[b, s]))) for s in study.seeds if (b, s) in seen]
@@ -106,7 +111,7 @@ def accounting_text(axis: dict[str, Any]) -> str:
 
 
 def score_table(
-    study: StudyConfig, rows: list[dict[str, Any]], dataset: str, state: str, metric: str
+    study: StudyConfig, rows: list[JobRow], dataset: str, state: str, metric: str
 ) -> dict[str, np.ndarray]:
     """pretraining → seeds × budgets matrix of test scores (NaN where a cell is missing or failed)."""
     budgets, seeds = study.budgets, study.seeds
@@ -115,41 +120,35 @@ def score_table(
     out: dict[str, np.ndarray] = {}
     for r in _done_cells(rows, dataset):
         b = cell_budget(study, r)
-        if r["state"] != state or b not in col or r["seed"] not in srow:
+        if r.state != state or b not in col or r.seed not in srow:
             continue
-        table = out.setdefault(r["pretraining"], np.full((len(seeds), len(budgets)), np.nan))
-        table[srow[r["seed"]], col[b]] = (r["metrics"] or {}).get(metric, np.nan)
+        table = out.setdefault(r.pretraining, np.full((len(seeds), len(budgets)), np.nan))
+        table[srow[r.seed], col[b]] = (r.metrics or {}).get(metric, np.nan)
     return out
 
 
-def _finetune_seconds(rows: list[dict[str, Any]], dataset: str, state: str, pretraining: str) -> list[float]:
+def _finetune_seconds(rows: list[JobRow], dataset: str, state: str, pretraining: str) -> list[float]:
     return [
-        r["seconds"]["total"]
+        r.total_seconds
         for r in rows
-        if r["kind"] == "finetune"
-        and r["status"] == "done"
-        and (r["dataset"], r["state"], r["pretraining"]) == (dataset, state, pretraining)
+        if r.kind == "finetune"
+        and r.status == "done"
+        and (r.dataset, r.state, r.pretraining) == (dataset, state, pretraining)
     ]
 
 
-def _pretrain_seconds(rows: list[dict[str, Any]], dataset: str, pretraining: str) -> float:
+def _pretrain_seconds(rows: list[JobRow], dataset: str, pretraining: str) -> float:
     for r in rows:
         if (
-            r["kind"] == "pretrain"
-            and r["status"] == "done"
-            and (r["dataset"], r["pretraining"])
-            == (
-                dataset,
-                pretraining,
-            )
+            r.kind == "pretrain"
+            and r.status == "done"
+            and (r.dataset, r.pretraining) == (dataset, pretraining)
         ):
-            return float(r["seconds"]["total"])
+            return r.total_seconds
     return 0.0  # random, ImageNet or a given weights file: no pretraining cost in this study
 
 
-def reference_score(
-    study: StudyConfig, rows: list[dict[str, Any]], dataset: str, metric: str
-) -> tuple[float, str]:
+def reference_score(study: StudyConfig, rows: list[JobRow], dataset: str, metric: str) -> tuple[float, str]:
     """The full-label benchmark the integral is divided by: given in the study file, else random init's
     mean at the largest budget (fine-tuned if studied). Returns the score and where it came from."""
     ds = next(d for d in study.datasets if d.name == dataset)
@@ -165,7 +164,7 @@ def reference_score(
 
 def analyze_group(
     study: StudyConfig,
-    rows: list[dict[str, Any]],
+    rows: list[JobRow],
     dataset: str,
     state: str,
     metric: str,
@@ -488,7 +487,7 @@ def verdict(
     }
 
 
-def analyze(study: StudyConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def analyze(study: StudyConfig, rows: list[JobRow]) -> dict[str, Any]:
     """The whole score analysis of a study as a JSON-ready dict."""
     from sslseg.segmentation.tasks import task_named  # torch and the networks: only when analysing
 
@@ -516,6 +515,164 @@ def analyze(study: StudyConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "references": references,
             "groups": groups,
             "verdict": verdict(study, ds.name, groups[main_state][primary], primary, main_state),
-            "failed": [r["key"] for r in rows if r["dataset"] == ds.name and r["status"] == "failed"],
+            "failed": [r.key for r in rows if r.dataset == ds.name and r.status == "failed"],
         }
     return _clean(result)
+
+
+# ----------------------------------------------------------------------------------------- typed reading
+# `analyze` writes the analysis as plain JSON (analysis.json); the report reads it through these classes, so a
+# misspelt or missing field fails at one place instead of as a KeyError deep in a table.
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """One pretraining against random init (on the integral or at one budget); p-values one-sided."""
+
+    n_pairs: int | None = None
+    difference_mean: float | None = None
+    difference_ci: list[float | None] | None = None
+    paired_t_p: float | None = None
+    paired_t_p_holm: float | None = None
+    wilcoxon_p: float | None = None
+    wilcoxon_p_holm: float | None = None
+    welch_p: float | None = None  # the unpaired checks: on the integral only
+    welch_p_holm: float | None = None
+    permutation_p: float | None = None
+    permutation_p_holm: float | None = None
+    welch_difference_ci: list[float | None] | None = None
+    significant: bool = False
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Compute of one pretraining: its pretraining run, its mean fine-tuning run, and the factor over random init."""
+
+    pretrain_seconds: float | None
+    finetune_seconds_mean: float | None
+    factor: float | None
+
+
+@dataclass(frozen=True)
+class SavedClaim:
+    """How far the paired tests at the smallest budget support a claim of labels saved (see `_add_tests`)."""
+
+    beats_random_at: float | None
+    random_needs_more_than: float | None
+    p_holm: float | None
+    next_p_holm: float | None
+    more_than: float | None
+
+
+@dataclass(frozen=True)
+class PretrainingResult:
+    """One pretraining in one group: its curve over the budgets, integral, gains, tests and cost."""
+
+    mean: list[float | None]
+    ci_low: list[float | None]
+    ci_high: list[float | None]
+    n_seeds: list[int]
+    integral_per_seed: list[float | None]
+    integral_n_seeds: int
+    integral_mean: float | None
+    integral_ci: list[float | None]
+    relative_gain: list[float | None]
+    labels_saved: list[float | None]
+    random_needs: list[float | None]
+    cost: Cost
+    # the comparisons with random init: none for random init itself, and no budget tests without it
+    test: PairedTest | None = None
+    budget_tests: list[PairedTest] | None = None
+    labels_saved_supported: SavedClaim | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    """One (dataset, encoder state, metric): the budget axis and every pretraining's results on it."""
+
+    budget_key: str
+    budgets: list[float]
+    annotated: list[float | None]
+    labels_x: list[float]
+    labels_in_images: bool
+    seeds: list[int]
+    reference: float | None
+    pretrainings: dict[str, PretrainingResult]
+
+
+@dataclass(frozen=True)
+class BudgetAxis:
+    """A dataset's budgets and the annotated images of each (see `annotated_counts`)."""
+
+    budget_key: str
+    budgets: list[float]
+    annotated: list[float | None]
+    counted: bool
+    consistent: bool
+    validation: str
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The score an integral is divided by, and where it came from."""
+
+    score: float | None
+    source: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer for one dataset (see `verdict`)."""
+
+    text: str
+    best: str | None
+    significant: bool
+    labels_saved_claim: float | None
+
+
+@dataclass(frozen=True)
+class DatasetAnalysis:
+    """Everything analysed on one dataset; `groups` is encoder state → metric → group."""
+
+    task: str
+    primary_metric: str
+    main_state: str
+    budget_axis: BudgetAxis
+    accounting: str
+    references: dict[str, Reference]
+    groups: dict[str, dict[str, Group]]
+    verdict: Verdict
+    failed: list[str]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A study's whole analysis, read from the JSON form that `analyze` returns and analysis.json holds."""
+
+    study: str
+    datasets: dict[str, DatasetAnalysis]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Analysis:
+        """The typed analysis of `analyze`'s JSON form; a field the classes do not know is an error."""
+        return _typed(cls, data)
+
+
+def _typed(kind: Any, value: Any) -> Any:
+    """`value` (plain JSON) as `kind`: dataclasses, dict[str, X], list[X] and X | None, built recursively."""
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        unknown = set(value) - set(hints)
+        if unknown:
+            raise ValueError(f"{kind.__name__}: unknown analysis fields {sorted(unknown)}")
+        return kind(**{k: _typed(hints[k], v) for k, v in value.items()})
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is dict:
+        return {k: _typed(args[1], v) for k, v in value.items()}
+    if origin is list:
+        return [_typed(args[0], v) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        return _typed(next(a for a in args if a is not type(None)), value)
+    return value

@@ -32,6 +32,7 @@ from sslseg.metrics.embeddings import (
 from sslseg.metrics.uncertainty import uncertainty_error_correlation
 from sslseg.study.analyze import budget_text, cell_budget
 from sslseg.study.spec import BASELINE, StudyConfig, StudyDataset, report_cell, split_path
+from sslseg.study.store import JobRow
 
 SEED = 0  # the untrained "random" encoder shown beside the pretrained ones
 
@@ -62,27 +63,27 @@ def heldout_samples(
     return load_heldout(chosen[: study.analysis.max_images], data, channels, progress=False)
 
 
-def representative_cells(study: StudyConfig, rows: list[dict[str, Any]], dataset: str) -> dict[str, dict]:
+def representative_cells(study: StudyConfig, rows: list[JobRow], dataset: str) -> dict[str, JobRow]:
     """pretraining → its done cell at the main state, smallest budget, first seed (if finished)."""
     state, budget, seed = report_cell(study)  # the cells whose weights the study keeps (keep_weights)
     out = {}
     for r in rows:
         if (
-            r["kind"] == "finetune"
-            and r["status"] == "done"
-            and (r["dataset"], r["state"], r["seed"]) == (dataset, state, seed)
+            r.kind == "finetune"
+            and r.status == "done"
+            and (r.dataset, r.state, r.seed) == (dataset, state, seed)
             and cell_budget(study, r) == budget
         ):
-            out[r["pretraining"]] = r
+            out[r.pretraining] = r
     return {p.name: out[p.name] for p in study.pretrainings if p.name in out}
 
 
-def _pretrained_encoder(study: StudyConfig, cell: dict[str, Any], channels: int) -> torch.nn.Module:
+def _pretrained_encoder(study: StudyConfig, cell: JobRow, channels: int) -> torch.nn.Module:
     """The encoder a cell started from (what pretraining alone learned)."""
     from sslseg.nn.unet import build_encoder, build_unet
     from sslseg.study.features import encoder_from_weights
 
-    init = cell["config"]["model"]["init"]
+    init = cell.config["model"]["init"]
     if init == "random":
         torch.manual_seed(SEED)
         return build_encoder(study.encoder, channels)
@@ -126,7 +127,7 @@ def _examples_png(modules: dict[str, Any], samples: list[LoadedSample], task: st
 
 
 def analyse_dataset(
-    study: StudyConfig, ds: StudyDataset, rows: list[dict[str, Any]], progress: bool = True
+    study: StudyConfig, ds: StudyDataset, rows: list[JobRow], progress: bool = True
 ) -> dict[str, Any]:
     """Every representation measure of one dataset (empty when no cell is finished)."""
     from sslseg.evaluate import load_model
@@ -141,11 +142,11 @@ def analyse_dataset(
         (lambda m: print(f"  {ds.name}: {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
     )
     first = next(iter(cells.values()))
-    channels = first["info"]["in_channels"]
+    channels = first.info["in_channels"]
     # every cell of a dataset reads images alike (scale, normalisation, bright objects): take the first's
-    samples = heldout_samples(study, ds, channels, DataConfig.model_validate(first["config"]["data"]))
+    samples = heldout_samples(study, ds, channels, DataConfig.model_validate(first.config["data"]))
     images = [s.image for s in samples]
-    checkpoints = {n: Path(c["config"]["output"]) / "best.ckpt" for n, c in cells.items()}
+    checkpoints = {n: Path(c.config["output"]) / "best.ckpt" for n, c in cells.items()}
     gone = [p for p in checkpoints.values() if not p.is_file()]
     if gone:
         raise DataError(
@@ -218,13 +219,13 @@ def analyse_dataset(
     state = "finetuned" if "finetuned" in study.encoder_states else study.encoder_states[0]
     for n in names:
         moved = [
-            r["info"]["weight_change"]
+            r.info["weight_change"]
             for r in rows
-            if r["kind"] == "finetune"
-            and r["status"] == "done"
-            and (r["dataset"], r["pretraining"], r["state"]) == (ds.name, n, state)
-            and r["info"]
-            and "weight_change" in r["info"]
+            if r.kind == "finetune"
+            and r.status == "done"
+            and (r.dataset, r.pretraining, r.state) == (ds.name, n, state)
+            and r.info
+            and "weight_change" in r.info
         ]
         if moved:
             changes[n] = {part: float(np.mean([m[part] for m in moved])) for part in ("encoder", "decoder")}
@@ -268,7 +269,7 @@ def analyse_dataset(
 
 
 def representation_analysis(
-    study: StudyConfig, rows: list[dict[str, Any]], progress: bool = True
+    study: StudyConfig, rows: list[JobRow], progress: bool = True
 ) -> dict[str, dict[str, Any]]:
     """dataset name → its representation analysis (or the error that stopped it: the score analysis and
     the report do not depend on it)."""

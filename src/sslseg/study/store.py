@@ -27,6 +27,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote
@@ -38,32 +39,50 @@ from sslseg.study.spec import Job
 Backend = Literal["sqlite", "files"]
 BACKENDS: tuple[Backend, ...] = ("sqlite", "files")
 STATUSES = ("pending", "running", "done", "failed")
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One job of a study as the analysis and the report read it: its definition, then its state and
+    result (the store's JSON columns decoded). Missing fields are None, as in a row of a pending job."""
+
+    key: str
+    kind: str
+    dataset: str
+    pretraining: str
+    state: str | None = None
+    fraction: float | None = None
+    seed: int | None = None
+    depends_on: str | None = None
+    ord: int | None = None
+    config_hash: str | None = None
+    config: dict[str, Any] | None = None
+    status: str = "pending"
+    runner: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    attempts: int = 0
+    claimed_at: float | None = None
+    heartbeat: float | None = None
+    finished_at: float | None = None
+    metrics: dict[str, Any] | None = None
+    seconds: dict[str, float] | None = None
+    info: dict[str, Any] | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> JobRow:
+        """A store row (`JobStore.rows`) as a JobRow; keys outside `ROW_FIELDS` (a claim's `resumed`) are dropped."""
+        return cls(**{k: v for k, v in row.items() if k in ROW_FIELDS})
+
+    @property
+    def total_seconds(self) -> float:
+        """The job's measured run time (0 when none was stored)."""
+        return float((self.seconds or {}).get("total", 0.0))
+
+
 # every row, whichever backend: the job's definition, then its state and result (JSON columns decoded)
-ROW_FIELDS = (
-    "key",
-    "kind",
-    "dataset",
-    "pretraining",
-    "state",
-    "fraction",
-    "seed",
-    "depends_on",
-    "ord",
-    "config_hash",
-    "config",
-    "status",
-    "runner",
-    "host",
-    "pid",
-    "attempts",
-    "claimed_at",
-    "heartbeat",
-    "finished_at",
-    "metrics",
-    "seconds",
-    "info",
-    "error",
-)
+ROW_FIELDS = tuple(f.name for f in fields(JobRow))
 
 
 class JobStore(ABC):
