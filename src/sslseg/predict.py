@@ -35,6 +35,7 @@ from sslseg.data.io import (
     write_label_tiles,
 )
 from sslseg.data.lazy import ImageSource, open_image, write_ome_zarr_labels
+from sslseg.data.scale import known_size_factor
 from sslseg.errors import ConfigError, DataError, SslsegError
 from sslseg.evaluate import load_model
 from sslseg.objects import (
@@ -299,13 +300,11 @@ def _predict_one(module: SegmentationModule, path: Path, targets: dict[str, Path
         plain = source.lazy and options.level == 0 and options.series == 0
         raw = read_image(path) if plain and path.suffix.lower() != ZARR_EXTENSION else source.read_all()
     cfg = module.cfg
-    image = prepare_image(
-        raw,
-        module.hparams["in_channels"],
-        cfg.data.normalization,
-        cfg.data.scale,
-        cfg.data.bright_objects,
-    )
+    d = cfg.data
+    scale = d.scale
+    if d.object_size_um is not None:  # the objects' real size and this image's pixel size fix its scale
+        scale = known_size_factor(d.object_size_um, d.object_size, size, path, hint="--pixel-size")
+    image = prepare_image(raw, module.hparams["in_channels"], d.normalization, scale, d.bright_objects)
     labels = module.segment(image, raw.shape[:2])
     if "tiff" in targets:
         write_label(targets["tiff"], labels, size)
@@ -379,6 +378,7 @@ def _predict_blocks(
             band_rows=LABEL_TILE,
             on_objects=writer.add if writer is not None else None,
             progress=options.progress,
+            pixel_size=pixel_size,
         )
 
         def sinks() -> Iterator[tuple[int, np.ndarray]]:
