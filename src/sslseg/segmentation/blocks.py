@@ -246,11 +246,12 @@ class _TileCache:
 @dataclass(frozen=True)
 class BlockObjects:
     """The objects one block keeps: their global-id label map over `region` (0 elsewhere) and the raw image
-    of the region, for measuring them."""
+    of the region, for measuring them; `classes`, for a class map's regions, the class of each id."""
 
     labels: np.ndarray
     raw: np.ndarray
     origin: tuple[int, int]
+    classes: dict[int, int] | None = None
 
 
 def segment_blocks(
