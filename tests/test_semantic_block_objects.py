@@ -109,3 +109,20 @@ def test_block_wise_semantic_prediction_writes_the_regions_as_objects(semantic_c
     features = json.loads((out / "big_objects.geojson").read_text())["features"]
     assert len(features) == len(table) == len(roifile.roiread(out / "big_rois.zip"))
     assert {f["properties"]["classification"]["name"] for f in features} <= {"class 1"}
+
+
+def test_whole_image_semantic_prediction_writes_the_regions_as_objects(semantic_checkpoint, tmp_path):
+    image, _ = generate_sample(8, (60, 52))
+    write_image(tmp_path / "small.tif", image)
+    out = tmp_path / "pred"
+    report = predict_files(
+        semantic_checkpoint, [tmp_path / "small.tif"], out, progress=False, formats="tiff,csv,roi"
+    )
+    assert not report.failed, report.failed
+    instances, of_class = semantic_objects(tifffile.imread(out / "small_labels.tif"))
+    table = list(csv.DictReader((out / "small_objects.csv").open()))
+    assert len(table) == len(of_class) == len(roifile.roiread(out / "small_rois.zip"))
+    assert sorted(float(r["area_px"]) for r in table) == sorted(
+        float((instances == i).sum()) for i in of_class
+    )
+    assert {r["class"] for r in table} <= {"1"}
