@@ -19,7 +19,9 @@ one to one with IoU ≥ 0.99. Prints JSON lines, each figure beside its bar or i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -36,23 +38,47 @@ RSS_BAR_GIB = 4.0
 IOU_BAR = 0.99
 
 
-def write_synthetic(path: Path, size: int, seed: int = 0) -> None:
-    """A size² uint16 tiled BigTIFF of synthetic nuclei, patch by patch (one patch in memory at a time)."""
+def _patch(seed: int) -> np.ndarray:
+    """One synthetic patch (module level, so worker processes can make it)."""
+    from sslseg.data.synth import generate_sample
+
+    return generate_sample(seed, PATCH, coverage=(0.1, 0.2))[0]
+
+
+def write_synthetic(path: Path, size: int, seed: int = 0, workers: int = 1) -> float:
+    """A size² uint16 tiled BigTIFF of synthetic nuclei, patch by patch (at most 2·`workers` patches in
+    memory), the patches made by `workers` processes in parallel while this one compresses and writes them
+    in order. Returns the seconds per patch."""
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm import tqdm
 
     from sslseg.atomic import atomic_path
-    from sslseg.data.synth import generate_sample
 
     n = -(-size // PATCH)
+    seeds = [seed * 1_000_003 + k for k in range(n * n)]
+    start = time.perf_counter()
 
-    def patches():
-        for k in tqdm(range(n * n), desc="writing the synthetic image"):
-            yield generate_sample(seed * 1_000_003 + k, PATCH, coverage=(0.1, 0.2))[0]
+    def patches(pool: ProcessPoolExecutor | None):
+        if pool is None:
+            for s in tqdm(seeds, desc="writing the synthetic image"):
+                yield _patch(s)
+            return
+        ahead: deque = deque()
+        todo = iter(seeds)
+        for _ in tqdm(seeds, desc=f"writing the synthetic image ({workers} processes)"):
+            while len(ahead) < 2 * workers and (s := next(todo, None)) is not None:
+                ahead.append(pool.submit(_patch, s))
+            yield ahead.popleft().result()
 
-    with atomic_path(path) as tmp:
+    with (
+        ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool,
+        atomic_path(path) as tmp,
+    ):
         tifffile.imwrite(
             tmp,
-            patches(),
+            patches(pool),
             shape=(size, size),
             dtype=np.uint16,
             tile=(PATCH, PATCH),
@@ -61,6 +87,7 @@ def write_synthetic(path: Path, size: int, seed: int = 0) -> None:
             metadata={"axes": "YX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65},
             ome=True,
         )
+    return (time.perf_counter() - start) / len(seeds)
 
 
 def train_tiny(out: Path) -> Path:
@@ -173,6 +200,12 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=4096, help="side of the window predicted whole (px)")
     ap.add_argument("--block", type=int, default=2048, help="block side of the block-wise prediction (px)")
     ap.add_argument("--checkpoint", type=Path, default=None, help="a model to use instead of the tiny one")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="processes making the synthetic image's patches (default: the CPU cores this process may use)",
+    )
     ap.add_argument("--phase", choices=("blocks", "whole"), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.crop > args.size:
@@ -187,7 +220,8 @@ def main() -> None:
     if args.phase == "whole":
         return phase_whole(args)
     if not args.image.is_file():
-        write_synthetic(args.image, args.size)
+        per_patch = write_synthetic(args.image, args.size, workers=max(1, args.workers))
+        emit(synthetic_image_s_per_patch=round(per_patch, 3), patch_px=PATCH, workers=args.workers)
     args.checkpoint = args.checkpoint or train_tiny(RUNS)
     blocks_result, blocks_rss = child("blocks", args)
     whole_result, whole_rss = child("whole", args)

@@ -251,12 +251,25 @@ def evaluate(
     mask_suffix: str | None = None,
     tta: TtaOption = None,
     device: DeviceOption = "auto",
+    pixel_size: Annotated[
+        float | None,
+        typer.Option(
+            help="pixel size in µm of the images, for data.object_size_um (default: each TIFF's own)"
+        ),
+    ] = None,
 ) -> None:
     """Score a fine-tuned model on a labelled dataset at native resolution."""
     from sslseg.evaluate import evaluate_checkpoint
 
     mean = evaluate_checkpoint(
-        checkpoint, data, out, layout=layout, mask_suffix=mask_suffix, tta=tta, device=device
+        checkpoint,
+        data,
+        out,
+        layout=layout,
+        mask_suffix=mask_suffix,
+        tta=tta,
+        device=device,
+        pixel_size=pixel_size,
     )
     typer.echo(json.dumps(mean, indent=2))
 
@@ -276,7 +289,10 @@ def predict(
     ] = "tiff,overlay",
     pixel_size: Annotated[
         float | None,
-        typer.Option(help="pixel size in µm for the measurements (default: read from each TIFF's metadata)"),
+        typer.Option(
+            help="pixel size in µm for the measurements and data.object_size_um (default: read from each "
+            "TIFF's metadata)"
+        ),
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="predict again images whose outputs already exist")

@@ -104,6 +104,21 @@ class DataConfig(_Strict):
         "is this many pixels; training images by their labels, other images by a first prediction; "
         "None = off",
     )
+    object_size_um: float | None = Field(
+        None,
+        gt=0,
+        description="with object_size: the objects' real median diameter in µm. Each image's object diameter "
+        "is then object_size_um / its pixel size instead of being measured (labels in training, a first "
+        "prediction at inference), so its working scale is object_size × pixel size / object_size_um, fixed "
+        "before the network sees it; any task (semantic too). Needs the pixel size of every image (OME-XML, "
+        "ImageJ or TIFF resolution tags, data.pixel_size, or predict's --pixel-size)",
+    )
+    pixel_size: float | None = Field(
+        None,
+        gt=0,
+        description="µm per pixel of the training, validation and test images, instead of what their files "
+        "say (for object_size_um); prediction takes --pixel-size or each file's own",
+    )
     max_images: int | None = Field(None, ge=1, description="use only the first N images (quick runs)")
 
     @model_validator(mode="after")
@@ -118,18 +133,29 @@ class DataConfig(_Strict):
     @model_validator(mode="after")
     def _one_working_scale(self) -> DataConfig:
         """object_size chooses each image's working scale itself, and only instance labels give sizes."""
+        if self.object_size_um is not None and self.object_size is None:
+            raise ValueError(
+                f"object_size_um ({self.object_size_um} µm) says how large the objects are; object_size (px) "
+                "says how large the network sees them: set object_size too (e.g. 24)"
+            )
         if self.object_size is not None:
             if self.scale != 1.0:
                 raise ValueError(
                     f"object_size ({self.object_size}) and scale ({self.scale}) are two ways of choosing the "
                     "working scale; set only one (scale: 1.0 with object_size)"
                 )
-            if self.task != "instance":
+            if self.task != "instance" and self.object_size_um is None:
                 raise ValueError(
-                    f"object_size applies to instance tasks (object diameters), not task '{self.task}'; "
-                    "use scale for semantic tasks"
+                    f"object_size applies to instance tasks (object diameters), not task '{self.task}', "
+                    "unless object_size_um gives the objects' size in µm; else use scale for semantic tasks"
                 )
         return self
+
+    @property
+    def measured_object_size(self) -> float | None:
+        """object_size when each image's object diameter must be measured (at inference, by a first
+        prediction); None when there is none or object_size_um fixes the working scale at preparation."""
+        return self.object_size if self.object_size_um is None else None
 
 
 class ModelConfig(_Strict):

@@ -14,7 +14,7 @@ from sslseg.atomic import write_json, write_text
 from sslseg.data.datasets import LoadedSample, load_heldout
 from sslseg.data.layouts import find_samples
 from sslseg.device import resolve_device
-from sslseg.errors import DataError
+from sslseg.errors import ConfigError, DataError
 from sslseg.metrics import mean_scores
 from sslseg.segmentation.module import SegmentationModule, score_labels
 
@@ -77,15 +77,21 @@ def evaluate_checkpoint(
     progress: bool = True,
     tta: bool | None = None,
     device: str = "auto",
+    pixel_size: float | None = None,
 ) -> dict[str, float]:
     """Score a checkpoint on a labelled dataset; writes `per_image.csv` and `metrics.json` to `out_dir`.
-    `tta` overrides the checkpoint's test-time augmentation setting; `device` is auto, cpu, cuda or mps."""
+    `tta` overrides the checkpoint's test-time augmentation setting; `device` is auto, cpu, cuda or mps.
+    `pixel_size` (µm) overrides the files' own for `data.object_size_um`; the checkpoint's `data.pixel_size`
+    described its training images, so it is not applied to this dataset."""
+    if pixel_size is not None and not pixel_size > 0:
+        raise ConfigError(f"--pixel-size must be a positive number of µm, got {pixel_size}")
     module = load_model(checkpoint, device=device, tta=tta)
     cfg = module.cfg
     samples = find_samples(data, layout=layout, mask_suffix=mask_suffix)
     if any(s.label is None for s in samples):
         raise DataError(Path(data), "evaluation needs labels, but this dataset has images without labels")
-    loaded = load_heldout(samples, cfg.data, module.hparams["in_channels"], progress)
+    data_cfg = cfg.data.model_copy(update={"pixel_size": pixel_size})
+    loaded = load_heldout(samples, data_cfg, module.hparams["in_channels"], progress)
     rows = evaluate_samples(module, loaded, progress)
     mean = summarize(rows)
     if out_dir is not None:

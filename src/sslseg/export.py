@@ -139,6 +139,7 @@ def sidecar(module: SegmentationModule, checkpoint: str | Path) -> dict[str, Any
             "bright_objects": d.bright_objects,
             "scale": d.scale,
             "object_size": d.object_size,
+            "object_size_um": d.object_size_um,
         },
         "postprocess": cfg.postprocess.model_dump(mode="json"),
         "inference": cfg.inference.model_dump(mode="json"),
@@ -461,7 +462,13 @@ def _readme(settings: dict[str, Any], name: str) -> str:
         )
     if pre["scale"] != 1.0:
         lines.append(f"Images must be resized by a factor of {pre['scale']} before the network.")
-    if pre["object_size"] is not None:
+    if pre.get("object_size_um") is not None:
+        lines.append(
+            f"Each image must be resized by {pre['object_size']} × its pixel size (µm) / "
+            f"{pre['object_size_um']} (its objects are about {pre['object_size_um']} µm across, and the "
+            f"network sees them {pre['object_size']} px across)."
+        )
+    elif pre["object_size"] is not None:
         lines.append(
             f"sslseg resizes each image so that its objects are about {pre['object_size']} px across; "
             "other tools should present objects at that size."

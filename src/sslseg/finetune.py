@@ -155,6 +155,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         bright_objects=d.bright_objects,
         instance_head=cfg.model.instance_head,
         object_balance=cfg.loss.balance(),
+        object_size_um=d.object_size_um,
+        pixel_size=d.pixel_size,
     )
     val_set = _validation_set(cfg, split, by_id, channels, progress)
 
@@ -257,7 +259,8 @@ def _unlabeled_pool(
     """The images semi-supervised fine-tuning learns from without labels, prepared as training images are:
     the run's unlabeled pool (images without labels, and labelled ones outside the budget, their labels
     unread) and `semi.unlabeled`. Validation and test images are never among them. With `data.object_size` they are resized by the
-    median factor of the labelled images (unlabeled images have no objects to measure)."""
+    median factor of the labelled images (unlabeled images have no objects to measure), with
+    `data.object_size_um` by their own pixel size."""
     d = cfg.data
     held_out = set(budget.val) | set(budget.test)
     samples = [by_id[i] for i in budget.unlabeled if i not in held_out]
@@ -271,8 +274,9 @@ def _unlabeled_pool(
         )
         return []
     scale = d.scale
-    if d.object_size is not None:
+    if d.measured_object_size is not None:
         scale = float(np.median([s.image.shape[1] / s.native_shape[0] for s in train_set]))
+    known = d.object_size_um is not None  # each image's own pixel size gives its scale
     pool, _ = load_samples(
         samples,
         d.task,
@@ -283,6 +287,9 @@ def _unlabeled_pool(
         with_labels=False,
         progress=progress,
         bright_objects=d.bright_objects,
+        object_size=d.object_size if known else None,
+        object_size_um=d.object_size_um,
+        pixel_size=d.pixel_size,
     )
     return [s.image for s in pool]
 

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,58 @@ def semantic_objects(class_map: np.ndarray) -> tuple[np.ndarray, dict[int, int]]
         classes.update({offset + i: int(k) for i in range(1, n + 1)})
         offset += n
     return instances, classes
+
+
+class RegionStream:
+    """The objects of a class map that arrives a band of rows at a time (block-wise prediction), each
+    handed on once it is complete: the connected regions of each class, exactly as `semantic_objects` finds
+    them in the whole map, numbered 1, 2, … in the order they complete. Rows are kept only from the top of
+    the highest region still open (one touching the last row received), so memory follows the tallest region,
+    not the image."""
+
+    def __init__(self, on_objects: Callable[[np.ndarray, dict[int, int], int], None]) -> None:
+        self.on_objects = on_objects  # (instance map of the completed objects, their classes, first row)
+        self.rows: np.ndarray | None = None  # class map rows from self.top on, completed objects zeroed
+        self.top = 0
+        self.next_id = 1
+
+    def add(self, y0: int, band: np.ndarray) -> None:
+        """The class map's rows y0 … y0 + len(band); bands must come in order, without gaps."""
+        if self.rows is None:
+            self.rows, self.top = band.copy(), y0
+        elif y0 != self.top + len(self.rows):
+            raise ValueError(f"band at row {y0} does not follow row {self.top + len(self.rows) - 1}")
+        else:
+            self.rows = np.concatenate([self.rows, band])
+        self._emit(final=False)
+
+    def finish(self) -> None:
+        """Hand on the objects still open: the map is complete."""
+        if self.rows is not None:
+            self._emit(final=True)
+            self.rows = None
+
+    def _emit(self, final: bool) -> None:
+        instances, classes = semantic_objects(self.rows)
+        n = len(classes)
+        done = np.ones(n + 1, bool)
+        if not final:
+            done[np.unique(instances[-1])] = False  # touching the last row: may go on in the next band
+        done[0] = False
+        if done.any():
+            lut = np.zeros(n + 1, np.int64)
+            lut[done] = np.arange(self.next_id, self.next_id + int(done.sum()))
+            emitted = lut[instances]
+            rows = np.nonzero(emitted.any(axis=1))[0]
+            r0, r1 = int(rows[0]), int(rows[-1]) + 1
+            of_class = {int(lut[i]): classes[int(i)] for i in np.nonzero(done)[0]}
+            self.next_id += int(done.sum())
+            self.on_objects(emitted[r0:r1], of_class, self.top + r0)
+            self.rows[emitted > 0] = 0  # handed on: never again
+        open_rows = np.nonzero((instances > 0) & ~done[instances])[0]
+        drop = int(open_rows[0]) if open_rows.size else len(self.rows)
+        self.rows = self.rows[drop:]
+        self.top += drop
 
 
 def measure_objects(

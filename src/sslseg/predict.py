@@ -35,9 +35,11 @@ from sslseg.data.io import (
     write_label_tiles,
 )
 from sslseg.data.lazy import ImageSource, open_image, write_ome_zarr_labels
+from sslseg.data.scale import known_size_factor
 from sslseg.errors import ConfigError, DataError, SslsegError
 from sslseg.evaluate import load_model
 from sslseg.objects import (
+    RegionStream,
     _is_nan,
     imagej_rois,
     measure_objects,
@@ -299,13 +301,11 @@ def _predict_one(module: SegmentationModule, path: Path, targets: dict[str, Path
         plain = source.lazy and options.level == 0 and options.series == 0
         raw = read_image(path) if plain and path.suffix.lower() != ZARR_EXTENSION else source.read_all()
     cfg = module.cfg
-    image = prepare_image(
-        raw,
-        module.hparams["in_channels"],
-        cfg.data.normalization,
-        cfg.data.scale,
-        cfg.data.bright_objects,
-    )
+    d = cfg.data
+    scale = d.scale
+    if d.object_size_um is not None:  # the objects' real size and this image's pixel size fix its scale
+        scale = known_size_factor(d.object_size_um, d.object_size, size, path, hint="--pixel-size")
+    image = prepare_image(raw, module.hparams["in_channels"], d.normalization, scale, d.bright_objects)
     labels = module.segment(image, raw.shape[:2])
     if "tiff" in targets:
         write_label(targets["tiff"], labels, size)
@@ -358,11 +358,7 @@ def _predict_blocks(
     cfg = module.cfg
     h, w, _ = source.shape
     objects = _OBJECT_FORMATS & targets.keys()
-    if objects and task_named(cfg.data.task).labels_are_classes:
-        raise ConfigError(
-            f"{', '.join(sorted(objects))} of a semantic map are not computed block-wise (a class region may "
-            "span blocks); ask for tiff/zarr/overlay for images this large"
-        )
+    classes = task_named(cfg.data.task).labels_are_classes
     step = max(1, math.ceil(max(h, w) / OVERLAY_SIDE))
     thumb = np.zeros((-(-h // step), -(-w // step)), np.uint32) if "overlay" in targets else None
     zarr_array = None
@@ -370,15 +366,24 @@ def _predict_blocks(
         if "zarr" in targets:
             folder = stack.enter_context(_atomic_folder(targets["zarr"]))
             zarr_array = write_ome_zarr_labels(folder, (h, w), pixel_size, LABEL_TILE)
-        writer = _ObjectWriter(stack, targets, pixel_size, h * w) if objects else None
+        writer = _ObjectWriter(stack, targets, pixel_size, h * w, classes) if objects else None
+        # a class map's regions may span blocks: they are found in the stitched map as its bands come
+        regions = None
+        if writer is not None and classes:
+            regions = RegionStream(
+                lambda ids, of_class, y0: writer.add(
+                    BlockObjects(ids, source.read(y0, y0 + len(ids), 0, w), (y0, 0), of_class)
+                )
+            )
         bands = segment_blocks(
             module.net,
             source,
             cfg,
             block=options.block_size or DEFAULT_BLOCK,
             band_rows=LABEL_TILE,
-            on_objects=writer.add if writer is not None else None,
+            on_objects=writer.add if writer is not None and not classes else None,
             progress=options.progress,
+            pixel_size=pixel_size,
         )
 
         def sinks() -> Iterator[tuple[int, np.ndarray]]:
@@ -387,6 +392,8 @@ def _predict_blocks(
                     zarr_array[y0 : y0 + len(band)] = band
                 if thumb is not None:
                     thumb[-(-y0 // step) : -(-(y0 + len(band)) // step)] = band[(-y0) % step :: step, ::step]
+                if regions is not None:
+                    regions.add(y0, band)
                 yield y0, band
 
         if "tiff" in targets:
@@ -394,6 +401,8 @@ def _predict_blocks(
         else:
             for _ in sinks():
                 pass
+        if regions is not None:  # after the writer has taken the last band (it stops at it)
+            regions.finish()
         if writer is not None:
             writer.close()
     if thumb is not None:
@@ -424,8 +433,10 @@ class _ObjectWriter:
         targets: dict[str, Path],
         pixel_size: tuple[float, float] | None,
         max_id: int,
+        semantic: bool = False,
     ) -> None:
         self.pixel_size = pixel_size
+        self.semantic = semantic  # a class column follows the id
         self.width = len(str(max_id))
         self.csv = self.geojson = None
         self.roi: Path | None = None
@@ -452,7 +463,9 @@ class _ObjectWriter:
         y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
         labels = block.labels[y0:y1, x0:x1]
         origin = (block.origin[0] + int(y0), block.origin[1] + int(x0))
-        table = measure_objects(labels, block.raw[y0:y1, x0:x1], self.pixel_size, origin=origin)
+        table = measure_objects(
+            labels, block.raw[y0:y1, x0:x1], self.pixel_size, block.classes, origin=origin
+        )
         self._write_header(list(table))
         if self.rows is not None:
             for row in zip(*table.values(), strict=True):
@@ -476,7 +489,8 @@ class _ObjectWriter:
     def close(self) -> None:
         """Finish the files (the header alone when no block kept an object)."""
         if self.header is None and self.rows is not None:
-            one = measure_objects(np.ones((1, 1), np.int32), np.zeros((1, 1, 1)), self.pixel_size)
+            of_class = {1: 1} if self.semantic else None
+            one = measure_objects(np.ones((1, 1), np.int32), np.zeros((1, 1, 1)), self.pixel_size, of_class)
             self.rows.writerow(list(one))
         if self.geojson is not None:
             self.geojson.write("]}")

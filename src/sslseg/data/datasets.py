@@ -19,7 +19,7 @@ from skimage.transform import resize
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from sslseg.data.io import read_image
+from sslseg.data.io import read_image, read_pixel_size
 from sslseg.data.layouts import Sample
 from sslseg.data.normalize import (
     Normalization,
@@ -28,7 +28,7 @@ from sslseg.data.normalize import (
     harmonise_channels,
     normalize,
 )
-from sslseg.data.scale import median_diameter, size_factor
+from sslseg.data.scale import known_size_factor, median_diameter, size_factor
 from sslseg.data.targets import (
     DEFAULT_INSTANCE_HEAD,
     ObjectBalance,
@@ -156,6 +156,8 @@ def load_samples(
     bright_objects: bool = False,
     instance_head: str = DEFAULT_INSTANCE_HEAD,
     object_balance: ObjectBalance | None = None,
+    object_size_um: float | None = None,
+    pixel_size: float | None = None,
 ) -> tuple[list[LoadedSample], int]:
     """Decode, harmonise and normalise every sample once; returns the samples and the channel count used.
     Instance targets are the maps of `instance_head` (`sslseg.data.targets.INSTANCE_TARGETS`); with
@@ -166,11 +168,17 @@ def load_samples(
     With `object_size` (instance tasks, training samples only) each image's working scale is chosen from
     its own labels so that its median object becomes `object_size` px across (images without objects keep
     scale 1); targets follow the resized image, `labels` stay native. Validation and test samples must be
-    loaded without it: their scale is estimated at inference, as it will be for new images."""
+    loaded without it: their scale is estimated at inference, as it will be for new images.
+
+    With `object_size_um` as well (any task, every sample) the objects' real diameter fixes each image's
+    working scale instead: `object_size` × its pixel size / `object_size_um`, the pixel size being
+    `pixel_size` (µm) when given, else the file's (`read_pixel_size`); a file without one is a DataError."""
     if object_balance is not None and task != "instance":
         raise ValueError(f"object_balance weighs instance objects, not '{task}' targets")
+    if object_size_um is not None and object_size is None:
+        raise ValueError("object_size_um needs object_size, the diameter in px the objects are brought to")
     if object_size is not None:
-        if task != "instance":
+        if task != "instance" and object_size_um is None:
             raise ValueError(f"object_size applies to instance tasks, not '{task}'")
         if scale != 1.0:
             raise ValueError(f"object_size and scale ({scale}) both choose the working scale; give one")
@@ -191,7 +199,10 @@ def load_samples(
             if task != "semantic" and labels.min(initial=0) < 0:
                 raise DataError(source.path, "instance labels must be ≥ 0 (0 = background)")
         image_scale = scale
-        if object_size is not None:
+        if object_size_um is not None:
+            size = (pixel_size, pixel_size) if pixel_size is not None else read_pixel_size(s.image)
+            image_scale = known_size_factor(object_size_um, object_size, size, s.image)
+        elif object_size is not None:
             diameter = median_diameter(labels) if labels is not None else None
             image_scale = 1.0 if diameter is None else size_factor(diameter, object_size)
         image = prepare_image(raw, channels, normalization, image_scale, bright_objects)
@@ -276,7 +287,8 @@ def load_heldout(
     samples: Sequence[Sample], data: DataConfig, channels: int, progress: bool = True
 ) -> list[LoadedSample]:
     """Validation, test or evaluation images with the intensity handling and working scale of `data`, as
-    inference reads new images: never sized by their own labels."""
+    inference reads new images: never sized by their own labels (with `data.object_size_um`, by their pixel
+    size, as new images are)."""
     loaded, _ = load_samples(
         samples,
         data.task,
@@ -286,6 +298,9 @@ def load_heldout(
         data.scale,
         progress=progress,
         bright_objects=data.bright_objects,
+        object_size=data.object_size if data.object_size_um is not None else None,
+        object_size_um=data.object_size_um,
+        pixel_size=data.pixel_size,
     )
     return loaded
 

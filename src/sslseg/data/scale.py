@@ -3,7 +3,12 @@ becomes a fixed number of pixels across, so one network sees nuclei at one size 
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import numpy as np
+
+from sslseg.errors import DataError
 
 MIN_FACTOR, MAX_FACTOR = 0.25, 4.0  # a wrong size estimate must not blow an image up or shrink it away
 
@@ -37,3 +42,25 @@ def size_factor(diameter: float, object_size: float) -> float:
     """The resize factor that brings objects of `diameter` px to `object_size` px, clamped to
     [MIN_FACTOR, MAX_FACTOR]."""
     return float(np.clip(object_size / diameter, MIN_FACTOR, MAX_FACTOR))
+
+
+def known_size_factor(
+    object_size_um: float,
+    object_size: float,
+    pixel_size: tuple[float, float] | None,
+    path: str | Path,
+    hint: str = "data.pixel_size (evaluate: --pixel-size)",
+) -> float:
+    """The resize factor that brings objects of a known real diameter (`object_size_um`, µm) to
+    `object_size` px in an image of `pixel_size` (y, x µm; their geometric mean when anisotropic), clamped
+    as `size_factor`. An image without a pixel size is a DataError naming `path` and where to give one."""
+    if pixel_size is None:
+        raise DataError(
+            path,
+            f"data.object_size_um ({object_size_um} µm) needs the image's pixel size, and the file gives none "
+            f"(no OME-XML, ImageJ or TIFF resolution tags): give it with {hint} (µm per pixel)",
+        )
+    py, px = (float(v) for v in pixel_size)
+    if not (py > 0 and px > 0):
+        raise DataError(path, f"pixel size must be positive µm, got {pixel_size}")
+    return size_factor(object_size_um / math.sqrt(py * px), object_size)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.measure import label as measure_label
 from tqdm import tqdm
 
 from sslseg.atomic import write_text
@@ -237,15 +238,19 @@ def _ellipse_radius(a: float, b: float, alpha: float, direction: float) -> float
 def _finalise_labels(owner: np.ndarray) -> np.ndarray:
     """Keep each nucleus's largest connected piece and number them 1..N in placement order."""
     labels = owner.copy()
-    for i, sl in enumerate(ndi.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        sub = labels[sl]
-        comp, n = ndi.label(sub == i)
-        if n > 1:
-            sizes = np.bincount(comp.ravel())
-            sizes[0] = 0
-            sub[(comp > 0) & (comp != sizes.argmax())] = 0
+    # 4-connected pieces of equal id, numbered in raster order; per id the largest (the first of equals) stays
+    comp = measure_label(owner, background=0, connectivity=1)
+    n_comp = int(comp.max())
+    if n_comp > np.count_nonzero(np.bincount(owner.ravel())[1:]):  # some nucleus is in pieces
+        sizes = np.bincount(comp.ravel(), minlength=n_comp + 1)
+        comp_id = np.zeros(n_comp + 1, np.int64)
+        comp_id[comp.ravel()] = owner.ravel()
+        pieces = np.arange(1, n_comp + 1)
+        order = pieces[np.lexsort((pieces, -sizes[1:], comp_id[1:]))]  # by id, then largest, then first
+        first = np.r_[True, comp_id[order][1:] != comp_id[order][:-1]]
+        keep = np.zeros(n_comp + 1, bool)
+        keep[order[first]] = True
+        labels[~keep[comp]] = 0
     present = np.unique(labels)
     if present.size > 2**16:
         raise ConfigError(f"{present.size - 1} nuclei do not fit uint16 labels; use a smaller image")
@@ -282,11 +287,11 @@ def _render(
     blurred = np.zeros((h, w))
     for k, (sy, sx, f) in enumerate(nuc.shapes):
         inside = f < 1
-        fi = np.where(inside, f, 1.0)
+        fi = f[inside]  # outside the shape the profile adds nothing: only the pixels inside are computed
         # Thickness of a flattened ellipsoid (dimmer towards the edge), plus a brighter periphery
         # where heterochromatin lines the envelope.
         prof = (1 - fi**2) ** 0.35 + rim[k] * np.exp(-(((1 - fi) / 0.15) ** 2))
-        (blurred if dim[k] else focus)[sy, sx] += inside * bright[k] * prof  # overlaps add up (widefield)
+        (blurred if dim[k] else focus)[sy, sx][inside] += bright[k] * prof  # overlaps add up (widefield)
     focus *= chrom
     blurred *= chrom
     psf = psf_sigma * rng.uniform(0.8, 1.3)

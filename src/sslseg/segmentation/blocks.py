@@ -30,7 +30,7 @@ from sslseg.config import FinetuneConfig, PostprocessConfig
 from sslseg.data.datasets import rescale_image
 from sslseg.data.lazy import ImageSource
 from sslseg.data.normalize import brighten_objects, channel_statistics, floor_spread, harmonise_channels
-from sslseg.data.scale import typical_area
+from sslseg.data.scale import known_size_factor, typical_area
 from sslseg.segmentation.inference import (
     network_probabilities,
     predict_at_scale,
@@ -130,24 +130,34 @@ class BlockReport:
 
 
 def block_settings(
-    net: nn.Module, source: ImageSource, stats: ImageStats, cfg: FinetuneConfig, halo: int | None = None
+    net: nn.Module,
+    source: ImageSource,
+    stats: ImageStats,
+    cfg: FinetuneConfig,
+    halo: int | None = None,
+    pixel_size: tuple[float, float] | None = None,
 ) -> BlockSettings:
     """Working scale, halo and speck limit of an image, measured on its central SAMPLE_WINDOW² window: the
     object-size factor (`data.object_size`), the median and 99th-percentile object diameters (halo = twice
     the median, at least the 99th percentile and MIN_HALO, plus the smoothing's reach) and the typical
-    object area that `postprocess.min_size_fraction` is a fraction of."""
+    object area that `postprocess.min_size_fraction` is a fraction of. With `data.object_size_um` the
+    working scale comes from the pixel size (`pixel_size`, else the source's) instead of being measured."""
     h, w, _ = source.shape
     channels = net_in_channels(net)
     post = cfg.postprocess
-    scale = cfg.data.scale
+    d = cfg.data
+    scale = d.scale
+    if d.object_size_um is not None:
+        size = pixel_size if pixel_size is not None else source.pixel_size
+        scale = known_size_factor(d.object_size_um, d.object_size, size, source.path, hint="--pixel-size")
     if task_named(cfg.data.task).labels_are_classes:
         return BlockSettings(scale, halo if halo is not None else MIN_HALO * 2, post, None)
     sh, sw = min(h, SAMPLE_WINDOW), min(w, SAMPLE_WINDOW)
     y0, x0 = (h - sh) // 2, (w - sw) // 2
     image = rescale_image(stats.apply(source.read(y0, y0 + sh, x0, x0 + sw), channels), scale)
     head = cfg.model.instance_head
-    if cfg.data.object_size is not None:
-        factor, probs = working_factor(net, image, (sh, sw), cfg.inference, cfg.data.object_size, head)
+    if d.measured_object_size is not None:
+        factor, probs = working_factor(net, image, (sh, sw), cfg.inference, d.measured_object_size, head)
         scale *= factor
         if factor != 1.0:
             probs = predict_at_scale(net, rescale_image(image, factor), "instance", (sh, sw), cfg.inference)
@@ -236,11 +246,12 @@ class _TileCache:
 @dataclass(frozen=True)
 class BlockObjects:
     """The objects one block keeps: their global-id label map over `region` (0 elsewhere) and the raw image
-    of the region, for measuring them."""
+    of the region, for measuring them; `classes`, for a class map's regions, the class of each id."""
 
     labels: np.ndarray
     raw: np.ndarray
     origin: tuple[int, int]
+    classes: dict[int, int] | None = None
 
 
 def segment_blocks(
@@ -254,12 +265,14 @@ def segment_blocks(
     on_objects: Callable[[BlockObjects], None] | None = None,
     report: BlockReport | None = None,
     progress: bool = True,
+    pixel_size: tuple[float, float] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Segment a large image block by block; yields (first row, rows × W uint32 labels) bands in order,
     each a whole number of `band_rows` rows except the last. The halo (`halo`, else from `block_settings`)
     is capped at the block side; objects larger than it are counted in `report.cut_objects`. Instance labels are stitched (one global id per
     object, 1..N in the order blocks keep them); semantic maps are class indices. `on_objects` receives each
-    block's kept objects (instance tasks)."""
+    block's kept objects (instance tasks). `pixel_size` (y, x µm) overrides the source's (for
+    `data.object_size_um`)."""
     if block < 1 or band_rows < 1:
         raise ValueError(f"block ({block}) and band_rows ({band_rows}) must be positive")
     task = cfg.data.task
@@ -268,7 +281,7 @@ def segment_blocks(
     channels = net_in_channels(net)
     if stats is None:
         stats = image_statistics(source, channels, cfg.data.normalization, cfg.data.bright_objects, block)
-    settings = block_settings(net, source, stats, cfg, halo)
+    settings = block_settings(net, source, stats, cfg, halo, pixel_size)
     report = report if report is not None else BlockReport()
     report.settings = settings
     head = cfg.model.instance_head

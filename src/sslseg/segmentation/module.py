@@ -100,7 +100,7 @@ class SegmentationModule(L.LightningModule):
             cfg.data.task,
             native_shape,
             cfg.inference,
-            cfg.data.object_size,
+            cfg.data.measured_object_size,  # with object_size_um the image comes at its working scale
             cfg.model.instance_head,
         )
 

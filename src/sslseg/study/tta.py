@@ -42,7 +42,9 @@ def tta_predictions(module: SegmentationModule, sample: LoadedSample, n: int = D
             shape = (w, h) if t % 2 else (h, w)  # odd quarter turns swap the sides
             image = d4_transform(sample.image, t)
             head = cfg.model.instance_head
-            probs = predict_probabilities(module.net, image, task, shape, single, cfg.data.object_size, head)
+            probs = predict_probabilities(
+                module.net, image, task, shape, single, cfg.data.measured_object_size, head
+            )
             probs = d4_inverse(probs, t).contiguous()
             out.append(probabilities_to_labels(probs, task, cfg.postprocess, head))
     return out
