@@ -79,7 +79,7 @@ def smoke_study(out: Path) -> StudyConfig:
 
     data = out / "data"
     if not (data / "images").is_dir():
-        write_synthetic_dataset(data, n_images=24, size=48, seed=0)
+        write_synthetic_dataset(data, n_images=16, size=48, seed=0)
     preset = load_study(PRESETS["dsb2018"])
     tree = {
         "name": "label-efficiency-smoke",
