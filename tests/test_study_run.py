@@ -167,6 +167,4 @@ def test_quick_demo_ends_in_a_full_report(tmp_path):
     cells = tmp_path / "demo" / "study" / "cells"
     assert len(list(cells.glob("**/result.json"))) == 16
     kept = sorted(str(p.parent.relative_to(cells)) for p in cells.glob("**/best.ckpt"))
-    assert kept == [
-        f"synthetic-nuclei/{p}/finetuned/n2/s0" for p in ("densecl", "random", "semi", "simclr")
-    ]
+    assert kept == [f"synthetic-nuclei/{p}/finetuned/n2/s0" for p in ("densecl", "random", "semi", "simclr")]
