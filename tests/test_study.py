@@ -14,9 +14,10 @@ import yaml
 
 from sslseg.errors import ConfigError
 from sslseg.study.analyze import analyze
+from sslseg.study.estimate import _signature, estimate_jobs
 from sslseg.study.report import write_report
 from sslseg.study.runner import slurm_script
-from sslseg.study.spec import StudyConfig, expand, load_study
+from sslseg.study.spec import StudyConfig, expand, load_study, select_jobs
 from sslseg.study.store import JobRow, ResultStore
 
 
@@ -80,6 +81,44 @@ def test_rows_of_semi_supervised_fine_tuning_share_their_pretraining(tmp_path):
     assert by_key["synth/semi/finetuned/f0.1/s0"].config["semi"]["enabled"] is True
     assert by_key["synth/random/finetuned/f0.1/s0"].config["semi"]["enabled"] is False
     assert semi.config["train"]["epochs"] == 2  # the study's shared settings stay
+
+
+def test_a_subset_of_jobs_brings_the_pretrainings_it_needs(tmp_path):
+    jobs = expand(_study(tmp_path, encoder_states=["finetuned"]))
+    assert select_jobs(jobs, None) == [j.key for j in jobs]
+    wanted = ["synth/densecl/finetuned/f0.1/s1", "synth/random/finetuned/f0.5/s0"]
+    # in study order, with the pretraining the densecl cell starts from (and not simclr's)
+    assert select_jobs(jobs, wanted) == ["synth/pretrain/densecl", *reversed(wanted)]
+    with pytest.raises(ConfigError, match="not in the study"):
+        select_jobs(jobs, ["synth/byol/finetuned/f0.1/s0"])
+
+
+def test_semi_supervised_cells_are_estimated_apart_from_supervised_ones(tmp_path):
+    pretrainings = [
+        {"name": "random", "init": "random"},
+        {"name": "semi", "init": "random", "finetune": {"semi": {"enabled": True}}},
+    ]
+    jobs = expand(_study(tmp_path, pretrainings=pretrainings, encoder_states=["finetuned"]))
+    by_key = {j.key: j for j in jobs}
+    # a semi-supervised step also runs the teacher and the student on unlabeled crops: its own step time
+    semi, plain = by_key["synth/semi/finetuned/f0.1/s0"], by_key["synth/random/finetuned/f0.1/s0"]
+    assert _signature(semi) != _signature(plain)
+    # a finished supervised cell's time is not taken for a semi-supervised one
+    done = [
+        {
+            "key": plain.key,
+            "status": "done",
+            "seconds": {"total": 1e6},
+            "config": plain.config,
+            "kind": "finetune",
+            "dataset": "synth",
+        }
+    ]
+    tiny = {"train": {"batch_size": 2, "crop_size": 32}, "model": {"decoder_channels": [16, 16, 8, 8, 8]}}
+    for j in (semi, plain):
+        j.config = {**j.config, **{k: {**j.config[k], **v} for k, v in tiny.items()}}
+    seconds = estimate_jobs([semi, plain], done)
+    assert seconds[plain.key] == 1e6 and seconds[semi.key] < 1e5  # measured, not 10^4 s per step
 
 
 def test_methods_that_pretrain_a_decoder_get_the_fine_tuned_decoder_shape(tmp_path):

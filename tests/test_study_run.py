@@ -159,7 +159,7 @@ def test_quick_demo_ends_in_a_full_report(tmp_path):
     # the uncertainty section: one row per pretraining, each with a measured mean uncertainty and error
     assert "<h3>Prediction uncertainty</h3>" in html
     rows = _md_table(_md_section(md, "### Prediction uncertainty"))
-    assert {r[0] for r in rows} == {"random", "simclr", "byol", "densecl"}, rows
+    assert {r[0] for r in rows} == {"random", "simclr", "densecl", "semi"}, rows
     for name, uncertainty, error, *_ in rows:
         assert 0 <= float(uncertainty) <= 1 and 0 <= float(error) <= 1, (name, uncertainty, error)
     assert (tmp_path / "demo" / "study.yaml").is_file()  # the study the demo ran, to edit and rerun
@@ -167,6 +167,4 @@ def test_quick_demo_ends_in_a_full_report(tmp_path):
     cells = tmp_path / "demo" / "study" / "cells"
     assert len(list(cells.glob("**/result.json"))) == 16
     kept = sorted(str(p.parent.relative_to(cells)) for p in cells.glob("**/best.ckpt"))
-    assert kept == [
-        f"synthetic-nuclei/{p}/finetuned/f0.1/s0" for p in ("byol", "densecl", "random", "simclr")
-    ]
+    assert kept == [f"synthetic-nuclei/{p}/finetuned/n2/s0" for p in ("densecl", "random", "semi", "simclr")]

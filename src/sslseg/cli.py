@@ -526,7 +526,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="demo folder")] = Path("demo"),
     quick: Annotated[bool, typer.Option(help="tiny budget, for smoke tests")] = False,
 ) -> None:
-    """The main job on built-in synthetic data: a small study (random init vs three SSL methods) and its report."""
+    """The main job on built-in synthetic data: a small study (random init vs SSL and semi-supervised) and its report."""
     from sslseg.demo import run_demo
 
     summary = run_demo(out, quick=quick)

@@ -1,5 +1,6 @@
-"""The main job on built-in data: a small study on synthetic nuclei — random init against three SSL methods
-(one dense), two label fractions, two seeds — ending in the report that says which pretraining helps."""
+"""The main job on built-in data: a small study on synthetic nuclei — random init against two SSL methods
+(one dense) and semi-supervised fine-tuning, at 2, 4 and 8 annotated images, two seeds — ending in the
+report that says which way of using the unlabeled images helps."""
 
 from __future__ import annotations
 
@@ -13,6 +14,18 @@ from sslseg.data.synth import write_synthetic_dataset
 from sslseg.study.report import report_study
 from sslseg.study.runner import run_study
 from sslseg.study.spec import StudyConfig
+
+# Crowded, touching, dim and noisy nuclei: on the generator's default images random init saturates at a few
+# annotated images and the report's curves stay flat; on these 2 → 8 annotated images still matter (one
+# seed, AJI 0.34 → 0.39, and semi-supervised fine-tuning with 2 images 0.39), so the unlabeled images can show.
+HARD_NUCLEI: dict[str, Any] = {
+    "coverage": (0.2, 0.4),
+    "cluster_prob": 0.6,
+    "dim_fraction": 0.35,
+    "brightness": 700.0,
+    "read_noise": 30.0,
+    "radius_sigma": 0.4,
+}
 
 
 def demo_study(out: Path, quick: bool = False) -> dict[str, Any]:
@@ -34,10 +47,12 @@ def demo_study(out: Path, quick: bool = False) -> dict[str, Any]:
         "pretrainings": [
             {"name": "random", "init": "random"},
             {"name": "simclr", "method": "simclr"},
-            {"name": "byol", "method": "byol"},
             {"name": "densecl", "method": "densecl"},
+            # the other way of using the unlabeled images: a mean teacher on them while fine-tuning
+            {"name": "semi", "init": "random", "finetune": {"semi": {"enabled": True}}},
         ],
-        "label_fractions": [0.1, 0.5],
+        # annotated images, validation included (none below 4 images: a fixed schedule there)
+        "labelled_images": [2, 4] if quick else [2, 4, 8],
         "seeds": [0, 1],
         "encoder_states": ["finetuned"],
         "pretrain": {
@@ -68,7 +83,9 @@ def run_demo(out: str | Path, quick: bool = False) -> str:
     out = Path(out)
     data = out / "data"
     if not (data / "images").is_dir():
-        write_synthetic_dataset(data, n_images=16 if quick else 48, size=64 if quick else 128, seed=0)
+        write_synthetic_dataset(
+            data, n_images=16 if quick else 48, size=64 if quick else 128, seed=0, **HARD_NUCLEI
+        )
     tree = demo_study(out, quick)
     write_text(out / "study.yaml", yaml.safe_dump(tree, sort_keys=False))
     study = StudyConfig.model_validate(tree)

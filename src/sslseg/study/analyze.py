@@ -15,6 +15,7 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,7 +184,11 @@ def analyze_group(
     tables = score_table(study, rows, dataset, state, metric)
     conf = study.analysis.confidence
     base = tables.get(BASELINE)
-    base_mean = np.nanmean(base, axis=0) if base is not None else np.full(len(budgets), np.nan)
+    base_mean = np.full(len(budgets), np.nan)
+    if base is not None:
+        with warnings.catch_warnings():  # a budget random init has no finished seed of yet stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            base_mean = np.nanmean(base, axis=0)
     out: dict[str, Any] = {
         "budget_key": axis["budget_key"],
         "budgets": budgets,

@@ -10,6 +10,7 @@ The disk figure counts the weights each finished job keeps (every pretraining's;
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import torch
 
 from sslseg.config import FinetuneConfig, PretrainConfig
 from sslseg.errors import ConfigError
-from sslseg.study.spec import Job, StudyConfig, expand, keeps_weights
+from sslseg.study.spec import Job, StudyConfig, expand, keeps_weights, select_jobs
 
 OVERHEAD = 1.3  # validation, test scoring and data loading on top of the training steps
 # a job's folder besides its weights (config, split, logs, per-image scores, result): about 10 kB for a
@@ -46,11 +47,22 @@ def _finetune_step_seconds(cfg: FinetuneConfig, channels: int) -> float:
     if cfg.model.frozen:
         freeze(net.encoder)
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-    x = torch.rand(cfg.train.batch_size, channels, cfg.train.crop_size, cfg.train.crop_size)
+    crop = cfg.train.crop_size
+    x = torch.rand(cfg.train.batch_size, channels, crop, crop)
+    # semi-supervised fine-tuning adds, per step, the mean teacher's forward pass on a batch of unlabeled
+    # crops and the student's forward and backward pass on their strong views
+    semi = cfg.semi.enabled
+    u = torch.rand(cfg.semi.batch_size or cfg.train.batch_size, channels, crop, crop) if semi else None
+    teacher = copy.deepcopy(net).eval().requires_grad_(False) if semi else None
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        net(x).float().mean().backward()
+        loss = net(x).float().mean()
+        if u is not None and teacher is not None:
+            with torch.no_grad():
+                teacher(u)
+            loss = loss + net(u).float().mean()
+        loss.backward()
         opt.step()
 
     return _timed(step)
@@ -95,6 +107,8 @@ def _signature(job: Job) -> tuple:
             c["model"]["frozen"],
             c["train"]["batch_size"],
             c["train"]["crop_size"],
+            c["semi"]["enabled"],
+            c["semi"]["batch_size"],
         )
     return (
         "pretrain",
@@ -239,14 +253,17 @@ def disk_estimate(study: StudyConfig, jobs: list[Job], channels: int = 3) -> Dis
     )
 
 
-def dry_run_table(study: StudyConfig) -> str:
-    """The jobs of a study with their status and estimated minutes, the work left and the disk the study
-    takes, as text."""
+def dry_run_table(study: StudyConfig, only: list[str] | None = None) -> str:
+    """The jobs of a study (those of `only` and their pretrainings, if given) with their status and
+    estimated minutes, the work left and the disk they take, as text."""
     from sslseg.data.layouts import find_samples
     from sslseg.study.spec import study_dir
     from sslseg.study.store import existing_backend, read_rows
 
     jobs = expand(study)
+    if only is not None:
+        keep = set(select_jobs(jobs, only))
+        jobs = [j for j in jobs if j.key in keep]
     rows = []
     folder = study_dir(study)
     if study.store != "auto" or existing_backend(folder) is not None:

@@ -31,7 +31,15 @@ from sslseg.data.layouts import find_samples
 from sslseg.data.splits import dataset_split, save_split
 from sslseg.errors import ConfigError, SslsegError
 from sslseg.slurm import sbatch_time
-from sslseg.study.spec import Job, StudyConfig, expand, keeps_weights, split_path, study_dir
+from sslseg.study.spec import (
+    Job,
+    StudyConfig,
+    expand,
+    keeps_weights,
+    select_jobs,
+    split_path,
+    study_dir,
+)
 from sslseg.study.store import Backend, JobStore, open_store, resolve_backend, store_location
 
 HEARTBEAT_SECONDS = 30.0
@@ -172,11 +180,13 @@ def worker_loop(
     progress: bool = False,
     stale_after: float = STALE_SECONDS,
     heartbeat: float = HEARTBEAT_SECONDS,
+    only: list[str] | None = None,
 ) -> int:
-    """Claim and run jobs of the study until every one is done or failed; returns how many it ran."""
+    """Claim and run jobs of the study (those of `only` and their pretrainings, if given) until every one is
+    done or failed; returns how many it ran."""
     study = StudyConfig.model_validate(study_json)
     jobs = expand(study)
-    keys = [j.key for j in jobs]
+    keys = select_jobs(jobs, only)
     by_key = {j.key: j for j in jobs}
     ran = 0
     with study_store(study, stale_after) as store:
@@ -218,7 +228,9 @@ def worker_loop(
             )
 
 
-def _worker_entry(study_json: dict[str, Any], runner: str, env: dict[str, str], threads: int) -> None:
+def _worker_entry(
+    study_json: dict[str, Any], runner: str, env: dict[str, str], threads: int, only: list[str] | None
+) -> None:
     """Process entry of a local worker: pin its device before torch starts, then loop."""
     os.environ.update(env)
     import torch
@@ -228,7 +240,7 @@ def _worker_entry(study_json: dict[str, Any], runner: str, env: dict[str, str], 
     from sslseg.console import quiet_libraries
 
     quiet_libraries()
-    worker_loop(study_json, runner)
+    worker_loop(study_json, runner, only=only)
 
 
 @dataclass
@@ -244,18 +256,23 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def run_study(study: StudyConfig, workers: int | None = None, progress: bool = True) -> RunSummary:
+def run_study(
+    study: StudyConfig, workers: int | None = None, progress: bool = True, only: list[str] | None = None
+) -> RunSummary:
     """Run every job of the study that is not done yet: one worker per GPU, else `workers` CPU workers
-    (default 1) sharing the cores. Failed jobs of an earlier run are tried again."""
+    (default 1) sharing the cores. Failed jobs of an earlier run are tried again. `only` limits the run to
+    those job keys and the pretrainings they need (a session's share of a long study); the study folder
+    still holds the whole study, so later runs and the report see every cell."""
     t0 = time.perf_counter()
     study = with_store(study)
     jobs = prepare(study)
-    keys = [j.key for j in jobs]
+    keys = select_jobs(jobs, only)
     with study_store(study) as store:
         store.reset_failed(keys)
         before = store.counts(keys)
     print(
-        f"study '{study.name}': {len(jobs)} jobs, {before['done']} already done, "
+        f"study '{study.name}': {len(keys)} jobs{'' if only is None else f' of {len(jobs)}'}, "
+        f"{before['done']} already done, "
         f"results in {store_path(study)}",
         file=sys.stderr,
         flush=True,
@@ -265,7 +282,7 @@ def run_study(study: StudyConfig, workers: int | None = None, progress: bool = T
     tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     study_json = study.model_dump(mode="json")
     if n == 1:
-        worker_loop(study_json, f"{tag}-w0", progress=False)
+        worker_loop(study_json, f"{tag}-w0", progress=False, only=None if only is None else keys)
     else:
         ctx = mp.get_context("spawn")
         cores = os.cpu_count() or 1
@@ -273,7 +290,8 @@ def run_study(study: StudyConfig, workers: int | None = None, progress: bool = T
         for i in range(n):
             env = {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {}
             threads = 0 if gpus else max(1, cores // n)
-            p = ctx.Process(target=_worker_entry, args=(study_json, f"{tag}-w{i}", env, threads))
+            subset = None if only is None else keys
+            p = ctx.Process(target=_worker_entry, args=(study_json, f"{tag}-w{i}", env, threads, subset))
             p.start()
             procs.append(p)
         for p in procs:

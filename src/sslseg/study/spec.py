@@ -32,6 +32,7 @@ from sslseg.config import (
     read_yaml_mapping,
 )
 from sslseg.data.locations import real_data_root
+from sslseg.errors import ConfigError
 from sslseg.methods import get_method
 
 EncoderState = Literal["finetuned", "frozen"]
@@ -396,3 +397,16 @@ def expand(study: StudyConfig) -> list[Job]:
     for i, job in enumerate(jobs):
         job.order = i
     return jobs
+
+
+def select_jobs(jobs: list[Job], only: list[str] | None) -> list[str]:
+    """The keys of `jobs` a runner works on: all of them, or those named in `only` together with the
+    pretrainings they start from (a cell never waits on a pretraining no runner would take), in study order."""
+    if only is None:
+        return [j.key for j in jobs]
+    by_key = {j.key: j for j in jobs}
+    unknown = sorted(set(only) - set(by_key))
+    if unknown:
+        raise ConfigError(f"jobs not in the study: {unknown[:5]}{' …' if len(unknown) > 5 else ''}")
+    wanted = set(only) | {by_key[k].depends_on for k in only if by_key[k].depends_on}
+    return [j.key for j in jobs if j.key in wanted]

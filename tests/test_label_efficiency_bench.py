@@ -1,0 +1,123 @@
+"""benchmarks/label_efficiency.py: its --smoke run (the real presets' arms on tiny synthetic nuclei) gives the
+paired figures per arm and budget, the wall times and the bar, runs only the chosen subset, and resumes
+without redoing a cell; and the bar is judged by its rule."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPT = BENCH / "label_efficiency.py"
+
+
+def _bench_module():
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module("label_efficiency")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[list[dict], str]:
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "2",
+    }
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path / "le"), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")], done.stderr
+
+
+def test_smoke_subset_gives_paired_figures_times_and_bar_and_resumes(tmp_path):
+    lines, _ = _run(tmp_path, "--arms", "random,masked_semi", "--budgets", "4")
+    assert all(x["benchmark"] == "label_efficiency" for x in lines)
+    (head,) = [x for x in lines if "cells_done" in x and "arm" not in x]
+    assert head["cells_done"] == 6 and head["cells"] == 30 and not head["failed"]  # 2 arms × 3 seeds of 30
+
+    cells = {(x["arm"], x["labelled_images"]): x for x in lines if "per_seed" in x}
+    random, arm = cells["random", 4], cells["masked_semi", 4]
+    assert arm["annotated_images"] == 4  # every mask the run saw, validation included (none here)
+    a = np.array([arm["per_seed"][s] for s in "012"])
+    b = np.array([random["per_seed"][s] for s in "012"])
+    assert np.isfinite(a).all() and np.isfinite(b).all()
+    assert arm["n_pairs"] == 3
+    assert arm["difference"] == pytest.approx((a - b).mean(), abs=1e-4)
+    assert arm["relative_gain"] == pytest.approx(a.mean() / b.mean() - 1, abs=1e-3)
+    expected_p = 1.0 if np.ptp(a - b) == 0 else stats.ttest_1samp(a - b, 0, alternative="greater").pvalue
+    assert arm["paired_t_p"] == pytest.approx(expected_p, abs=1e-3)
+    lo, hi = arm["difference_ci"]
+    assert lo <= arm["difference"] + 1e-4 and arm["difference"] - 1e-4 <= hi
+    # budget 8 and the other arms were not run: no scores there, no line for an arm without a cell
+    assert cells["random", 8]["n_seeds"] == 0 and ("simclr", 4) not in cells
+
+    times = {x["arm"]: x for x in lines if "finetune_s_mean" in x}
+    assert times["masked_semi"]["cells_done"] == 3 and times["masked_semi"]["pretrain_s"] > 0
+    assert times["masked_semi"]["pretraining"] == times["masked"]["pretraining"]  # one shared pretraining
+    assert times["simclr"]["cells_done"] == 0 and times["simclr"]["pretrain_s"] is None  # not needed, not run
+    assert times["random"]["finetune_within_limit"] is True
+
+    (bar,) = [x for x in lines if "bar" in x]
+    rule = arm["relative_gain"] >= 0.10 and arm["paired_t_p_holm"] < 0.05
+    assert bar["met"] is rule and bar["best"]["arm"] == "masked_semi"
+    assert any("verdict" in x for x in lines)
+
+    results = sorted((tmp_path / "le" / "study" / "cells").rglob("result.json"))
+    assert len(results) == 6
+    stamps = [p.stat().st_mtime_ns for p in results]
+    again, err = _run(tmp_path, "--arms", "random,masked_semi", "--budgets", "4")
+    assert "7 already done" in err  # 6 cells and their pretraining: nothing redone
+    assert [p.stat().st_mtime_ns for p in results] == stamps
+    assert [x for x in again if "per_seed" in x] == [x for x in lines if "per_seed" in x]
+
+
+def test_bar_needs_gain_significance_and_seeds():
+    bench = _bench_module()
+    bar = bench.Bar()
+
+    def line(arm: str, budget: int, gain: float, p: float, n: int = 5) -> dict:
+        return {
+            "dataset": "dsb2018",
+            "metric": "aji",
+            "arm": arm,
+            "labelled_images": budget,
+            "relative_gain": gain,
+            "paired_t_p_holm": p,
+            "paired_t_p": p / 2,
+            "difference_ci": [0.01, 0.05],
+            "n_pairs": n,
+        }
+
+    assert bench.bar_result(bar, [line("semi", 8, 0.12, 0.01)])["met"] is True
+    assert bench.bar_result(bar, [line("semi", 16, 0.12, 0.01)])["met"] is True
+    # the gain alone, the significance alone, too few seeds, or another budget: not met
+    assert bench.bar_result(bar, [line("semi", 8, 0.12, 0.2)])["met"] is False
+    assert bench.bar_result(bar, [line("semi", 8, 0.05, 0.001)])["met"] is False
+    short = bench.bar_result(bar, [line("semi", 8, 0.12, 0.01, n=4)])
+    assert short["met"] is False and "4 paired seeds" in short["reason"]
+    assert bench.bar_result(bar, [line("semi", 32, 0.3, 0.001)])["met"] is False
+    assert bench.bar_result(bar, [line("random", 8, 0.3, 0.001)])["met"] is False
+    # the passing arm is named even when a larger, non-significant gain exists
+    both = bench.bar_result(bar, [line("masked", 8, 0.30, 0.3), line("semi", 16, 0.11, 0.02)])
+    assert both["met"] is True and both["best"]["arm"] == "semi"
+    none = bench.bar_result(bar, [])
+    assert none["met"] is False and "not measured" in none["reason"]
+    assert math.isclose(bar.gain, 0.10) and bar.budgets == (8, 16) and bar.min_seeds == 5
