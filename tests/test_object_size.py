@@ -189,7 +189,9 @@ CFG = InferenceConfig(tile_size=512)
 def test_inference_predicts_again_at_the_measured_scale(object_size, rescaled_to):
     net = ContentNet()
     image = _disc_image((64, 64), radius=4)
-    probs = predict_probabilities(net, image, "instance", (64, 64), CFG, object_size=object_size)
+    probs = predict_probabilities(
+        net, image, "instance", (64, 64), CFG, object_size=object_size, head="distance"
+    )
     assert probs.shape == (2, 64, 64)
     # the first prediction, the fragment check at half the size (objects halve: whole ones), the rescaled one
     assert net.seen == [(64, 64), (32, 32)] + ([rescaled_to] if rescaled_to else [])
@@ -200,26 +202,36 @@ def test_fragments_of_oversized_objects_are_measured_at_a_smaller_size():
     # a network that cuts everything into 8 px pieces: the pieces keep their size at ½× and ¼×, so the
     # objects are taken to be 32 px across and the image is shrunk to ¼ (as far as MIN_FACTOR allows)
     net = BlobNet(radius=4)
-    predict_probabilities(net, np.zeros((1, 128, 128), np.float32), "instance", (128, 128), CFG, 8.0)
+    predict_probabilities(
+        net, np.zeros((1, 128, 128), np.float32), "instance", (128, 128), CFG, 8.0, head="distance"
+    )
     assert net.seen == [(128, 128), (64, 64), (32, 32), (32, 32)]
     # pieces already under half the target at ½× stop the check: 8 px pieces, target 20 px
     net = BlobNet(radius=4)
-    predict_probabilities(net, np.zeros((1, 64, 64), np.float32), "instance", (64, 64), CFG, 20.0)
+    predict_probabilities(
+        net, np.zeros((1, 64, 64), np.float32), "instance", (64, 64), CFG, 20.0, head="distance"
+    )
     assert net.seen == [(64, 64), (32, 32), (160, 160)]
     # without the check, the pieces are taken at their word: 8 px, enlarged 2.5× for a target of 20 px
     net = BlobNet(radius=4)
     cfg = CFG.model_copy(update={"check_fragments": False})
-    predict_probabilities(net, np.zeros((1, 64, 64), np.float32), "instance", (64, 64), cfg, 20.0)
+    predict_probabilities(
+        net, np.zeros((1, 64, 64), np.float32), "instance", (64, 64), cfg, 20.0, head="distance"
+    )
     assert net.seen == [(64, 64), (160, 160)]
 
 
 def test_inference_sizes_objects_in_working_pixels_and_returns_native_shape():
     # a working image at half the native size: 8 px objects there are 16 px natively, already the target
     net = ContentNet()
-    probs = predict_probabilities(net, _disc_image((64, 64), 4), "instance", (128, 128), CFG, 8.0)
+    probs = predict_probabilities(
+        net, _disc_image((64, 64), 4), "instance", (128, 128), CFG, 8.0, head="distance"
+    )
     assert probs.shape == (2, 128, 128) and net.seen == [(64, 64), (32, 32)]
     net = ContentNet()
-    probs = predict_probabilities(net, _disc_image((64, 48), 4), "instance", (128, 96), CFG, 16.0)
+    probs = predict_probabilities(
+        net, _disc_image((64, 48), 4), "instance", (128, 96), CFG, 16.0, head="distance"
+    )
     assert probs.shape == (2, 128, 96) and net.seen == [(64, 64), (32, 32), (128, 128)]  # square tiles
 
 
@@ -250,7 +262,9 @@ def test_a_swarm_of_specks_does_not_pass_for_the_typical_object():
     # count median: a 3×3 speck (3.4 px across), which would blow the image up 4×; the large nucleus is
     # 28 px across, so an object size of 14 halves the image
     net = SpeckledNet()
-    predict_probabilities(net, np.zeros((1, 64, 64), np.float32), "instance", (64, 64), CFG, 14.0)
+    predict_probabilities(
+        net, np.zeros((1, 64, 64), np.float32), "instance", (64, 64), CFG, 14.0, head="distance"
+    )
     assert net.seen == [(64, 64), (32, 32), (32, 32)]  # measure, check for fragments, predict at ½×
 
 
@@ -264,10 +278,10 @@ def test_typical_area_is_the_object_holding_the_median_pixel():
 def test_inference_keeps_the_first_prediction_without_objects_or_without_object_size():
     image = np.zeros((1, 64, 64), np.float32)
     net = BlobNet(empty=True)
-    probs = predict_probabilities(net, image, "instance", (64, 64), CFG, object_size=16.0)
+    probs = predict_probabilities(net, image, "instance", (64, 64), CFG, object_size=16.0, head="distance")
     assert probs.shape == (2, 64, 64) and net.seen == [(64, 64)]
     net = BlobNet()
-    predict_probabilities(net, image, "instance", (64, 64), CFG)
+    predict_probabilities(net, image, "instance", (64, 64), CFG, head="distance")
     assert net.seen == [(64, 64)]
 
 
@@ -277,11 +291,13 @@ def test_inference_with_tta_sizes_once_then_predicts_every_orientation():
     cfg = InferenceConfig(tile_size=512, tta=True)
     image = _disc_image((64, 64), 4)
     net = ContentNet()
-    probs = predict_probabilities(net, image, "instance", (64, 64), cfg, 16.0)
+    probs = predict_probabilities(net, image, "instance", (64, 64), cfg, 16.0, head="distance")
     assert probs.shape == (2, 64, 64)
     assert net.seen == [(64, 64), (32, 32)] + [(128, 128)] * 8
     net = ContentNet()  # close enough to the target: the 8 orientations at the native scale, the first
-    predict_probabilities(net, image, "instance", (64, 64), cfg, 9.0)  # being the measuring one
+    predict_probabilities(
+        net, image, "instance", (64, 64), cfg, 9.0, head="distance"
+    )  # being the measuring one
     assert net.seen == [(64, 64), (32, 32)] + [(64, 64)] * 7
 
 
