@@ -41,7 +41,7 @@ from sslseg.study.analyze import analyze_group, annotated_counts, reference_scor
 from sslseg.study.estimate import estimate_jobs
 from sslseg.study.runner import run_study, with_store
 from sslseg.study.spec import BASELINE, Job, StudyConfig, expand, load_study, study_dir
-from sslseg.study.store import existing_backend, read_rows
+from sslseg.study.store import JobRow, existing_backend, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {
@@ -199,10 +199,11 @@ def budget_lines(study: StudyConfig, rows: list[dict[str, Any]], metric: str) ->
     """Per arm and budget: the mean score, and against random init the paired difference (bootstrap CI),
     relative gain over the paired seeds, one-sided paired t and Wilcoxon p (raw and Holm across the arms)."""
     ds = study.datasets[0].name
-    axis = annotated_counts(study, rows, ds)
-    ref, _ = reference_score(study, rows, ds, metric)
-    group = analyze_group(study, rows, ds, STATE, metric, ref, axis)
-    tables = score_table(study, rows, ds, STATE, metric)
+    typed = [JobRow.from_row(r) for r in rows]  # what the analysis reads
+    axis = annotated_counts(study, typed, ds)
+    ref, _ = reference_score(study, typed, ds, metric)
+    group = analyze_group(study, typed, ds, STATE, metric, ref, axis)
+    tables = score_table(study, typed, ds, STATE, metric)
     base = tables.get(BASELINE)
     out = []
     for arm, entry in group["pretrainings"].items():
