@@ -40,7 +40,7 @@ from sslseg.config import deep_merge, parse_overrides
 from sslseg.study.analyze import analyze_group, annotated_counts, reference_score, score_table, verdict
 from sslseg.study.estimate import estimate_jobs
 from sslseg.study.runner import run_study, with_store
-from sslseg.study.spec import BASELINE, Job, StudyConfig, expand, load_study, study_dir
+from sslseg.study.spec import BASELINE, Job, StudyConfig, expand, load_study, select_jobs, study_dir
 from sslseg.study.store import JobRow, existing_backend, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +133,8 @@ def selected_cells(study: StudyConfig, arms: list[str], budgets: list[int], seed
     ]
 
 
-def _rows(study: StudyConfig) -> list[dict[str, Any]]:
+def _stored_rows(study: StudyConfig) -> list[dict[str, Any]]:
+    """The study's rows as the store gives them (none before the first run)."""
     folder = study_dir(study)
     if existing_backend(folder) is None:
         return []
@@ -153,9 +154,9 @@ def estimate_lines(study: StudyConfig, cells: list[Job]) -> list[dict[str, Any]]
     the chosen cells (finished jobs count their measured time); each job's estimate goes to stderr. Step
     times are measured on this machine now (sslseg.study.estimate), so a busy machine inflates them."""
     jobs = expand(study)
-    keep = {j.key for j in cells} | {j.depends_on for j in cells if j.depends_on}
+    keep = set(select_jobs(jobs, [j.key for j in cells]))
     chosen = [j for j in jobs if j.key in keep]
-    rows = _rows(study)
+    rows = _stored_rows(study)
     done = {r["key"] for r in rows if r["status"] == "done"}
     seconds = estimate_jobs(chosen, rows)
     for j in chosen:
@@ -195,15 +196,14 @@ def estimate_lines(study: StudyConfig, cells: list[Job]) -> list[dict[str, Any]]
     return lines
 
 
-def budget_lines(study: StudyConfig, rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+def budget_lines(study: StudyConfig, rows: list[JobRow], metric: str) -> list[dict[str, Any]]:
     """Per arm and budget: the mean score, and against random init the paired difference (bootstrap CI),
     relative gain over the paired seeds, one-sided paired t and Wilcoxon p (raw and Holm across the arms)."""
     ds = study.datasets[0].name
-    typed = [JobRow.from_row(r) for r in rows]  # what the analysis reads
-    axis = annotated_counts(study, typed, ds)
-    ref, _ = reference_score(study, typed, ds, metric)
-    group = analyze_group(study, typed, ds, STATE, metric, ref, axis)
-    tables = score_table(study, typed, ds, STATE, metric)
+    axis = annotated_counts(study, rows, ds)
+    ref, _ = reference_score(study, rows, ds, metric)
+    group = analyze_group(study, rows, ds, STATE, metric, ref, axis)
+    tables = score_table(study, rows, ds, STATE, metric)
     base = tables.get(BASELINE)
     out = []
     for arm, entry in group["pretrainings"].items():
@@ -296,18 +296,18 @@ def bar_result(bar: Bar, lines: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def time_lines(study: StudyConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def time_lines(study: StudyConfig, rows: list[JobRow]) -> list[dict[str, Any]]:
     """Per arm: its pretraining's wall time and its fine-tuning cells' (mean, max, per budget), each against
     the issue's limits."""
     ds = study.datasets[0].name
     jobs = [j for j in expand(study) if j.kind == "finetune"]
-    by_key = {r["key"]: r for r in rows if r["status"] == "done"}
+    by_key = {r.key: r for r in rows if r.status == "done"}
     out = []
     for arm in [p.name for p in study.pretrainings]:
         mine = [j for j in jobs if j.pretraining == arm]
         pre = next((j.depends_on for j in mine if j.depends_on), None)
-        pre_s = by_key[pre]["seconds"]["total"] if pre in by_key else None
-        cells = [(j, by_key[j.key]["seconds"]["total"]) for j in mine if j.key in by_key]
+        pre_s = by_key[pre].total_seconds if pre in by_key else None
+        cells = [(j, by_key[j.key].total_seconds) for j in mine if j.key in by_key]
         secs = [s for _, s in cells]
         per_budget = {
             str(int(b)): _round(float(np.mean([s for j, s in cells if j.labelled_images == b])), 1)
@@ -388,15 +388,15 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_study(study, workers=args.workers, only=[j.key for j in cells])
             if summary.counts["failed"]:
                 print(f"{study.name}: {summary.counts['failed']} job(s) failed", file=sys.stderr, flush=True)
-        rows = _rows(study)
-        done = [r for r in rows if r["kind"] == "finetune" and r["status"] == "done"]
+        rows = [JobRow.from_row(r) for r in _stored_rows(study)]  # typed once, as the analysis reads them
+        done = [r for r in rows if r.kind == "finetune" and r.status == "done"]
         emit(
             benchmark="label_efficiency",
             dataset=ds.name,
             study_dir=str(study_dir(study)),
             cells_done=len(done),
             cells=sum(j.kind == "finetune" for j in expand(study)),
-            failed=[r["key"] for r in rows if r["status"] == "failed"],
+            failed=[r.key for r in rows if r.status == "failed"],
             this_run_s=round(time.perf_counter() - t0, 1),
             validation=ds.validation,
             val_fraction=ds.val_fraction,

@@ -10,6 +10,7 @@ import pytest
 import tifffile
 from conftest import tiny_instance_checkpoint
 
+import sslseg.finetune as finetune_module
 import sslseg.predict as predict_module
 import sslseg.segmentation.blocks as blocks_module
 from sslseg.config import DataConfig, FinetuneConfig, load_config
@@ -118,6 +119,22 @@ def checkpoint(tmp_path_factory) -> Path:
     """A tiny instance model trained with object_size_um on synthetic images said to be 0.5 µm/px."""
     root = tmp_path_factory.mktemp("um")
     return tiny_instance_checkpoint(root, data={"object_size": 24, "object_size_um": 6, "pixel_size": 0.5})
+
+
+def test_training_images_are_prepared_at_the_scale_their_pixel_size_gives(tmp_path, monkeypatch):
+    prepared: list[float] = []
+    real_load = finetune_module.load_samples
+
+    def spy_load(*args, **kwargs):
+        loaded, channels = real_load(*args, **kwargs)
+        prepared.extend(s.image.shape[-1] / s.native_shape[1] for s in loaded)
+        return loaded, channels
+
+    monkeypatch.setattr(finetune_module, "load_samples", spy_load)
+    tiny_instance_checkpoint(tmp_path, data={"object_size": 24, "object_size_um": 6, "pixel_size": 0.5})
+    # 6 µm objects at 0.5 µm/px are 12 px across, brought to 24: every training image is doubled,
+    # whatever its own nuclei measure
+    assert prepared and all(f == pytest.approx(2.0) for f in prepared)
 
 
 def test_evaluation_takes_the_pixel_size_of_the_files_or_of_the_option(checkpoint):

@@ -281,8 +281,9 @@ def run_study(
     n = workers or (gpus if gpus else 1)
     tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     study_json = study.model_dump(mode="json")
+    subset = None if only is None else keys  # with the pretrainings the chosen cells need
     if n == 1:
-        worker_loop(study_json, f"{tag}-w0", progress=False, only=None if only is None else keys)
+        worker_loop(study_json, f"{tag}-w0", progress=False, only=subset)
     else:
         ctx = mp.get_context("spawn")
         cores = os.cpu_count() or 1
@@ -290,7 +291,6 @@ def run_study(
         for i in range(n):
             env = {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {}
             threads = 0 if gpus else max(1, cores // n)
-            subset = None if only is None else keys
             p = ctx.Process(target=_worker_entry, args=(study_json, f"{tag}-w{i}", env, threads, subset))
             p.start()
             procs.append(p)
