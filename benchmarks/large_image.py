@@ -8,9 +8,13 @@ synthetic data (its quality does not matter, only consistency), and then, each i
   (ru_maxrss of the child) and compared with the 4 GiB bar;
 - today's whole-image path on a `--crop`² window of the image (the largest that path comfortably holds),
   normalised with the whole image's statistics as block-wise prediction normalises it.
-The objects of the crop are compared with the same region of the block-wise label map: objects touching
-the crop's edge are left out on both sides (they are cut differently, legitimately); the rest must pair
-one to one with IoU ≥ 0.99. Prints JSON lines, each figure beside its bar or its comparison.
+The objects of the crop are compared with the same region of the block-wise label map. The crop's origin
+lies on the whole image's sliding-window grid, and only the part of the crop that both passes cover with
+the same network tiles is compared: near the crop's edge the whole image has tiles (context) the crop
+lacks, and the crop's last tile is shifted to end at its edge, so there the maps differ legitimately (a
+network is not exactly shift-invariant). Objects reaching outside that part are left out on both sides;
+the rest must pair one to one with IoU ≥ 0.99. Prints JSON lines, each figure beside its bar or its
+comparison.
 
     python benchmarks/large_image.py                # 20,000² (hours on 2 CPU cores)
     python benchmarks/large_image.py --size 6000    # a quick check
@@ -31,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from _common import emit, hardware
+
+from sslseg.segmentation.tiling import tile_grid
 
 RUNS = Path(__file__).resolve().parents[1] / "runs" / "large_image"
 PATCH = 1008  # synthetic patches (one TIFF tile each); 1008 and the 2048 blocks share no border below 129,024
@@ -133,7 +139,7 @@ def phase_whole(args: argparse.Namespace) -> None:
     module = load_model(args.checkpoint)
     cfg = module.cfg
     channels = module.hparams["in_channels"]
-    y0, x0 = args.crop_origin
+    y0 = x0 = args.origin
     with open_image(args.image) as source:
         stats = image_statistics(
             source, channels, cfg.data.normalization, cfg.data.bright_objects, args.block
@@ -147,6 +153,14 @@ def phase_whole(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds, "peak_kib": _peak_kib()}))
 
 
+def _inference_settings(checkpoint: Path) -> tuple[int, float]:
+    """The checkpoint's sliding-window tile size and overlap (both passes tile by them)."""
+    from sslseg.evaluate import load_model
+
+    inference = load_model(checkpoint, device="cpu").cfg.inference
+    return inference.tile_size, inference.overlap
+
+
 def _peak_kib() -> int:
     """This process's peak resident memory so far (ru_maxrss, KiB on Linux), imports included."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -155,18 +169,39 @@ def _peak_kib() -> int:
 def child(phase: str, args: argparse.Namespace) -> tuple[dict, float]:
     """Run one phase in a fresh process; its result and its peak resident memory in GiB (as it measured it)."""
     cmd = [sys.executable, __file__, "--phase", phase, "--size", str(args.size), "--crop", str(args.crop)]
-    cmd += ["--block", str(args.block), "--checkpoint", str(args.checkpoint)]
+    cmd += ["--block", str(args.block), "--checkpoint", str(args.checkpoint), "--origin", str(args.origin)]
     done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return result, result["peak_kib"] / 2**20
 
 
-def compare(whole: np.ndarray, blocks: np.ndarray) -> dict[str, float]:
-    """Objects of the crop not touching its edge, whole-image vs block-wise: counts, one-to-one pairing by
-    largest overlap, and the IoU of every pair."""
+def crop_origin(size: int, crop: int, tile_size: int, overlap: float) -> int:
+    """The crop's origin along one axis: centred, moved down onto the whole image's tile stride so that the
+    crop's own tiles coincide with the whole image's."""
+    tile = tile_grid(size, 1, tile_size, overlap)[0]
+    stride = max(1, int(tile * (1 - overlap)))
+    return (size - crop) // 2 // stride * stride
+
+
+def same_tiles(size: int, origin: int, crop: int, tile_size: int, overlap: float) -> np.ndarray:
+    """Along one axis of the crop, whether each position is covered by the same network tiles in the
+    crop's own sliding-window pass as in the whole image's (then the blended probabilities there agree)."""
+    tile, grid = tile_grid(size, 1, tile_size, overlap)
+    in_whole = {y for y, _ in grid}
+    in_crop = {y + origin for y, _ in tile_grid(crop, 1, tile_size, overlap)[1]}
+    where = np.arange(origin, origin + crop)
+    same = np.ones(crop, bool)
+    for start in in_whole ^ in_crop:  # a tile only one of the two passes has
+        same &= (where < start) | (where >= start + tile)
+    return same
+
+
+def compare(whole: np.ndarray, blocks: np.ndarray, same: np.ndarray) -> dict[str, float]:
+    """Objects of the crop lying wholly where `same` (crop-shaped) holds and not touching the crop's edge,
+    whole-image vs block-wise: counts, one-to-one pairing by largest overlap, and the IoU of every pair."""
 
     def interior(labels: np.ndarray) -> np.ndarray:
-        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[~same]]))
         ids = np.unique(labels)
         return ids[(ids > 0) & ~np.isin(ids, edge)]
 
@@ -191,6 +226,7 @@ def compare(whole: np.ndarray, blocks: np.ndarray) -> dict[str, float]:
         "iou_min": float(min(ious, default=1.0)),
         "iou_below_bar": int(sum(v < IOU_BAR for v in ious)),
         "iou_mean": float(np.mean(ious)) if ious else 1.0,
+        "compared_fraction_of_crop": float(same.mean()),
     }
 
 
@@ -207,6 +243,7 @@ def main() -> None:
         help="processes making the synthetic image's patches (default: the CPU cores this process may use)",
     )
     ap.add_argument("--phase", choices=("blocks", "whole"), default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--origin", type=int, default=0, help=argparse.SUPPRESS)  # the crop's, for --phase whole
     args = ap.parse_args()
     if args.crop > args.size:
         raise SystemExit(f"--crop ({args.crop}) must not exceed --size ({args.size})")
@@ -214,24 +251,27 @@ def main() -> None:
     args.image = RUNS / f"synthetic_{args.size}.ome.tif"
     args.out = RUNS / f"predicted_{args.size}"
     args.out.mkdir(exist_ok=True)
-    args.crop_origin = ((args.size - args.crop) // 2, (args.size - args.crop) // 2)
+    if args.phase is None:
+        if not args.image.is_file():
+            per_patch = write_synthetic(args.image, args.size, workers=max(1, args.workers))
+            emit(synthetic_image_s_per_patch=round(per_patch, 3), patch_px=PATCH, workers=args.workers)
+        args.checkpoint = args.checkpoint or train_tiny(RUNS)
     if args.phase == "blocks":
         return phase_blocks(args)
     if args.phase == "whole":
         return phase_whole(args)
-    if not args.image.is_file():
-        per_patch = write_synthetic(args.image, args.size, workers=max(1, args.workers))
-        emit(synthetic_image_s_per_patch=round(per_patch, 3), patch_px=PATCH, workers=args.workers)
-    args.checkpoint = args.checkpoint or train_tiny(RUNS)
+    tiles = _inference_settings(args.checkpoint)
+    origin = args.origin = crop_origin(args.size, args.crop, *tiles)
     blocks_result, blocks_rss = child("blocks", args)
     whole_result, whole_rss = child("whole", args)
-    y0, x0 = args.crop_origin
+    y0 = x0 = origin
     from sslseg.data.lazy import open_image
 
     labels_path = args.out / f"{args.image.name.removesuffix('.tif')}_labels.tif"
     with open_image(labels_path) as labels:
         region = labels.read(y0, y0 + args.crop, x0, x0 + args.crop)[..., 0]
-    scores = compare(np.load(args.out / "crop_whole.npy"), region)
+    along = same_tiles(args.size, origin, args.crop, *tiles)
+    scores = compare(np.load(args.out / "crop_whole.npy"), region, along[:, None] & along[None, :])
     mpx, crop_mpx = args.size**2 / 1e6, args.crop**2 / 1e6
     common = {"benchmark": "large_image", "size": args.size, "crop": args.crop, "block": args.block}
     emit(
@@ -248,6 +288,8 @@ def main() -> None:
         blockwise=scores["objects_blocks"],
         whole_image=scores["objects_whole"],
         passes=scores["objects_blocks"] == scores["objects_whole"] and scores["one_to_one"],
+        crop_origin=origin,
+        compared_fraction_of_crop=round(scores["compared_fraction_of_crop"], 3),
     )
     emit(
         **common,
