@@ -12,9 +12,10 @@ The objects of the crop are compared with the same region of the block-wise labe
 lies on the whole image's sliding-window grid, and only the part of the crop that both passes cover with
 the same network tiles is compared: near the crop's edge the whole image has tiles (context) the crop
 lacks, and the crop's last tile is shifted to end at its edge, so there the maps differ legitimately (a
-network is not exactly shift-invariant). Objects reaching outside that part are left out on both sides;
-the rest must pair one to one with IoU ≥ 0.99. Prints JSON lines, each figure beside its bar or its
-comparison.
+network is not exactly shift-invariant). That part is narrowed by the reach of the post-processing's
+smoothing, and an object is compared only if its whole foreground component lies in it (the watershed
+splits a component by all of its seeds). The rest must pair one to one with IoU ≥ 0.99. Prints JSON
+lines, each figure beside its bar or its comparison.
 
     python benchmarks/large_image.py                # 20,000² (hours on 2 CPU cores)
     python benchmarks/large_image.py --size 6000    # a quick check
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import resource
 import subprocess
@@ -35,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from _common import emit, hardware
+from scipy import ndimage
 
 from sslseg.segmentation.tiling import tile_grid
 
@@ -153,12 +156,13 @@ def phase_whole(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds, "peak_kib": _peak_kib()}))
 
 
-def _inference_settings(checkpoint: Path) -> tuple[int, float]:
-    """The checkpoint's sliding-window tile size and overlap (both passes tile by them)."""
+def _checkpoint_settings(checkpoint: Path) -> tuple[int, float, int]:
+    """The checkpoint's sliding-window tile size and overlap (both passes tile by them) and the reach in
+    pixels of its post-processing's Gaussian smoothing (scipy truncates at 4 σ)."""
     from sslseg.evaluate import load_model
 
-    inference = load_model(checkpoint, device="cpu").cfg.inference
-    return inference.tile_size, inference.overlap
+    cfg = load_model(checkpoint, device="cpu").cfg
+    return cfg.inference.tile_size, cfg.inference.overlap, math.ceil(4 * cfg.postprocess.smooth_sigma)
 
 
 def _peak_kib() -> int:
@@ -196,14 +200,24 @@ def same_tiles(size: int, origin: int, crop: int, tile_size: int, overlap: float
     return same
 
 
+def narrowed(same: np.ndarray, reach: int) -> np.ndarray:
+    """`same` without the positions within `reach` of a position outside it (where smoothing mixes them in)."""
+    if reach <= 0:
+        return same
+    return ndimage.binary_erosion(same, iterations=reach, border_value=1)
+
+
 def compare(whole: np.ndarray, blocks: np.ndarray, same: np.ndarray) -> dict[str, float]:
-    """Objects of the crop lying wholly where `same` (crop-shaped) holds and not touching the crop's edge,
-    whole-image vs block-wise: counts, one-to-one pairing by largest overlap, and the IoU of every pair."""
+    """Objects of the crop whose foreground component lies wholly where `same` (crop-shaped) holds and does
+    not touch the crop's edge, whole-image vs block-wise: counts, one-to-one pairing by largest overlap, and
+    the IoU of every pair."""
 
     def interior(labels: np.ndarray) -> np.ndarray:
-        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[~same]]))
-        ids = np.unique(labels)
-        return ids[(ids > 0) & ~np.isin(ids, edge)]
+        components = ndimage.label(labels > 0)[0]
+        edge = np.concatenate([components[0], components[-1], components[:, 0], components[:, -1]])
+        reaching_out = np.unique(np.concatenate([edge, components[~same]]))
+        ids = np.unique(labels[(labels > 0) & ~np.isin(components, reaching_out)])
+        return ids
 
     a_ids, b_ids = interior(whole), interior(blocks)
     a = np.where(np.isin(whole, a_ids), whole, 0).astype(np.int64)
@@ -260,8 +274,8 @@ def main() -> None:
         return phase_blocks(args)
     if args.phase == "whole":
         return phase_whole(args)
-    tiles = _inference_settings(args.checkpoint)
-    origin = args.origin = crop_origin(args.size, args.crop, *tiles)
+    tile_size, overlap, reach = _checkpoint_settings(args.checkpoint)
+    origin = args.origin = crop_origin(args.size, args.crop, tile_size, overlap)
     blocks_result, blocks_rss = child("blocks", args)
     whole_result, whole_rss = child("whole", args)
     y0 = x0 = origin
@@ -270,7 +284,7 @@ def main() -> None:
     labels_path = args.out / f"{args.image.name.removesuffix('.tif')}_labels.tif"
     with open_image(labels_path) as labels:
         region = labels.read(y0, y0 + args.crop, x0, x0 + args.crop)[..., 0]
-    along = same_tiles(args.size, origin, args.crop, *tiles)
+    along = narrowed(same_tiles(args.size, origin, args.crop, tile_size, overlap), reach)
     scores = compare(np.load(args.out / "crop_whole.npy"), region, along[:, None] & along[None, :])
     mpx, crop_mpx = args.size**2 / 1e6, args.crop**2 / 1e6
     common = {"benchmark": "large_image", "size": args.size, "crop": args.crop, "block": args.block}

@@ -50,14 +50,25 @@ def test_probabilities_agree_exactly_where_the_tiles_are_the_same(bench) -> None
     assert (part[~same] - reference[~same]).abs().max() > 1e-3  # the excluded band does differ
 
 
-def test_compare_leaves_out_objects_outside_the_same_tiles_region(bench) -> None:
+def test_compare_leaves_out_whole_components_that_reach_outside_the_compared_region(bench) -> None:
     whole = np.zeros((20, 20), np.int64)
     whole[2:5, 2:5] = 1  # inside
     whole[10:14, 15:19] = 2  # reaches the excluded columns
+    whole[10:14, 11:15] = 3  # inside, but touches 2: the watershed split them by seeds outside
     blocks = np.where(whole > 0, whole + 10, 0)
+    blocks[10:14, 14] = 12  # the split between 2 and 3 moved: not compared
     blocks[11, 17] = 0  # differs only where it is not compared
     same = np.ones((20, 20), bool)
     same[:, 16:] = False
     scores = bench.compare(whole, blocks, same)
     assert scores["objects_whole"] == scores["objects_blocks"] == 1
     assert scores["iou_min"] == 1.0 and scores["one_to_one"]
+    blocks[3, 3] = 0  # a compared object that differs is caught
+    assert bench.compare(whole, blocks, same)["iou_min"] < 1.0
+
+
+def test_the_compared_region_narrows_by_the_smoothing_reach(bench) -> None:
+    same = np.array([0, 1, 1, 1, 1, 1, 1, 0], bool)
+    assert bench.narrowed(same, 2).tolist() == [0, 0, 0, 1, 1, 0, 0, 0]
+    assert bench.narrowed(np.ones(4, bool), 2).all()  # the crop's own edge is not narrowed
+    assert bench.narrowed(same, 0).tolist() == same.tolist()
