@@ -30,7 +30,7 @@ from sslseg.config import FinetuneConfig, PretrainConfig
 from sslseg.finetune import finetune
 from sslseg.methods import METHODS
 from sslseg.pretrain import pretrain, resolve_optim
-from sslseg.study.stats import welch_greater
+from sslseg.study.stats import paired_t_greater, welch_greater, wilcoxon_greater
 
 # the methods whose loss works below the image level (locations, tiles, stages or pixels): the issue's dense
 # methods of the reference (DenseCL, DetCo, MoDeCo) and the dense ones beyond it (VICRegL, PixPro, masked
@@ -165,10 +165,9 @@ def main() -> None:
             mean_dsb_score=round(statistics.mean(r["dsb_score"] for r in rows), 4),
             random_init_mean_aji=round(base, 4),
             relative_aji_gain=round(aji / base - 1, 4),
-            # one-sided Welch test of "higher AJI than random init" over the seeds (None for random itself)
-            p_aji_above_random=None
-            if tag == "random"
-            else round(welch_greater([r["aji"] for r in rows], [r["aji"] for r in results["random"]]), 4),
+            # one-sided tests of "higher AJI than random init" over the seeds (None for random itself): each
+            # seed annotates the same images for every init, so the main test is paired; Welch is secondary
+            **_tests_against_random([r["aji"] for r in rows], [r["aji"] for r in results["random"]], tag),
             bar="a dense method ≥ +5 % relative AJI over random init",
             pretrain_seconds=round(pretrain_seconds.get(tag, 0.0), 1),
             seeds=seeds,
@@ -177,6 +176,15 @@ def main() -> None:
             encoder_lr_scale=1.0 if tag == "random" else args.encoder_lr_scale,
             hardware=hardware(),
         )
+
+
+def _tests_against_random(aji: list[float], random_aji: list[float], tag: str) -> dict[str, float | None]:
+    """One-sided p-values of "higher AJI than random init", seed by seed (None for random itself)."""
+    tests = {"paired_t": paired_t_greater, "wilcoxon": wilcoxon_greater, "welch": welch_greater}
+    return {
+        f"p_aji_above_random_{name}": None if tag == "random" else round(test(aji, random_aji), 4)
+        for name, test in tests.items()
+    }
 
 
 def _earlier_pretraining(earlier: list[Path], method: str, cfg: PretrainConfig) -> tuple[Path | None, float]:
