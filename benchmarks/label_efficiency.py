@@ -2,10 +2,11 @@
 
 Runs the study presets `studies/label_efficiency_dsb2018.yaml` (instance, AJI on stage1_test) and
 `studies/label_efficiency_ph2.yaml` (semantic, Dice) through the study runner: 4, 8, 16 and 32 annotated
-images (every mask a run sees, validation included), five seeds, and five arms — random init, the two best
+images (every mask a run sees, validation included), five seeds, and six arms — random init, the two best
 SSL pretrainings of RESULTS.md (masked image modelling and SimCLR, 400 steps), semi-supervised (mean-teacher)
-fine-tuning from random init, and masked pretraining + semi-supervised fine-tuning. Each seed fixes one
-labelled subset for every arm, so every arm is compared with random init seed by seed.
+fine-tuning from random init, the same with CutMix and a Dice term in its unlabeled loss (`semi_mix`), and
+masked pretraining + semi-supervised fine-tuning. Each seed fixes one labelled subset for every arm, so
+every arm is compared with random init seed by seed.
 
 The study is resumable: a run does the cells not done yet (of the chosen subset) and stops cleanly when
 killed, so the evidence can be gathered over several sessions, e.g.

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sslseg.augment.segmentation import cutmix
 from sslseg.config import FinetuneConfig
 from sslseg.data.synth import write_synthetic_dataset
 from sslseg.finetune import finetune
@@ -128,3 +129,66 @@ def test_supervised_runs_draw_no_unlabeled_images(nuclei, tmp_path, monkeypatch)
     res = finetune(_cfg(nuclei, tmp_path / "sup", {"enabled": False}), progress=False)
     assert res.summary["n_unlabeled_used"] == 0
     assert np.isfinite(res.test["aji"])
+
+
+def test_dice_term_makes_missing_the_rare_foreground_costly():
+    teacher = torch.full((2, 3, 20, 20), 0.01)
+    teacher[:, 0, :2, :10] = 0.99  # 5 % confident foreground, the rest confident background
+    teacher[:, 2, 0, :5] = 0.99  # a few contact pixels
+    misses = torch.full_like(teacher, -5.0)  # a student that predicts background everywhere
+    plain, _ = map_consistency(misses, teacher, binary=(0, 2), confidence=0.9)
+    with_dice, _ = map_consistency(misses, teacher, binary=(0, 2), confidence=0.9, dice=True)
+    assert with_dice - plain > 1.5  # two binary maps whose every foreground pixel is missed
+    right = torch.where(teacher > 0.5, 8.0, -8.0)  # a student sure of the teacher's decisions
+    assert map_consistency(right, teacher, binary=(0, 2), confidence=0.9, dice=True)[0] < 0.2
+    # the class-map form: a rare class missed entirely costs its share of the mean Dice
+    probs = torch.zeros(2, 3, 20, 20)
+    probs[:, 0] = 0.98
+    probs[:, 1, :2] = 0.98
+    probs[:, 0, :2] = 0.01
+    probs[:, 2] = 0.01
+    probs[:, 2, 5:6, :4] = 0.98
+    probs[:, 0, 5:6, :4] = 0.01
+    guess_background = torch.zeros_like(probs)
+    guess_background[:, 0] = 8.0
+    plain, _ = class_consistency(guess_background, probs, confidence=0.9)
+    with_dice, _ = class_consistency(guess_background, probs, confidence=0.9, dice=True)
+    assert with_dice - plain > 0.6  # two of three classes missed
+
+
+def test_cutmix_pastes_the_same_box_into_image_and_maps():
+    torch.manual_seed(0)
+    images = torch.arange(4.0)[:, None, None, None].expand(4, 2, 32, 32).clone()
+    maps = 10 + images[:, :1].clone()
+    mixed, mixed_maps = cutmix(images, maps, area=(0.25, 0.5))
+    for i in range(4):
+        donor = (i - 1) % 4
+        pasted = mixed[i, 0] == donor
+        assert torch.equal(mixed_maps[i, 0] == 10 + donor, pasted)  # the maps follow the image
+        assert torch.equal(mixed[i, 1] == donor, pasted)  # every channel alike
+        share = pasted.float().mean().item()
+        assert 0.2 <= share <= 0.5
+        ys, xs = pasted.nonzero(as_tuple=True)
+        assert pasted[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all()  # one box
+    one, one_maps = cutmix(images[:1], maps[:1])
+    assert torch.equal(one, images[:1]) and torch.equal(one_maps, maps[:1])
+
+
+def test_semi_supervised_run_with_cutmix_and_dice(nuclei, tmp_path, monkeypatch):
+    import sslseg.segmentation.module as module
+
+    calls = []
+    original = module.cutmix
+
+    def spy(images, maps, *args, **kwargs):
+        calls.append((images.shape, maps.shape))
+        return original(images, maps, *args, **kwargs)
+
+    monkeypatch.setattr(module, "cutmix", spy)
+    # confidence 0.5 keeps every pixel, so that the loss is not zero by an unsure untrained teacher
+    semi = {"enabled": True, "rampup": 0.0, "cutmix": True, "dice": True, "confidence": 0.5}
+    res = finetune(_cfg(nuclei, tmp_path / "mix", semi), progress=False)
+    assert len(calls) == 3 and calls[0][0][0] == calls[0][1][0] == 2
+    rows = list(csv.DictReader((res.output / "logs" / "metrics.csv").open()))
+    logged = [float(r["train/unlabeled_loss"]) for r in rows if r.get("train/unlabeled_loss")]
+    assert logged and all(math.isfinite(v) and v > 0 for v in logged)

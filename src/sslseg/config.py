@@ -319,6 +319,16 @@ class SemiConfig(_Strict):
         description="the unlabeled weight rises linearly over this fraction of the run (the teacher is poor "
         "at first)",
     )
+    dice: bool = Field(
+        False,
+        description="add a Dice term on the confident pixels to the unlabeled loss, as the supervised loss has "
+        "one, so that confident background does not teach the student to miss objects",
+    )
+    cutmix: bool = Field(
+        False,
+        description="paste a box of another unlabeled crop into each strong view, and the teacher's maps "
+        "alike (CutMix), so the student must get object layouts right that no single image shows",
+    )
     strong_intensity: float = Field(0.3, ge=0, description="strong view: sd of per-channel gain and offset")
     strong_noise: float = Field(0.1, ge=0, description="strong view: sd of added noise")
     strong_gamma: float = Field(0.4, ge=0, le=1.5, description="strong view: sd of log γ")

@@ -50,6 +50,28 @@ def random_d4(images: torch.Tensor, targets: torch.Tensor | None = None) -> tupl
     return out_i, (out_t[:, 0] if squeeze else out_t)
 
 
+def cutmix(
+    images: torch.Tensor, maps: torch.Tensor, area: tuple[float, float] = (0.25, 0.5)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste into each sample of a B×C×H×W batch a random square box (a fraction `area` of it) of the next
+    sample, into its image and its B×K×H×W maps alike (CutMix, Yun et al. 2019). A batch of one is
+    returned unchanged."""
+    b, _, h, w = images.shape
+    if b < 2:
+        return images, maps
+    dev = images.device
+    side = torch.empty(b, device=dev).uniform_(*area).sqrt()
+    bh, bw = (side * h).long().clamp(min=1), (side * w).long().clamp(min=1)
+    y0 = (torch.rand(b, device=dev) * (h - bh + 1)).long()
+    x0 = (torch.rand(b, device=dev) * (w - bw + 1)).long()
+    ys, xs = torch.arange(h, device=dev), torch.arange(w, device=dev)
+    inside_y = (ys[None] >= y0[:, None]) & (ys[None] < (y0 + bh)[:, None])
+    inside_x = (xs[None] >= x0[:, None]) & (xs[None] < (x0 + bw)[:, None])
+    box = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
+    donor = torch.roll(torch.arange(b, device=dev), 1)
+    return torch.where(box, images[donor], images), torch.where(box, maps[donor], maps)
+
+
 def photometric(
     images: torch.Tensor,
     intensity: float = 0.1,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sslseg.augment.segmentation import augment_batch, photometric, random_d4
+from sslseg.augment.segmentation import augment_batch, cutmix, photometric, random_d4
 from sslseg.config import FinetuneConfig
 from sslseg.data.datasets import LoadedSample
 from sslseg.errors import TrainingDiverged
@@ -156,6 +156,8 @@ class SegmentationModule(L.LightningModule):
         weak, _ = random_d4(self._next_unlabeled().to(self.device, torch.float32))
         with torch.no_grad():
             teacher_probs = self.task.activate(self.teacher()(weak))
+        if semi.cutmix:  # the teacher labels whole crops; the student sees them mixed
+            weak, teacher_probs = cutmix(weak, teacher_probs)
         strong = photometric(weak, semi.strong_intensity, semi.strong_noise, semi.strong_gamma)
         student = self(strong)
         loss, used = self.task.consistency(student, teacher_probs, self.cfg)

@@ -111,7 +111,7 @@ class SemanticTask(Task):
     def consistency(
         self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, cfg: FinetuneConfig
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return class_consistency(student_logits, teacher_probs, cfg.semi.confidence)
+        return class_consistency(student_logits, teacher_probs, cfg.semi.confidence, cfg.semi.dice)
 
     def binary_target_channels(self, cfg: FinetuneConfig) -> tuple[int, ...]:
         return ()
@@ -164,7 +164,7 @@ class InstanceTask(Task):
         self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, cfg: FinetuneConfig
     ) -> tuple[torch.Tensor, torch.Tensor]:
         binary = self.binary_target_channels(cfg)
-        return map_consistency(student_logits, teacher_probs, binary, cfg.semi.confidence)
+        return map_consistency(student_logits, teacher_probs, binary, cfg.semi.confidence, cfg.semi.dice)
 
     def binary_target_channels(self, cfg: FinetuneConfig) -> tuple[int, ...]:
         return instance_head(cfg.model.instance_head).targets.binary
