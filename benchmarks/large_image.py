@@ -17,7 +17,7 @@ smoothing, and an object is compared only if its whole foreground component lies
 splits a component by all of its seeds). The rest must pair one to one with IoU ≥ 0.99. Prints JSON
 lines, each figure beside its bar or its comparison.
 
-    python benchmarks/large_image.py                # 20,000² (hours on 2 CPU cores)
+    python benchmarks/large_image.py                # 20,000² (about 25 min on 2 CPU cores)
     python benchmarks/large_image.py --size 6000    # a quick check
 """
 
