@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -11,6 +14,17 @@ from sslseg.config import FinetuneConfig, deep_merge
 from sslseg.data.locations import real_data_root
 from sslseg.data.synth import write_synthetic_dataset
 from sslseg.finetune import finetune
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """A script of benchmarks/ imported as a module (its own imports of `_common` resolve there too)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
 
 
 def real_data(*parts: str) -> Path:

@@ -4,7 +4,6 @@ without redoing a cell; and the bar is judged by its rule."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -14,18 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BENCHMARKS, benchmark_module
 from scipy import stats
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPT = BENCH / "label_efficiency.py"
-
-
-def _bench_module():
-    sys.path.insert(0, str(BENCH))
-    try:
-        return importlib.import_module("label_efficiency")
-    finally:
-        sys.path.remove(str(BENCH))
+SCRIPT = BENCHMARKS / "label_efficiency.py"
 
 
 def _run(tmp_path: Path, *args: str) -> tuple[list[dict], str]:
@@ -92,7 +83,7 @@ def test_smoke_subset_gives_paired_figures_times_and_bar_and_resumes(tmp_path):
 
 
 def test_bar_needs_gain_significance_and_seeds():
-    bench = _bench_module()
+    bench = benchmark_module("label_efficiency")
     bar = bench.Bar()
 
     def line(arm: str, budget: int, gain: float, p: float, n: int = 5) -> dict:

@@ -4,27 +4,18 @@ names must be neither empty nor wider than that (outside it a zero-padded networ
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import benchmark_module
 from torch import nn
 
 from sslseg.segmentation.tiling import sliding_window
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        return importlib.import_module("large_image")
-    finally:
-        sys.path.remove(str(BENCH))
+    return benchmark_module("large_image")
 
 
 def test_crop_origin_lies_on_the_tile_stride(bench) -> None:
