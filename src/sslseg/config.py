@@ -298,13 +298,24 @@ class InferenceConfig(_Strict):
     )
 
 
+SemiMethod = Literal["mean_teacher", "self_training"]
+
+
 class SemiConfig(_Strict):
-    """Semi-supervised fine-tuning: the unlabeled images train too, by consistency with a mean teacher."""
+    """Semi-supervised fine-tuning: the unlabeled images train too, by consistency with a mean teacher or
+    as pseudo-labelled images from a teacher trained on the labels first (self-training)."""
 
     enabled: bool = Field(
         False,
-        description="train on the unlabeled images as well: the student learns the confident predictions of "
-        "an EMA teacher on a weak view, from a strongly augmented view (FixMatch with a mean teacher)",
+        description="train on the unlabeled images as well (how: `method`)",
+    )
+    method: SemiMethod = Field(
+        "mean_teacher",
+        description="mean_teacher: the student learns the confident predictions of an EMA teacher on a weak "
+        "view, from a strongly augmented view, in one run (FixMatch with a mean teacher). self_training: a "
+        "teacher is fine-tuned on the labelled images alone, segments the unlabeled ones, and the student "
+        "goes on from it on the labelled and the most confidently pseudo-labelled images (about twice the "
+        "fine-tuning time)",
     )
     weight: float = Field(1.0, gt=0, description="weight of the unlabeled loss beside the labelled one")
     confidence: float = Field(0.9, ge=0.5, lt=1, description="pixels the teacher is less sure of are skipped")
@@ -336,6 +347,26 @@ class SemiConfig(_Strict):
         None,
         description="more unlabeled images (any folder); the training split's images outside the labelled "
         "budget are always used, validation and test images never",
+    )
+    pseudo_images: int = Field(
+        256,
+        ge=1,
+        description="self_training: at most this many unlabeled images are pseudo-labelled (drawn by "
+        "train.seed), which bounds the teacher's prediction time",
+    )
+    pseudo_keep: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="self_training: the share of pseudo-labelled images the student trains on, those the "
+        "teacher is surest of first (images where it finds no object are never kept)",
+    )
+    labelled_share: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="self_training: the share of the student's training crops taken from the labelled images "
+        "(the rest from pseudo-labelled ones), so a few labels are not drowned by hundreds of pseudo-labels",
     )
 
 

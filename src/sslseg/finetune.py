@@ -43,6 +43,7 @@ from sslseg.rundir import (
     save_model_checkpoint,
 )
 from sslseg.segmentation.module import SegmentationModule, ValidationImages
+from sslseg.segmentation.pseudo_labels import pseudo_label
 from sslseg.segmentation.tasks import task_named
 from sslseg.segmentation.tuning import tune_postprocess
 from sslseg.trainer import build_trainer, check_trainer_settings
@@ -143,30 +144,33 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     d = cfg.data
     # only training images may use their labels to choose their working scale (object_size); validation
     # images are loaded at native scale and sized at inference, as test and new images are
-    train_set, channels = load_samples(
-        [by_id[i] for i in labelled],
-        d.task,
-        d.num_classes,
-        None,
-        d.normalization,
-        d.scale,
-        progress=progress,
-        object_size=d.object_size,
-        bright_objects=d.bright_objects,
-        instance_head=cfg.model.instance_head,
-        object_balance=cfg.loss.balance(),
-        object_size_um=d.object_size_um,
-        pixel_size=d.pixel_size,
-    )
+    train_set, channels = _load_training(cfg, [by_id[i] for i in labelled], None, progress)
     val_set = _validation_set(cfg, split, by_id, channels, progress)
 
     module = SegmentationModule(cfg.model_dump(mode="json"), channels)
     module.val_samples = val_set
-    pool = _unlabeled_pool(cfg, budget, by_id, channels, train_set, progress) if cfg.semi.enabled else []
+    initial_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    semi_method = cfg.semi.method if cfg.semi.enabled else None
+    pool = (
+        _unlabeled_pool(cfg, budget, by_id, channels, train_set, progress)
+        if semi_method == "mean_teacher"
+        else []
+    )
     if pool:
         crops = RandomBaseCrops(pool, cfg.train.crop_size, cfg.train.steps_per_epoch * cfg.train.batch_size)
         module.unlabeled_loader = DataLoader(crops, batch_size=cfg.semi.batch_size or cfg.train.batch_size)
-    initial_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    crop_weights = None
+    self_training: dict[str, Any] = {}
+    if semi_method == "self_training":
+        pseudo_set, self_training = _self_training(
+            cfg, budget, by_id, channels, module, out, resume, progress
+        )
+        if pseudo_set:  # the labelled images keep their share of the crops however many pseudo-labels join
+            share = cfg.semi.labelled_share
+            crop_weights = [share / len(train_set)] * len(train_set)
+            crop_weights += [(1 - share) / len(pseudo_set)] * len(pseudo_set)
+            train_set = train_set + pseudo_set
+        L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # the student's draws, as without
     train_loader = DataLoader(
         RandomCropDataset(
             train_set,
@@ -174,6 +178,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
             cfg.train.steps_per_epoch * cfg.train.batch_size,
             cfg.train.scale_range,
             task_named(d.task).binary_target_channels(cfg),
+            weights=crop_weights,
         ),
         batch_size=cfg.train.batch_size,
         num_workers=0,
@@ -206,7 +211,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     inference = ("inference.batch_size", cfg.inference.batch_size)
     with explain_out_of_memory("train.batch_size", cfg.train.batch_size, inference=inference):
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
-    fit_s = time.perf_counter() - t0
+    # self-training's teacher and pseudo-labelling are fine-tuning work too
+    fit_s = time.perf_counter() - t0 + self_training.get("teacher_fit_seconds", 0.0)
+    fit_s += self_training.get("pseudo_label_seconds", 0.0)
     if not trainer.is_global_zero:  # under DDP one process picks, tunes and scores the best checkpoint
         return FinetuneResult(out, out / "best.ckpt", {}, {}, main_process=False)
 
@@ -230,7 +237,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         "validation": d.validation,
         "n_labelled_total": len(labelled) + len(val_set),
         "n_labelled_train": len(labelled),
-        "n_unlabeled_used": len(pool),
+        "n_unlabeled_used": len(pool) if pool else self_training.get("pseudo_kept", 0),
         "n_val": len(val_set),
         "n_unlabeled": len(budget.unlabeled),  # images of the dataset the run saw no label of, test excluded
         "n_test": len(test_samples),
@@ -240,12 +247,112 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         "fit_seconds": fit_s,
         "test_seconds": time.perf_counter() - t1,
         "postprocess_tuning": tuning,
+        "self_training": self_training,
         # relative distance the weights travelled from their initialisation to the best epoch
         "weight_change": {"encoder": moved["net.encoder."], "decoder": moved["net.decoder."]},
         "test": test_mean,
     }
     write_json(out / "result.json", summary)
     return FinetuneResult(out, stable_best, test_mean, summary)
+
+
+def _load_training(
+    cfg: FinetuneConfig, samples: list[Sample], channels: int | None, progress: bool
+) -> tuple[list[LoadedSample], int]:
+    """Training images with their targets (labels or pseudo-labels), at each one's working scale."""
+    d = cfg.data
+    return load_samples(
+        samples,
+        d.task,
+        d.num_classes,
+        channels,
+        d.normalization,
+        d.scale,
+        progress=progress,
+        object_size=d.object_size,
+        bright_objects=d.bright_objects,
+        instance_head=cfg.model.instance_head,
+        object_balance=cfg.loss.balance(),
+        object_size_um=d.object_size_um,
+        pixel_size=d.pixel_size,
+    )
+
+
+def _unlabeled_samples(cfg: FinetuneConfig, budget: LabelBudget, by_id: dict[str, Sample]) -> list[Sample]:
+    """The images semi-supervised fine-tuning may learn from without labels: the run's unlabeled pool
+    (images without labels, and labelled ones outside the budget, whose labels are never read) and
+    `semi.unlabeled`; never a validation or test image."""
+    held_out = set(budget.val) | set(budget.test)
+    samples = [by_id[i] for i in budget.unlabeled if i not in held_out]
+    if cfg.semi.unlabeled is not None:
+        samples += find_samples(cfg.semi.unlabeled, layout="unlabeled")
+    if not samples:
+        warnings.warn(
+            "semi.enabled but there are no unlabeled images (the budget holds every labelled image, none is "
+            "without a label, and semi.unlabeled is not set): fine-tuning is supervised only",
+            stacklevel=3,
+        )
+    return samples
+
+
+def _self_training(
+    cfg: FinetuneConfig,
+    budget: LabelBudget,
+    by_id: dict[str, Sample],
+    channels: int,
+    student: SegmentationModule,
+    out: Path,
+    resume: bool,
+    progress: bool,
+) -> tuple[list[LoadedSample], dict[str, Any]]:
+    """Self-training's first half: fine-tune a teacher on the labelled images alone (in `out/teacher`, the
+    same budget and schedule), start `student` from its weights, and pseudo-label up to
+    `semi.pseudo_images` unlabeled images with it. Returns the kept pseudo-labelled images, loaded as
+    training images, and what it did (for result.json)."""
+    t = cfg.train
+    if t.num_nodes > 1 or t.strategy.startswith("ddp") or (isinstance(t.devices, int) and t.devices > 1):
+        raise ConfigError(
+            "semi.method self_training runs in one process (a teacher run, then the student's): set "
+            "train.devices 1 and train.num_nodes 1, or use semi.method mean_teacher"
+        )
+    folder = out / "teacher"
+    t0 = time.perf_counter()
+    if resume and (folder / "result.json").is_file():  # the student had started: its teacher is done
+        teacher_summary = json.loads((folder / "result.json").read_text())
+    else:
+        teacher_cfg = cfg.model_copy(
+            update={"output": folder, "semi": cfg.semi.model_copy(update={"enabled": False})}
+        )
+        teacher_resume = resume and (folder / "checkpoints" / "last.ckpt").is_file()
+        teacher_summary = finetune(teacher_cfg, resume=teacher_resume, progress=progress).summary
+    teacher = load_model(folder / "best.ckpt")
+    student.load_state_dict(teacher.state_dict())
+    samples = _unlabeled_samples(cfg, budget, by_id)
+    if len(samples) > cfg.semi.pseudo_images:
+        chosen = np.random.default_rng(t.seed).choice(len(samples), cfg.semi.pseudo_images, replace=False)
+        samples = [samples[i] for i in sorted(chosen)]
+    t1 = time.perf_counter()
+    kept, sureness = pseudo_label(
+        teacher, samples, cfg.data, channels, cfg.semi.confidence, cfg.semi.pseudo_keep, progress
+    )
+    pseudo_set, _ = _load_training(cfg, kept, channels, progress) if kept else ([], channels)
+    info = {
+        "teacher_fit_seconds": float(teacher_summary["fit_seconds"]),
+        "teacher_test": teacher_summary.get("test", {}),
+        "pseudo_label_seconds": time.perf_counter() - t1,
+        "pseudo_labelled": len(samples),
+        "pseudo_kept": len(kept),
+        "sureness_kept": [min(sureness), max(sureness)] if sureness else [],
+        "seconds": time.perf_counter() - t0,
+    }
+    if progress:
+        print(
+            f"self-training: the teacher pseudo-labelled {len(samples)} unlabeled images, the student trains "
+            f"on the {len(kept)} it is surest of beside the {len(budget.train)} labelled ones",
+            file=sys.stderr,
+            flush=True,
+        )
+    return pseudo_set, info
 
 
 def _unlabeled_pool(
@@ -256,22 +363,12 @@ def _unlabeled_pool(
     train_set: list[LoadedSample],
     progress: bool,
 ) -> list[np.ndarray]:
-    """The images semi-supervised fine-tuning learns from without labels, prepared as training images are:
-    the run's unlabeled pool (images without labels, and labelled ones outside the budget, their labels
-    unread) and `semi.unlabeled`. Validation and test images are never among them. With `data.object_size` they are resized by the
-    median factor of the labelled images (unlabeled images have no objects to measure), with
+    """The mean teacher's unlabeled images (`_unlabeled_samples`), prepared as training images are. With
+    `data.object_size` they are resized by the median factor of the labelled images (unlabeled images have no objects to measure), with
     `data.object_size_um` by their own pixel size."""
     d = cfg.data
-    held_out = set(budget.val) | set(budget.test)
-    samples = [by_id[i] for i in budget.unlabeled if i not in held_out]
-    if cfg.semi.unlabeled is not None:
-        samples += find_samples(cfg.semi.unlabeled, layout="unlabeled")
+    samples = _unlabeled_samples(cfg, budget, by_id)
     if not samples:
-        warnings.warn(
-            "semi.enabled but there are no unlabeled images (the budget holds every labelled image, none is "
-            "without a label, and semi.unlabeled is not set): fine-tuning is supervised only",
-            stacklevel=2,
-        )
         return []
     scale = d.scale
     if d.measured_object_size is not None:

@@ -230,6 +230,7 @@ class RandomCropDataset(Dataset):
     objects at sizes the training images do not show (nuclei imaged at another magnification). Distance
     targets are normalised per object, so they stay valid under zoom; class maps are resized nearest, and
     the `binary_channels` of dense targets (foreground, contact) are re-binarised after interpolation.
+    Samples are drawn uniformly, or in proportion to `weights` (e.g. labelled against pseudo-labelled).
     """
 
     def __init__(
@@ -239,12 +240,16 @@ class RandomCropDataset(Dataset):
         length: int,
         scale_range: tuple[float, float] = (1.0, 1.0),
         binary_channels: tuple[int, ...] = (0,),
+        weights: Sequence[float] | None = None,
     ) -> None:
         if not samples:
             raise ValueError("no labelled training samples")
         if any(s.target is None for s in samples):
             raise ValueError("every training sample needs a target")
+        if weights is not None and (len(weights) != len(samples) or min(weights) < 0 or sum(weights) <= 0):
+            raise ValueError(f"need one non-negative weight per sample ({len(samples)}), not all zero")
         self.samples = list(samples)
+        self.weights = None if weights is None else torch.tensor(weights, dtype=torch.float64)
         self.crop = crop_size
         self.length = length
         self.log_scale = (float(np.log(scale_range[0])), float(np.log(scale_range[1])))
@@ -254,7 +259,10 @@ class RandomCropDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.samples[int(torch.randint(len(self.samples), (1,)))]
+        if self.weights is None:
+            s = self.samples[int(torch.randint(len(self.samples), (1,)))]
+        else:
+            s = self.samples[int(torch.multinomial(self.weights, 1))]
         image, target = s.image, s.target
         assert target is not None
         lo, hi = self.log_scale

@@ -61,6 +61,11 @@ class Task(ABC):
         """Semi-supervised consistency loss of a student against a confident teacher, and the share used."""
 
     @abstractmethod
+    def certainty(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (K×H×W) → how sure each pixel's decision is (H×W, in [0.5, 1] for two outcomes)
+        and which pixels are decided foreground (H×W bool): what self-training ranks images by."""
+
+    @abstractmethod
     def binary_target_channels(self, cfg: FinetuneConfig) -> tuple[int, ...]:
         """Target channels that are 0/1 maps, re-binarised after a crop is zoomed."""
 
@@ -112,6 +117,9 @@ class SemanticTask(Task):
         self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, cfg: FinetuneConfig
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return class_consistency(student_logits, teacher_probs, cfg.semi.confidence, cfg.semi.dice)
+
+    def certainty(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return probs.max(axis=0), probs.argmax(axis=0) != 0
 
     def binary_target_channels(self, cfg: FinetuneConfig) -> tuple[int, ...]:
         return ()
@@ -165,6 +173,10 @@ class InstanceTask(Task):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         binary = self.binary_target_channels(cfg)
         return map_consistency(student_logits, teacher_probs, binary, cfg.semi.confidence, cfg.semi.dice)
+
+    def certainty(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        foreground = probs[0]  # every head's first map
+        return np.maximum(foreground, 1.0 - foreground), foreground >= 0.5
 
     def binary_target_channels(self, cfg: FinetuneConfig) -> tuple[int, ...]:
         return instance_head(cfg.model.instance_head).targets.binary

@@ -51,7 +51,7 @@ def _finetune_step_seconds(cfg: FinetuneConfig, channels: int) -> float:
     x = torch.rand(cfg.train.batch_size, channels, crop, crop)
     # semi-supervised fine-tuning adds, per step, the mean teacher's forward pass on a batch of unlabeled
     # crops and the student's forward and backward pass on their strong views
-    semi = cfg.semi.enabled
+    semi = cfg.semi.enabled and cfg.semi.method == "mean_teacher"
     u = torch.rand(cfg.semi.batch_size or cfg.train.batch_size, channels, crop, crop) if semi else None
     teacher = copy.deepcopy(net).eval().requires_grad_(False) if semi else None
 
@@ -93,7 +93,10 @@ def job_steps(job: Job | dict[str, Any], n_images: int | None = None) -> int:
     kind = job.kind if isinstance(job, Job) else job["kind"]
     train = config["train"]
     if kind == "finetune":
-        return train["epochs"] * train["steps_per_epoch"]
+        semi = config.get("semi", {})
+        # self-training fine-tunes twice: a teacher on the labels, then the student (pseudo-labelling aside)
+        runs = 2 if semi.get("enabled") and semi.get("method") == "self_training" else 1
+        return runs * train["epochs"] * train["steps_per_epoch"]
     per_epoch = train["steps_per_epoch"] or max(1, (n_images or 0) // train["batch_size"])
     return train["epochs"] * per_epoch
 
@@ -108,6 +111,7 @@ def _signature(job: Job) -> tuple:
             c["train"]["batch_size"],
             c["train"]["crop_size"],
             c["semi"]["enabled"],
+            c["semi"].get("method"),
             c["semi"]["batch_size"],
         )
     return (

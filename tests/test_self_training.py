@@ -1,0 +1,217 @@
+"""Self-training (semi.method self_training): a teacher fine-tuned on the labels pseudo-labels unlabeled
+images, the surest of them train the student beside the labels, and no held-out label is ever read."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sslseg.finetune as ft
+from sslseg.config import FinetuneConfig
+from sslseg.data.datasets import LoadedSample, RandomCropDataset
+from sslseg.data.layouts.base import LabelSource, Sample
+from sslseg.data.synth import write_synthetic_dataset
+from sslseg.finetune import finetune
+from sslseg.segmentation.pseudo_labels import image_sureness, pseudo_label
+from sslseg.segmentation.tasks import task_named
+from sslseg.study.estimate import job_steps
+
+
+def test_image_sureness_counts_unsure_pixels_against_the_objects_only():
+    foreground = np.zeros((10, 10), bool)
+    certainty = np.ones((10, 10))
+    assert image_sureness(certainty, foreground, 0.9) is None  # nothing found: nothing to learn from
+    foreground[:2] = True  # 20 object pixels, all sure
+    assert image_sureness(certainty, foreground, 0.9) == 1.0
+    certainty[2:4] = 0.6  # 20 unsure background pixels beside them; the other 60 are sure background
+    assert image_sureness(certainty, foreground, 0.9) == pytest.approx(0.5)
+    certainty[0] = 0.6  # 10 of the object pixels unsure too: 30 unsure of the 40 that count
+    assert image_sureness(certainty, foreground, 0.9) == pytest.approx(0.25)
+
+
+def test_tasks_say_how_sure_each_pixel_is_and_what_is_foreground():
+    fg = np.array([[0.95, 0.5], [0.2, 0.02]])
+    certainty, foreground = task_named("instance").certainty(np.stack([fg, np.zeros_like(fg)]))
+    np.testing.assert_allclose(certainty, [[0.95, 0.5], [0.8, 0.98]])
+    assert foreground.tolist() == [[True, True], [False, False]]
+    classes = np.array([[[0.7, 0.1]], [[0.2, 0.1]], [[0.1, 0.8]]])  # 3 classes, a 1×2 image
+    certainty, foreground = task_named("semantic").certainty(classes)
+    np.testing.assert_allclose(certainty, [[0.7, 0.8]])
+    assert foreground.tolist() == [[False, True]]
+
+
+def test_crops_follow_the_sample_weights():
+    samples = [
+        LoadedSample(
+            str(i), np.full((1, 16, 16), i, np.float32), np.zeros((16, 16), np.int64), None, (16, 16)
+        )
+        for i in range(3)
+    ]
+    torch.manual_seed(0)
+    crops = RandomCropDataset(samples, 8, 200, weights=[3, 1, 0])
+    drawn = [int(crops[i][0][0, 0, 0]) for i in range(len(crops))]
+    assert 2 not in drawn and 120 < drawn.count(0) < 180  # about three quarters, never a weight-0 sample
+    with pytest.raises(ValueError, match="one non-negative weight per sample"):
+        RandomCropDataset(samples, 8, 10, weights=[1, 1])
+
+
+def test_self_training_fine_tunes_twice_in_the_estimate():
+    config = {
+        "train": {"epochs": 3, "steps_per_epoch": 10},
+        "semi": {"enabled": True, "method": "self_training"},
+    }
+    assert job_steps({"config": config, "kind": "finetune"}) == 60
+    config["semi"]["method"] = "mean_teacher"
+    assert job_steps({"config": config, "kind": "finetune"}) == 30
+
+
+@pytest.fixture(scope="module")
+def nuclei(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("self"), n_images=10, size=80, seed=3)
+
+
+def _cfg(data, out, **semi) -> FinetuneConfig:
+    return FinetuneConfig.model_validate(
+        {
+            "data": {
+                "train": data,
+                "task": "instance",
+                "val_fraction": 0.2,
+                "test_fraction": 0.2,
+                "label_fraction": 0.34,
+            },
+            "model": {"encoder": "resnet18", "decoder_channels": [32, 16, 16, 8, 8]},
+            "train": {"epochs": 1, "steps_per_epoch": 4, "batch_size": 2, "crop_size": 64},
+            "postprocess": {"tune": False},
+            "inference": {"tile_size": 64},
+            "semi": {"enabled": True, "method": "self_training", **semi},
+            "output": out,
+        }
+    )
+
+
+class _Unreadable(LabelSource):
+    """A label that must not be read: pseudo-labelling sees images only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self, shape=None):
+        pytest.fail(f"read the label of {self.path}")
+
+
+def test_self_training_run_trains_the_student_on_the_teachers_pseudo_labels(nuclei, tmp_path, monkeypatch):
+    seen = {}
+    original_label, original_crops = ft.pseudo_label, ft.RandomCropDataset
+
+    def spy_label(teacher, samples, *args, **kwargs):
+        seen["teacher"] = {k: v.clone() for k, v in teacher.state_dict().items()}
+        seen["offered"] = [s.id for s in samples]
+        # the labelled images outside the budget offer their images only: their labels are never read
+        blind = [Sample(s.id, s.image, _Unreadable(s.image)) for s in samples]
+        kept, sureness = original_label(teacher, blind, *args, **kwargs)
+        seen["kept"] = {s.id: s.label.load() for s in kept}
+        return kept, sureness
+
+    def spy_crops(samples, *args, weights=None, **kwargs):
+        seen["trained_on"] = list(samples)
+        seen["weights"] = weights
+        return original_crops(samples, *args, weights=weights, **kwargs)
+
+    def spy_fit(trainer, module, *args, **kwargs):  # the student starts where the teacher ended
+        if module.cfg.semi.enabled:
+            state = module.state_dict()
+            assert all(torch.equal(state[k], v) for k, v in seen["teacher"].items())
+        return original_fit(trainer, module, *args, **kwargs)
+
+    import lightning as L
+
+    original_fit = L.Trainer.fit
+    monkeypatch.setattr(L.Trainer, "fit", spy_fit)
+    monkeypatch.setattr(ft, "pseudo_label", spy_label)
+    monkeypatch.setattr(ft, "RandomCropDataset", spy_crops)
+    res = finetune(_cfg(nuclei, tmp_path / "st", pseudo_keep=1.0, labelled_share=0.25), progress=False)
+
+    split = json.loads((res.output / "split.json").read_text())
+    assert (res.output / "teacher" / "result.json").is_file()  # the teacher is a run of its own
+    assert json.loads((res.output / "teacher" / "split.json").read_text()) == split  # on the same budget
+    # every unlabeled training image is offered, never a validation or test one
+    assert sorted(seen["offered"]) == sorted(split["unlabeled"])
+    assert not set(seen["offered"]) & (set(split["val"]) | set(split["test"]))
+    info = res.summary["self_training"]
+    assert info["pseudo_labelled"] == len(split["unlabeled"]) and info["pseudo_kept"] == len(seen["kept"]) > 0
+    assert res.summary["n_unlabeled_used"] == info["pseudo_kept"]
+    assert res.summary["n_labelled_total"] == len(split["train"]) + len(
+        split["val"]
+    )  # pseudo-labels are not labels
+    # the student's images: the labelled ones, then the pseudo-labelled ones, whose crops share 1 − 0.25
+    n = len(split["train"])
+    assert [s.id for s in seen["trained_on"][n:]] == list(seen["kept"])
+    assert sum(seen["weights"][:n]) == pytest.approx(0.25) and sum(seen["weights"][n:]) == pytest.approx(0.75)
+    assert all(s.target is not None for s in seen["trained_on"])
+    # the teacher's time counts as fine-tuning time
+    teacher_fit = json.loads((res.output / "teacher" / "result.json").read_text())["fit_seconds"]
+    assert res.summary["fit_seconds"] > teacher_fit
+    assert math.isfinite(res.test["aji"])
+
+
+def test_pseudo_labels_keep_the_surest_share(nuclei, tmp_path):
+    res = finetune(_cfg(nuclei, tmp_path / "st", pseudo_keep=1.0), progress=False)
+    teacher = ft.load_model(res.output / "teacher" / "best.ckpt")
+    split = json.loads((res.output / "split.json").read_text())
+    samples = [s for s in ft.find_samples(nuclei, allow_unlabeled=True) if s.id in split["unlabeled"]]
+    assert len(samples) >= 4
+    # a teacher of known sureness (a tiny run's teacher is unsure everywhere): image k has the left half of
+    # its pixels as objects, of which the share unsure[k] is unsure; image 1 finds nothing at all
+    unsure = [0.5, None, 0.1, 0.3] + [0.9] * (len(samples) - 4)
+    calls = []
+
+    def probabilities(image, native_shape):
+        k = len(calls)
+        calls.append(k)
+        fg = torch.full((1, *native_shape), 0.02)
+        if unsure[k] is not None:
+            w = native_shape[1] // 2
+            fg[0, :, :w] = 0.99
+            fg[0, : round(unsure[k] * native_shape[0]), :w] = 0.6
+        return torch.cat([fg, fg, torch.zeros_like(fg)])  # foreground, distance, contact
+
+    teacher.probabilities = probabilities
+    channels = res.summary["in_channels"]
+    every, sure_all = pseudo_label(teacher, samples, teacher.cfg.data, channels, 0.9, 1.0, progress=False)
+    assert [s.id for s in every] == [samples[k].id for k in (2, 3, 0, *range(4, len(samples)))]
+    assert sure_all == pytest.approx([0.9, 0.7, 0.5] + [0.1] * (len(samples) - 4), abs=0.02)
+    calls.clear()
+    half, sure_half = pseudo_label(teacher, samples, teacher.cfg.data, channels, 0.9, 0.5, progress=False)
+    assert len(half) == math.ceil((len(samples) - 1) / 2) and sure_half == sure_all[: len(half)]
+    assert [s.id for s in half] == [s.id for s in every[: len(half)]]
+    # a pseudo-label is the teacher's segmentation of the image, at native resolution
+    labels = half[0].label.load()
+    assert labels.shape == (80, 80) and labels.max() >= 1  # the synthetic images' own size
+    assert (labels[:, labels.shape[1] // 2 + 1 :] == 0).all() and (labels[:, :5] > 0).all()
+
+
+def test_self_training_resumes_without_training_its_teacher_again(nuclei, tmp_path, monkeypatch):
+    cfg = _cfg(nuclei, tmp_path / "st")
+    finetune(cfg, progress=False)
+    runs = []
+    original = ft.finetune
+
+    def spy(cfg, *args, **kwargs):
+        runs.append(cfg.output)
+        return original(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(ft, "finetune", spy)
+    res = spy(cfg, resume=True, progress=False)
+    assert runs == [cfg.output]  # the student only: its teacher had finished
+    assert math.isfinite(res.test["aji"])
+
+
+def test_self_training_refuses_several_processes(nuclei, tmp_path):
+    cfg = _cfg(nuclei, tmp_path / "st")
+    cfg.train.devices = 2
+    with pytest.raises(ft.ConfigError, match="one process"):
+        finetune(cfg, progress=False)
