@@ -18,6 +18,7 @@ FLOORS: dict[str, int] = {
     "": 1,
     "errors": 1,
     "atomic": 1,
+    "fence": 1,
     "config": 1,
     "console": 1,
     "distributed": 1,

@@ -422,6 +422,14 @@ def study_run(
         bool, typer.Option("--dry-run", help="list the jobs and their estimated cost")
     ] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="write the report at the end")] = True,
+    rerun_changed: Annotated[
+        bool,
+        typer.Option(
+            "--rerun-changed",
+            help="run again the finished jobs whose settings changed (their old results are moved aside, "
+            "still readable); without it they keep their results",
+        ),
+    ] = False,
     set_: SetOption = None,
 ) -> None:
     """Run every job of a study that is not done yet (resumable; several runners may share one study)."""
@@ -435,7 +443,7 @@ def study_run(
 
         typer.echo(dry_run_table(study))
         return
-    summary = run_study(study, workers=workers)
+    summary = run_study(study, workers=workers, rerun_changed=rerun_changed)
     c = summary.counts
     typer.echo(
         f"study '{study.name}': {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} left "
@@ -457,7 +465,7 @@ def study_status(study_dir: Path) -> None:
     import time
 
     from sslseg.config import read_yaml_mapping
-    from sslseg.study.store import read_rows
+    from sslseg.study.store import read_rows, read_superseded
 
     spec = study_dir / "study.yaml"
     backend = read_yaml_mapping(spec, "study file").get("store", "auto") if spec.is_file() else "auto"
@@ -473,6 +481,19 @@ def study_status(study_dir: Path) -> None:
             typer.echo(f"  running {r['key']}: {r['runner']} on {r['host']}{beat}")
         elif r["status"] == "failed":
             typer.echo(f"  failed {r['key']}: {r['error']}")
+        if r.get("changed"):
+            typer.echo(
+                f"  changed {r['key']}: its result was made before {', '.join(r['changed'])} changed "
+                "(`study run --rerun-changed` redoes it)"
+            )
+    for old in read_superseded(study_dir, backend=backend):
+        metrics = ", ".join(
+            f"{k} {v:.3f}" for k, v in (old.get("metrics") or {}).items() if isinstance(v, float)
+        )
+        typer.echo(
+            f"  superseded {old['key']} ({', '.join(old.get('changed') or [])} changed): {metrics or 'no metrics'}; "
+            f"folder {old.get('moved_to')}"
+        )
 
 
 @study_app.command("slurm")
@@ -481,6 +502,14 @@ def study_slurm(
     tasks: Annotated[int, typer.Option(help="array tasks (one GPU each)")] = 8,
     hours: Annotated[float, typer.Option(help="time limit per task")] = 24.0,
     out: Annotated[Path | None, typer.Option(help="script file (default: print it)")] = None,
+    rerun_changed: Annotated[
+        bool,
+        typer.Option(
+            "--rerun-changed",
+            help="run again the finished jobs whose settings changed (their old results are moved aside, "
+            "still readable); without it they keep their results",
+        ),
+    ] = False,
     set_: SetOption = None,
 ) -> None:
     """Write a SLURM array-job script whose tasks claim jobs from the study's store (by default a folder of
@@ -498,7 +527,7 @@ def study_slurm(
             err=True,
             fg=typer.colors.YELLOW,
         )
-    prepare(study)  # splits and the job table exist before any task starts
+    prepare(study, rerun_changed)  # splits and the job table exist before any task starts
     script = slurm_script(study_file, study, tasks, hours, set_ or [])
     if out is None:
         typer.echo(script)
