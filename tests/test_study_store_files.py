@@ -97,7 +97,11 @@ def test_both_stores_keep_a_changed_result_until_asked_then_move_it_aside(tmp_pa
         # the done pretraining keeps its result, named with the setting that changed; the rest had none
         assert report.changed == {row["key"]: ["train.epochs"]} and report.updated == 3
         (kept,) = store.rows([row["key"]])
-        assert kept["status"] == "done" and kept["metrics"] == {"aji": 0.5} and kept["changed"] == ["train.epochs"]
+        assert (
+            kept["status"] == "done"
+            and kept["metrics"] == {"aji": 0.5}
+            and kept["changed"] == ["train.epochs"]
+        )
         assert store.claim("b", [row["key"]]) is None
         assert store.sync(changed).superseded == []  # nothing moves without being asked
         report = store.sync(changed, rerun_changed=True)
