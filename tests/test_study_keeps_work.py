@@ -6,9 +6,11 @@ writes nothing more. The training is faked (`runner._run` writes a few files), s
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from pydantic import Field
@@ -188,3 +190,30 @@ def test_cells_an_older_store_reset_are_taken_back_from_their_finished_folders(t
     assert rows[cell.key]["status"] == "done" and rows[cell.key]["metrics"] == {"aji": 0.42}
     assert rows[cell.key]["seconds"]["total"] == 6.0
     assert rows[other.key]["status"] == "pending"  # its folder ran other settings: it is redone
+
+
+def test_a_live_claim_of_another_version_waits_for_the_stale_timeout(tmp_path):
+    study = _study(tmp_path / "data", tmp_path / "study", "files")
+    jobs = expand(study)
+    with open_store(study.output, "files") as store:
+        store.sync(jobs)
+        row = store.claim("old-version", [jobs[0].key])
+        record = store.jobs_dir / f"{quote(row['key'], safe='')}.json"
+        tree = json.loads(record.read_text())
+        write_json(record, {**tree, "config_hash": "a-newer-version"})  # as a newer runner would write it
+        assert store.claim("newer", [jobs[0].key]) is None  # the old runner lives: its job stays its own
+        assert store.heartbeat(row["key"], "old-version")
+
+
+def test_a_result_is_stored_only_by_compare_and_set_on_the_claim(tmp_path, monkeypatch):
+    study = _study(tmp_path / "data", tmp_path / "study", "files")
+    jobs = expand(study)
+    with open_store(study.output, "files") as store:
+        store.sync(jobs)
+        row = store.claim("a", [jobs[0].key])
+        # another runner takes the job over right after "a" checked that it still owns it
+        monkeypatch.setattr(store, "_owns", lambda key, runner: True)
+        taken = json.dumps({"runner": "b", "token": "b-token", "key": row["key"]})
+        (store.claims_dir / f"{next(store.claims_dir.glob('*.1')).name[:-2]}.2").write_text(taken)
+        assert not store.finish(row["key"], "a", {"aji": 1.0}, {"total": 1.0}, {})
+        assert not list(store.results_dir.glob("*.json"))
