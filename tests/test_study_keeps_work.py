@@ -14,15 +14,18 @@ from urllib.parse import quote
 
 import pytest
 from pydantic import Field
+from typer.testing import CliRunner
 
 from sslseg.atomic import write_json, write_text
+from sslseg.cli import app
 from sslseg.config import FinetuneConfig, PretrainConfig, to_yaml
 from sslseg.data.synth import write_synthetic_dataset
 from sslseg.fence import ClaimLost, Fence, fenced
 from sslseg.study import runner, spec
+from sslseg.study.report import earlier_settings_section
 from sslseg.study.runner import prepare, run_job, run_study
 from sslseg.study.spec import StudyConfig, expand
-from sslseg.study.store import open_store, read_rows, read_superseded
+from sslseg.study.store import JobRow, open_store, read_rows, read_superseded
 
 
 def _study(data: Path, out: Path, backend: str = "sqlite", **changes: Any) -> StudyConfig:
@@ -125,6 +128,10 @@ def test_a_real_change_keeps_old_results_then_moves_them_aside_on_request(
     assert sum(r["changed"] == ["train.epochs"] for r in rows) == 8
     assert all(r["status"] == "done" for r in rows)
     assert _files(tmp_path / "study") == before
+    kept = earlier_settings_section([JobRow.from_row(r) for r in rows], [])
+    assert kept is not None and [r[2] for r in kept.blocks[1].rows] == ["kept, in the analysis"] * 8
+    status = CliRunner().invoke(app, ["study", "status", str(tmp_path / "study")])
+    assert status.output.count("changed synth/") == 8 and "train.epochs changed" in status.output
 
     run_study(longer, progress=False, rerun_changed=True)
     assert sorted(fake_training) == sorted(r["key"] for r in rows if r["kind"] == "finetune")
@@ -137,7 +144,12 @@ def test_a_real_change_keeps_old_results_then_moves_them_aside_on_request(
         for name, digest in before.items():
             if Path(name).is_relative_to(folder):
                 assert after[str(moved / Path(name).relative_to(folder))] == digest
-    assert all(r["status"] == "done" and not r["changed"] for r in read_rows(tmp_path / "study"))
+    rows = [JobRow.from_row(r) for r in read_rows(tmp_path / "study")]
+    assert all(r.status == "done" and not r.changed for r in rows)
+    moved = earlier_settings_section(rows, old)
+    assert moved is not None and [r[2] for r in moved.blocks[1].rows] == ["moved aside"] * 8
+    status = CliRunner().invoke(app, ["study", "status", str(tmp_path / "study")])
+    assert status.output.count("superseded synth/") == 8 and "(train.epochs changed): aji 0." in status.output
 
 
 def test_a_folder_that_cannot_be_resumed_is_moved_aside_not_removed(tmp_path, fake_training):
