@@ -149,6 +149,8 @@ def _prepare_output(cfg: FinetuneConfig, out: Path, resume: bool) -> tuple[Path,
     student_started = resume and (out / "checkpoints" / "last.ckpt").is_file()
     if resume and not student_started:  # nothing of the student's to check: it has not saved an epoch
         out.mkdir(parents=True, exist_ok=True)
+        for stale in (out / "checkpoints").glob(".*.tmp*"):  # a write cut off by a kill (see atomic_path)
+            stale.unlink(missing_ok=True)
         return out / "checkpoints" / "last.ckpt", False
     return prepare_run_dir(out, resume), resume
 
