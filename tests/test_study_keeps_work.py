@@ -229,3 +229,16 @@ def test_a_result_is_stored_only_by_compare_and_set_on_the_claim(tmp_path, monke
         (store.claims_dir / f"{next(store.claims_dir.glob('*.1')).name[:-2]}.2").write_text(taken)
         assert not store.finish(row["key"], "a", {"aji": 1.0}, {"total": 1.0}, {})
         assert not list(store.results_dir.glob("*.json"))
+
+
+def test_a_self_training_cell_killed_after_its_teacher_is_resumed_by_the_study(tmp_path):
+    write_synthetic_dataset(tmp_path / "data", n_images=12, size=48)
+    study = _study(
+        tmp_path / "data", tmp_path / "study", finetune={"semi": {"enabled": True, "method": "self_training"}}
+    )
+    cell = next(j for j in prepare(study) if j.kind == "finetune")
+    row = {"key": cell.key, "kind": "finetune", "config": cell.config}
+    out = Path(cell.config["output"])
+    assert not runner.resumable(row)
+    write_json(out / "teacher" / "result.json", {"test": {"aji": 0.3}})  # the teacher finished, then a kill
+    assert runner.resumable(row)  # the student's folder has no last.ckpt, yet the run continues

@@ -192,8 +192,13 @@ def _versions() -> dict[str, str]:
     return {"sslseg": sslseg.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def resumable(out: Path) -> bool:
-    """Whether a job folder holds a run that `--resume` continues."""
+def resumable(row: dict[str, Any]) -> bool:
+    """Whether a job's folder holds a run that `--resume` continues (a self-training run: in any phase)."""
+    out = Path(row["config"]["output"])
+    if row["kind"] == "finetune":
+        from sslseg.finetune import can_resume
+
+        return can_resume(out)
     return (out / "checkpoints" / "last.ckpt").is_file()
 
 
@@ -209,7 +214,7 @@ def run_job(
     phase, info) for the store. A folder that cannot be resumed is moved aside, never deleted."""
     config = row["config"]
     out = Path(config["output"])
-    resume = bool(row["resumed"]) and resumable(out)
+    resume = bool(row["resumed"]) and resumable(row)
     if not resume and _holds_work(out):  # a failed or half-started earlier attempt: start afresh beside it
         root = study_root_of(config, row["key"], row["kind"])
         _move_aside(
