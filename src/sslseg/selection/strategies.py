@@ -131,23 +131,22 @@ def _nearest_other_cluster(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def auto_delta(x: np.ndarray, labels: np.ndarray, purity: float = PURITY) -> float:
-    """ProbCover's δ: the largest ball radius at which a `purity` share of the δ-balls hold points of one
-    k-means cluster only (the paper's criterion, with `labels` as the clusters). A ball around point i is
-    pure while δ < m_i, its distance to the nearest point of another cluster, so δ is the (1 − purity)
-    quantile of the m_i (lower interpolation: a distance that occurs). One cluster: the largest distance."""
-    m = _nearest_other_cluster(x, labels)
-    finite = m[np.isfinite(m)]
-    if finite.size == 0:
-        return float(max(_distances(x[s : s + CHUNK], x).max() for s in range(0, len(x), CHUNK)))
-    return float(np.quantile(m, 1.0 - purity, method="lower"))
+    """ProbCover's δ: the largest ball radius at which at least a `purity` share of the δ-balls hold points
+    of one k-means cluster only (the paper's criterion, with `labels` as the clusters). The open ball
+    {y : d(x_i, y) < δ} is pure while δ ≤ m_i, the distance from x_i to the nearest point of another
+    cluster, so δ is the j-th largest m_i, j = ⌈purity · n⌉. With one cluster every ball is pure: inf."""
+    m = np.sort(_nearest_other_cluster(x, labels))
+    j = int(np.ceil(purity * len(m) - 1e-9))
+    return float(m[len(m) - max(j, 1)])
 
 
 def _balls(x: np.ndarray, delta: float) -> list[np.ndarray]:
-    """The indices of the points within `delta` of each point (itself included)."""
+    """The indices of the points closer than `delta` to each point, the point itself always included."""
     out: list[np.ndarray] = []
     for s in range(0, len(x), CHUNK):
         d = _distances(x[s : s + CHUNK], x)
-        out += [np.flatnonzero(row <= delta) for row in d]
+        d[np.arange(len(d)), np.arange(s, s + len(d))] = -1.0  # itself, even when δ is 0
+        out += [np.flatnonzero(row < delta) for row in d]
     return out
 
 
@@ -160,7 +159,7 @@ def probcover(
     delta: float | None = None,
 ) -> list[Choice]:
     """ProbCover (Yehuda et al., NeurIPS 2022): "select the samples that maximize the probability coverage"
-    — greedy maximum coverage of δ-balls: each pick is the point whose ball covers the most points not yet
+    — greedy maximum coverage of open δ-balls: each pick is the point whose ball covers the most points not yet
     covered (annotated points' balls count as covered; ties: the lowest index). δ from `auto_delta` on a
     k-means into budget + annotated clusters unless given. Once everything is covered, the rest are drawn
     at random, as the paper's code does."""
