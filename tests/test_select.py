@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_instance_checkpoint
 
 from sslseg.data.io import read_image, write_image
 from sslseg.data.layouts import LabelFile, find_samples
@@ -28,6 +29,7 @@ from sslseg.selection.strategies import (
     strategy_named,
     typicality,
     typiclust,
+    uncertainty_diversity,
 )
 
 
@@ -85,6 +87,16 @@ def test_kcenter_takes_the_farthest_from_annotated_and_chosen():
     assert [c.index for c in kcenter(x, _mask(4), 3, seed=0)] == [2, 0, 3]  # nearest the mean first
     picks = kcenter(x, _mask(4, 3), 2, seed=0)
     assert [(c.index, c.score) for c in picks] == [(0, 10), (2, 5)]
+
+
+def test_uncertainty_is_weighed_with_the_distance_to_the_annotated():
+    x = _line(0, 1, 10)
+    u = np.array([np.nan, 0.9, 0.5])  # 0 is annotated
+    # distances to 0, relative to the largest: 1 → 0.1 × 0.9 = 0.09, 10 → 1 × 0.5 = 0.5; then 1 is 1 from
+    # 0 and 9 from 10: relative 1 → 0.9
+    picks = uncertainty_diversity(x, _mask(3, 0), 2, seed=0, uncertainty=u)
+    assert [c.index for c in picks] == [2, 1]
+    assert [c.score for c in picks] == pytest.approx([0.5, 0.9])
 
 
 def test_unknown_strategy_lists_the_valid_ones():
@@ -175,6 +187,16 @@ def test_proposal_folder_reads_back_and_verify_counts_the_budget(pool, tmp_path)
     assert "BUDGET  1 of 3 proposed images annotated" in report.format()
     with pytest.raises(ConfigError, match="already holds a proposal"):
         select(pool, 3, out, progress=False)
+
+
+def test_next_round_weighs_the_models_tta_disagreement(pool, tmp_path, monkeypatch):
+    checkpoint = tiny_instance_checkpoint(tmp_path / "model")
+    monkeypatch.setattr(LabelFile, "load", lambda *a, **k: pytest.fail("a label was read while choosing"))
+    result = select(pool, 2, tmp_path / "next", model=checkpoint, progress=False)
+    assert len(result.rows) == 2 and not {r.name for r in result.rows} & ANNOTATED
+    assert all("TTA disagreement" in r.why and 0 <= r.score <= 1 for r in result.rows)
+    with pytest.raises(ConfigError, match="--model is weighed in by the 'uncertainty' strategy"):
+        select(pool, 2, tmp_path / "other", strategy="kcenter", model=checkpoint, progress=False)
 
 
 def test_region_grid_tiles_never_overlap_and_lie_inside():

@@ -14,11 +14,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import sslseg
-from sslseg.data.io import IMAGE_EXTENSIONS
+from sslseg.data.datasets import LoadedSample, prepare_image, rescale_image
+from sslseg.data.io import IMAGE_EXTENSIONS, read_pixel_size
 from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.lazy import ImageSource, open_image
+from sslseg.data.scale import known_size_factor
 from sslseg.errors import ConfigError, DataError
+from sslseg.evaluate import load_model
+from sslseg.metrics.uncertainty import inverted_agreement
 from sslseg.segmentation.blocks import BLOCKWISE_PIXELS, ImageStats, image_statistics
+from sslseg.segmentation.tta import agreement_metric, tta_predictions
 from sslseg.selection.features import DESCRIPTORS, Embedder, feature_space, image_descriptors, load_embedder
 from sslseg.selection.outputs import (
     CONTACT_SHEET,
@@ -170,11 +175,11 @@ def _whole(source: ImageSource) -> np.ndarray:
 
 
 def _pixels(
-    items: Sequence[Item], embedder: Embedder | None
+    items: Sequence[Item], normalise: tuple[int, str, bool] | None
 ) -> Iterator[tuple[Item, np.ndarray, ImageStats | None]]:
-    """Each item's pixels (H×W×C, as stored), image by image; for regions with an encoder, the whole
-    image's normalisation statistics too (a region is normalised as part of its image, as block-wise
-    prediction does)."""
+    """Each item's pixels (H×W×C, as stored), image by image; for regions, with `normalise` (channels,
+    normalisation, bright objects), the whole image's normalisation statistics too (a region is
+    normalised as part of its image, as block-wise prediction does)."""
     k = 0
     while k < len(items):
         sample = items[k].sample
@@ -186,10 +191,7 @@ def _pixels(
             if group[0].box is None:
                 yield group[0], _whole(source), None
                 continue
-            stats = None
-            if embedder is not None:
-                e = embedder
-                stats = image_statistics(source, e.channels, e.normalization, e.bright_objects)
+            stats = image_statistics(source, *normalise) if normalise is not None else None
             by_box = {it.box: it for it in group}
             for box, raw in read_regions(source, [it.box for it in group if it.box is not None]):
                 yield by_box[box], raw, stats
@@ -203,7 +205,10 @@ def _feature_matrix(
     rows: list[np.ndarray] = []
     batch: list[np.ndarray] = []
     bar = tqdm(total=len(items), desc="describing" if embedder is None else "embedding", disable=not progress)
-    for item, raw, stats in _pixels(items, embedder):
+    normalise = (
+        None if embedder is None else (embedder.channels, embedder.normalization, embedder.bright_objects)
+    )
+    for item, raw, stats in _pixels(items, normalise):
         if embedder is None:
             rows.append(image_descriptors(raw))
         else:
@@ -221,7 +226,32 @@ def _feature_matrix(
 
 
 def _uncertainty(model: str | Path, items: Sequence[Item], device: str, progress: bool) -> np.ndarray:
-    raise ConfigError("--model is not available yet")
+    """Per item, a fine-tuned model's doubt: the inverted agreement of its label maps under the 8 D4
+    test-time augmentations (`sslseg.metrics.uncertainty.inverted_agreement`, under the task's own
+    agreement: AJI or foreground Dice), each image prepared as the checkpoint's run prepares images.
+    Annotated items, never chosen, are not predicted (NaN)."""
+    module = load_model(model, device)
+    d = module.cfg.data
+    channels = int(module.hparams["in_channels"])
+    metric = agreement_metric(module)
+    out = np.full(len(items), np.nan)
+    todo = [k for k, it in enumerate(items) if not it.annotated]
+    index = {id(items[k]): k for k in todo}
+    bar = tqdm(total=len(todo), desc="model uncertainty (TTA)", disable=not progress)
+    for item, raw, stats in _pixels([items[k] for k in todo], (channels, d.normalization, d.bright_objects)):
+        scale = d.scale
+        if d.object_size_um is not None:  # the objects' real size and the file's pixel size fix the scale
+            size = read_pixel_size(item.sample.image)
+            scale = known_size_factor(d.object_size_um, d.object_size, size, item.sample.image)
+        if stats is not None:
+            image = rescale_image(stats.apply(raw, channels), scale)
+        else:
+            image = prepare_image(raw, channels, d.normalization, scale, d.bright_objects)
+        predictions = tta_predictions(module, LoadedSample(item.name, image, None, None, raw.shape[:2]))
+        out[index[id(item)]] = inverted_agreement(predictions, metric)
+        bar.update()
+    bar.close()
+    return out
 
 
 def _write(

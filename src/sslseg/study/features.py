@@ -7,8 +7,7 @@ on the device the model's parameters are on; results come back as numpy arrays o
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -18,24 +17,10 @@ from torch import nn
 
 from sslseg.evaluate import load_model
 from sslseg.metrics.embeddings import linear_cka, rbf_cka
-from sslseg.nn.unet import encoder_of
+from sslseg.nn.unet import encoder_of, evaluating
 from sslseg.weights import (
     encoder_from_weights as encoder_from_weights,  # moved to weights; kept importable here
 )
-
-
-@contextmanager
-def evaluating(*modules: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients for the block; each module's former train/eval mode is restored after."""
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, mode in zip(modules, modes, strict=True):
-            m.train(mode)
 
 
 def _device(module: nn.Module) -> torch.device:
