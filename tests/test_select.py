@@ -5,6 +5,8 @@ overlap, a proposal folder that sslseg reads back, and one clear line for bad in
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +201,16 @@ def test_next_round_weighs_the_models_tta_disagreement(pool, tmp_path, monkeypat
         select(pool, 2, tmp_path / "other", strategy="kcenter", model=checkpoint, progress=False)
 
 
+def test_labelled_images_of_an_earlier_proposal_count_as_annotated(pool, tmp_path):
+    first = select(pool, 2, tmp_path / "round1", layout="unlabeled", progress=False)
+    done = first.rows[0].name
+    write_image(tmp_path / "round1" / "labels" / f"{done}.tif", np.zeros((48, 48), np.uint16))
+    second = select(
+        pool, 7, tmp_path / "round2", layout="unlabeled", annotated=[tmp_path / "round1"], progress=False
+    )
+    assert second.annotated == 1 and done not in {r.name for r in second.rows}
+
+
 def test_region_grid_tiles_never_overlap_and_lie_inside():
     for h, w, size in [(100, 70, 32), (64, 64, 32), (20, 90, 32), (257, 1000, 256)]:
         boxes = region_grid(h, w, size)
@@ -228,6 +240,21 @@ def test_regions_are_read_a_band_at_a_time_and_written_as_crops(tmp_path, monkey
         crop = read_image(tmp_path / "out" / "images" / f"{r.name}.tif")[:, :, 0]
         source = image if r.image.endswith("big.tif") else image[:40, :40]
         np.testing.assert_array_equal(crop, source[r.y0 : r.y1, r.x0 : r.x1])
+
+
+def test_command_line_proposes_and_errors_in_one_line(pool, tmp_path):
+    def sslseg(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "sslseg", "select", str(pool), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    r = sslseg("--budget", "2", "--out", str(tmp_path / "out"), "--strategy", "kcenter")
+    assert r.returncode == 0 and "proposed 2 of 5 unannotated images (3 annotated)" in r.stdout, r.stderr
+    assert len(_rows(tmp_path / "out")) == 2
+    r = sslseg("--budget", "9", "--out", str(tmp_path / "more"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert [line for line in r.stderr.splitlines() if "error:" in line] == [
+        f"error: --budget 9 is larger than the 5 unannotated images in {pool}; ask for at most 5"
+    ]
 
 
 def test_bad_input_is_one_clear_line(pool, tmp_path):

@@ -433,6 +433,10 @@ def select_command(
     region: Annotated[
         int | None, typer.Option(help="propose non-overlapping SIZE×SIZE px regions instead of whole images")
     ] = None,
+    annotated: Annotated[
+        list[Path] | None,
+        typer.Option(help="an earlier proposal whose labelled images count as annotated (repeatable)"),
+    ] = None,
     seed: int = 0,
     layout: str = "auto",
     mask_suffix: str | None = None,
@@ -454,6 +458,7 @@ def select_command(
         encoder=encoder,
         model=model,
         region=region,
+        annotated=annotated or [],
         seed=seed,
         layout=layout,
         mask_suffix=mask_suffix,

@@ -73,6 +73,7 @@ def select(
     encoder: str | None = None,
     model: str | Path | None = None,
     region: int | None = None,
+    annotated: Sequence[str | Path] = (),
     seed: int = 0,
     layout: str = "auto",
     mask_suffix: str | None = None,
@@ -91,7 +92,9 @@ def select(
     pretrain folder) or a fine-tuned checkpoint, whose encoder's deepest stage is pooled over each image at
     the run's working scale (`scale` overrides it); `encoder` names the architecture of random/imagenet.
     `region` (px): propose non-overlapping region×region regions instead of whole images (large images are
-    read a band at a time). Deterministic for a `seed`."""
+    read a band at a time). `annotated`: folders (earlier proposals) whose labelled images count as
+    annotated too, matched by name (a pool image's id, or a region's `<id>__y<top>_x<left>`). Deterministic
+    for a `seed`."""
     name = strategy or ("uncertainty" if model is not None else "typiclust")
     chosen_strategy = strategy_named(name)
     if chosen_strategy.needs_uncertainty and model is None:
@@ -111,9 +114,13 @@ def select(
     out = Path(out)
     samples = _pool_samples(pool, layout, mask_suffix, out)
     where = Path(pool) if isinstance(pool, str | Path) else Path(".")
-    items = _items(samples, region)
-    annotated = np.array([it.annotated for it in items], dtype=bool)
-    candidates = int((~annotated).sum())
+    done = _annotated_names(annotated)
+    items = [
+        Item(it.name, it.sample, it.box, True) if {it.name, it.sample.id} & done else it
+        for it in _items(samples, region)
+    ]
+    is_annotated = np.array([it.annotated for it in items], dtype=bool)
+    candidates = int((~is_annotated).sum())
     unit = "regions" if region else "images"
     if candidates == 0:
         raise DataError(
@@ -128,8 +135,16 @@ def select(
     matrix = _feature_matrix(items, embedder, batch_size, progress)
     uncertainty = _uncertainty(model, items, device, progress) if model is not None else None
     x = feature_space(matrix, "descriptors" if embedder is None else "embedding")
-    choices = chosen_strategy.choose(x, annotated, budget, seed, uncertainty)
-    return _write(out, items, choices, candidates, int(annotated.sum()))
+    choices = chosen_strategy.choose(x, is_annotated, budget, seed, uncertainty)
+    return _write(out, items, choices, candidates, int(is_annotated.sum()))
+
+
+def _annotated_names(folders: Sequence[str | Path]) -> set[str]:
+    """The ids of the labelled images in `folders` (their labels are found, never read)."""
+    names: set[str] = set()
+    for folder in folders:
+        names |= {s.id for s in find_samples(folder, allow_unlabeled=True) if s.label is not None}
+    return names
 
 
 def _pool_samples(
