@@ -8,6 +8,7 @@ shape go through the network in batches."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,11 +114,17 @@ class Embedder:
         scale = self.scale_of(x) if self.scale_of is not None else self.scale
         return rescale_image(x, scale)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
-        """Pooled deepest-stage features (N×D) of prepared images, batched by shape, large ones in tiles."""
+        """Pooled deepest-stage features (N×D) of prepared images, batched by shape, large ones in tiles;
+        in bfloat16 where the device computes it natively (distances between pooled features do not need
+        more, and it halves the time on such CPUs)."""
         device = next(self.encoder.parameters()).device
-        self.encoder.eval()
+        self.encoder.eval().to(memory_format=torch.channels_last)
+        with _fast_precision(device):
+            return self._embed(images, device)
+
+    def _embed(self, images: list[np.ndarray], device: torch.device) -> np.ndarray:
         rows: list[np.ndarray | None] = [None] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, im in enumerate(images):
@@ -125,6 +132,7 @@ class Embedder:
         for shape, indices in by_shape.items():
             if max(shape[1:]) <= EMBED_TILE:
                 x = torch.from_numpy(np.stack([images[i] for i in indices])).to(device)
+                x = x.contiguous(memory_format=torch.channels_last)
                 pooled = self.encoder(x)[-1].float().mean(dim=(2, 3)).cpu().numpy()
                 for j, i in enumerate(indices):
                     rows[i] = pooled[j]
@@ -146,6 +154,19 @@ class Embedder:
                 area += n
         assert total is not None
         return total / area
+
+
+def _fast_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on CUDA and on CPUs with native bfloat16 (AVX512-BF16, AMX), else nothing."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    native = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
+    if device.type == "cpu" and native:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _seeded_random_encoder(name: str, channels: int, seed: int) -> nn.Module:
