@@ -20,8 +20,9 @@ from sslseg.data.lazy import ImageSource
 from sslseg.data.synth import write_synthetic_dataset
 from sslseg.data.verify import verify_dataset
 from sslseg.errors import ConfigError, DataError
+from sslseg.nn.unet import build_encoder
 from sslseg.select import select
-from sslseg.selection.features import feature_space, image_descriptors
+from sslseg.selection.features import feature_space, image_descriptors, load_embedder
 from sslseg.selection.regions import overlap, region_grid
 from sslseg.selection.strategies import (
     STRATEGIES,
@@ -33,6 +34,7 @@ from sslseg.selection.strategies import (
     typiclust,
     uncertainty_diversity,
 )
+from sslseg.weights import save_encoder
 
 
 def _line(*values: float) -> np.ndarray:
@@ -191,10 +193,23 @@ def test_proposal_folder_reads_back_and_verify_counts_the_budget(pool, tmp_path)
         select(pool, 3, out, progress=False)
 
 
+def test_a_pretrained_encoder_brings_its_channels_and_working_scale(pool, tmp_path):
+    weights = tmp_path / "pretrain" / "encoder.safetensors"
+    save_encoder(
+        build_encoder("resnet18", 1), weights, {"encoder": "resnet18", "in_channels": 1, "scale": 0.5}
+    )
+    embedder = load_embedder(str(weights.parent))
+    assert (embedder.channels, embedder.scale) == (1, 0.5)
+    assert embedder.prepare(np.zeros((48, 48, 3), np.uint8), weights).shape == (1, 24, 24)
+    result = select(pool, 2, tmp_path / "out", features=str(weights.parent), progress=False)
+    assert len(result.rows) == 2 and not {r.name for r in result.rows} & ANNOTATED
+
+
 def test_next_round_weighs_the_models_tta_disagreement(pool, tmp_path, monkeypatch):
     checkpoint = tiny_instance_checkpoint(tmp_path / "model")
     monkeypatch.setattr(LabelFile, "load", lambda *a, **k: pytest.fail("a label was read while choosing"))
-    result = select(pool, 2, tmp_path / "next", model=checkpoint, progress=False)
+    # the checkpoint's own encoder gives the features too
+    result = select(pool, 2, tmp_path / "next", model=checkpoint, features=str(checkpoint), progress=False)
     assert len(result.rows) == 2 and not {r.name for r in result.rows} & ANNOTATED
     assert all("TTA disagreement" in r.why and 0 <= r.score <= 1 for r in result.rows)
     with pytest.raises(ConfigError, match="--model is weighed in by the 'uncertainty' strategy"):
@@ -261,6 +276,9 @@ def test_bad_input_is_one_clear_line(pool, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty dataset"):
         select(tmp_path / "empty", 1, tmp_path / "o1", progress=False)
+    every = write_synthetic_dataset(tmp_path / "all_labelled", n_images=2, size=32)
+    with pytest.raises(DataError, match="every one of the 2 images in the pool is annotated"):
+        select(every, 1, tmp_path / "o0", progress=False)
     with pytest.raises(ConfigError, match="--budget 6 is larger than the 5 unannotated images"):
         select(pool, 6, tmp_path / "o2", progress=False)
     (pool / "images" / "synth_0003.tif").write_bytes(b"not a tiff at all")

@@ -124,7 +124,9 @@ def select(
     unit = "regions" if region else "images"
     if candidates == 0:
         raise DataError(
-            where, f"every one of the {len(items)} {unit} in the pool is annotated; nothing to propose"
+            where,
+            f"every one of the {len(items)} {unit} in the pool is annotated; nothing to propose (with "
+            "--layout unlabeled every image counts as unannotated)",
         )
     if budget > candidates:
         raise ConfigError(
@@ -152,6 +154,8 @@ def _pool_samples(
 ) -> list[Sample]:
     """The pool's samples (labelled or not); the output folder may not lie inside the pool, where the
     next round would take the proposals for pool images."""
+    if (out / PROPOSALS_FILE).exists():
+        raise ConfigError(f"{out}: already holds a proposal ({PROPOSALS_FILE}); choose another --out")
     if not isinstance(pool, str | Path):
         samples = list(pool)
         if not samples:
@@ -160,8 +164,6 @@ def _pool_samples(
     root = Path(pool)
     if out.resolve().is_relative_to(root.resolve()):
         raise ConfigError(f"{out}: --out lies inside the pool {root}; choose a folder outside it")
-    if (out / PROPOSALS_FILE).exists():
-        raise ConfigError(f"{out}: already holds a proposal ({PROPOSALS_FILE}); choose another --out")
     return find_samples(root, layout=layout, mask_suffix=mask_suffix, allow_unlabeled=True)
 
 
