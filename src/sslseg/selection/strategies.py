@@ -111,7 +111,7 @@ def typiclust(
         members = np.flatnonzero((labels == c) & free)
         i = int(members[np.argmax(typical[members])])
         why = (
-            f"most typical unannotated image of cluster {c} ({sizes[c]} images, {filled[c]} annotated or "
+            f"most typical unannotated member of cluster {c} ({sizes[c]} members, {filled[c]} annotated or "
             "chosen before)"
         )
         choices.append(Choice(i, int(c), float(typical[i]), why))
@@ -180,11 +180,11 @@ def probcover(
         if gain[best] == 0:
             i = int(rng.choice(candidates))
             choices.append(
-                Choice(i, -1, 0.0, f"every image lies within δ={delta:.4g} of one chosen; drawn at random")
+                Choice(i, -1, 0.0, f"everything lies within δ={delta:.4g} of one chosen; drawn at random")
             )
         else:
             i = int(best)
-            why = f"its δ-ball (δ={delta:.4g}) covers {gain[i]} images not covered yet"
+            why = f"its δ-ball (δ={delta:.4g}) covers {gain[i]} not covered yet"
             choices.append(Choice(i, -1, float(gain[i]), why))
         newly = balls[i][~covered[balls[i]]]
         covered[newly] = True
