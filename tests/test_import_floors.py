@@ -42,6 +42,8 @@ FLOORS: dict[str, int] = {
     "evaluate": 3,
     "predict": 3,
     "export": 3,
+    "select": 3,
+    "selection": 3,
     "study": 4,
     "cli": 5,
     "demo": 5,

@@ -408,6 +408,70 @@ def export(
     typer.echo(json.dumps(result.as_dict(), indent=2))
 
 
+@app.command("select")
+def select_command(
+    pool: Path,
+    budget: Annotated[int, typer.Option(help="how many images (regions) to propose")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the proposal (outside the pool)")],
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            help="typiclust (default), probcover, kcenter, random; uncertainty (the default with --model)"
+        ),
+    ] = None,
+    features: Annotated[
+        str,
+        typer.Option(
+            help="descriptors (seven image statistics), random, imagenet, an encoder.safetensors (or its "
+            "pretrain folder) or a fine-tuned checkpoint, whose encoder's pooled embedding is used"
+        ),
+    ] = "descriptors",
+    encoder: Annotated[str | None, typer.Option(help="architecture of random/imagenet features")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="fine-tuned checkpoint: weigh its TTA disagreement with diversity")
+    ] = None,
+    region: Annotated[
+        int | None, typer.Option(help="propose non-overlapping SIZE×SIZE px regions instead of whole images")
+    ] = None,
+    annotated: Annotated[
+        list[Path] | None,
+        typer.Option(help="an earlier proposal whose labelled images count as annotated (repeatable)"),
+    ] = None,
+    seed: int = 0,
+    layout: str = "auto",
+    mask_suffix: str | None = None,
+    scale: Annotated[
+        float | None, typer.Option(help="working scale for encoder features (default: the encoder's run)")
+    ] = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Propose which images of POOL to annotate next (images that have a label already are never proposed):
+    writes OUT/images, an empty OUT/labels to fill, to_annotate.csv and contact_sheet.png."""
+    from sslseg.select import select
+
+    result = select(
+        pool,
+        budget,
+        out,
+        strategy=strategy,
+        features=features,
+        encoder=encoder,
+        model=model,
+        region=region,
+        annotated=annotated or [],
+        seed=seed,
+        layout=layout,
+        mask_suffix=mask_suffix,
+        scale=scale,
+        device=device,
+    )
+    typer.echo(
+        f"proposed {len(result.rows)} of {result.candidates} unannotated {'regions' if region else 'images'} "
+        f"({result.annotated} annotated) into {out}: {result.csv.name}, {result.contact_sheet.name}; put "
+        f"each label into {out / 'labels'} named after its image, and `sslseg data verify {out}` counts them"
+    )
+
+
 study_app = typer.Typer(no_args_is_help=True, help="Run a study: pretrainings × label fractions × seeds.")
 app.add_typer(study_app, name="study")
 
