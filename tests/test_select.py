@@ -158,6 +158,19 @@ def test_labels_are_never_read_while_choosing(pool, tmp_path, monkeypatch):
     select(pool, 2, tmp_path / "e", features="random", strategy="probcover", progress=False)
 
 
+def test_copies_of_test_images_are_never_proposed(pool, tmp_path):
+    test = write_synthetic_dataset(tmp_path / "test", n_images=2, size=48, seed=11)
+    for kind in ("images", "labels"):  # names of their own: a namesake would be left out by its name
+        for f in (test / kind).iterdir():
+            f.rename(f.with_name(f.name.replace("synth", "test")))
+    copy = pool / "images" / "renamed_copy.tif"
+    write_image(copy, read_image(test / "images" / "test_0001.tif"))  # the same pixels under another name
+    with pytest.warns(UserWarning, match=r"renamed_copy\.tif \(same pixels as test image .*test_0001\.tif\)"):
+        result = select(pool, 5, tmp_path / "guarded", strategy="kcenter", heldout=[test], progress=False)
+    assert "renamed_copy" not in {r.name for r in result.rows} and result.candidates == 5
+    assert "renamed_copy" in {r.name for r in select(pool, 6, tmp_path / "open", progress=False).rows}
+
+
 def test_same_seed_same_proposal(pool, tmp_path):
     torch.manual_seed(1)  # the global random state must not matter, only the seed
     a = select(pool, 3, tmp_path / "a", features="random", seed=4, progress=False)

@@ -437,6 +437,12 @@ def select_command(
         list[Path] | None,
         typer.Option(help="an earlier proposal whose labelled images count as annotated (repeatable)"),
     ] = None,
+    heldout: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="a test set (folder): copies of its images in the pool are never proposed (repeatable)"
+        ),
+    ] = None,
     seed: int = 0,
     layout: str = "auto",
     mask_suffix: str | None = None,
@@ -459,6 +465,7 @@ def select_command(
         model=model,
         region=region,
         annotated=annotated or [],
+        heldout=heldout or [],
         seed=seed,
         layout=layout,
         mask_suffix=mask_suffix,

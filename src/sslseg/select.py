@@ -14,7 +14,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import sslseg
+from sslseg.config import HeldoutImages
 from sslseg.data.datasets import LoadedSample, prepare_image, rescale_image
+from sslseg.data.heldout import drop_heldout, heldout_index
 from sslseg.data.io import IMAGE_EXTENSIONS, read_pixel_size
 from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.lazy import ImageSource, open_image
@@ -74,6 +76,7 @@ def select(
     model: str | Path | None = None,
     region: int | None = None,
     annotated: Sequence[str | Path] = (),
+    heldout: Sequence[str | Path] = (),
     seed: int = 0,
     layout: str = "auto",
     mask_suffix: str | None = None,
@@ -93,8 +96,10 @@ def select(
     the run's working scale (`scale` overrides it); `encoder` names the architecture of random/imagenet.
     `region` (px): propose non-overlapping region×region regions instead of whole images (large images are
     read a band at a time). `annotated`: folders (earlier proposals) whose labelled images count as
-    annotated too, matched by name (a pool image's id, or a region's `<id>__y<top>_x<left>`). Deterministic
-    for a `seed`."""
+    annotated too, matched by name (a pool image's id, or a region's `<id>__y<top>_x<left>`). `heldout`:
+    test-set folders; pool images that are copies of their images (same id or same pixels, as pretraining
+    and semi-supervised fine-tuning check) are left out with a warning naming both. Deterministic for a
+    `seed`."""
     name = strategy or ("uncertainty" if model is not None else "typiclust")
     chosen_strategy = strategy_named(name)
     if chosen_strategy.needs_uncertainty and model is None:
@@ -114,6 +119,9 @@ def select(
     out = Path(out)
     samples = _pool_samples(pool, layout, mask_suffix, out)
     where = Path(pool) if isinstance(pool, str | Path) else Path(".")
+    if heldout:  # the one leak guard of pretraining and semi-supervised fine-tuning
+        index = heldout_index([HeldoutImages(path=Path(h)) for h in heldout], progress)
+        samples, _ = drop_heldout(samples, None, index, folder=where, what="pool image", setting="--heldout")
     done = _annotated_names(annotated)
     items = [
         Item(it.name, it.sample, it.box, True) if {it.name, it.sample.id} & done else it
