@@ -9,21 +9,17 @@ HTML and Markdown.
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from sslseg.atomic import write_json, write_text  # noqa: E402
-from sslseg.study.analyze import (  # noqa: E402
+from sslseg.atomic import write_json, write_text
+from sslseg.study.analyze import (
     PAIRED_MEANING,
     Analysis,
     DatasetAnalysis,
@@ -32,7 +28,8 @@ from sslseg.study.analyze import (  # noqa: E402
     count_text,
     format_p,
 )
-from sslseg.study.sections import (  # noqa: E402
+from sslseg.study.figures import png_base64
+from sslseg.study.sections import (
     Block,
     Code,
     Figure,
@@ -43,20 +40,13 @@ from sslseg.study.sections import (  # noqa: E402
     render_html,
     render_markdown,
 )
-from sslseg.study.spec import BASELINE  # noqa: E402
+from sslseg.study.spec import BASELINE
 
 
 def _fmt(x: Any, spec: str = ".3f") -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
     return format(x, spec)
-
-
-def png_base64(fig: plt.Figure) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _colours(names: list[str]) -> dict[str, Any]:
