@@ -94,6 +94,11 @@ class DataConfig(_Strict):
         description="the budget as a number of labelled images (validation included with 'budget'); "
         "instead of label_fraction",
     )
+    labelled_list: Path | None = Field(
+        None,
+        description="the annotated images the budget holds, chosen rather than drawn: a `sslseg select` "
+        "to_annotate.csv (its `name` column) or a text file of image ids, one per line",
+    )
     normalization: Literal["per_image", "percentile"] = "per_image"
     bright_objects: bool = Field(False, description=BRIGHT_OBJECTS)
     scale: float = Field(1.0, gt=0.0, le=4.0, description="resize factor for training and inference")
@@ -127,6 +132,11 @@ class DataConfig(_Strict):
             raise ValueError(
                 f"label_fraction ({self.label_fraction}) and labelled_images ({self.labelled_images}) both "
                 "choose the labelled budget; set only one"
+            )
+        if self.labelled_list is not None and self.label_fraction is not None:
+            raise ValueError(
+                f"labelled_list ({self.labelled_list}) names the annotated images; label_fraction "
+                f"({self.label_fraction}) would draw them: set only one"
             )
         return self
 

@@ -31,7 +31,14 @@ from sslseg.data.datasets import (
 )
 from sslseg.data.heldout import HeldoutIndex, drop_heldout
 from sslseg.data.layouts import Sample, find_samples
-from sslseg.data.splits import LabelBudget, assign_budget, dataset_split, load_split, save_split
+from sslseg.data.splits import (
+    LabelBudget,
+    assign_budget,
+    dataset_split,
+    load_split,
+    read_labelled_list,
+    save_split,
+)
 from sslseg.errors import ConfigError, DataError
 from sslseg.evaluate import evaluate_samples, load_model, summarize, write_rows_csv
 from sslseg.metrics.embeddings import weight_change
@@ -112,6 +119,7 @@ def resolve_splits(cfg: FinetuneConfig, samples: list[Sample]) -> LabelBudget:
         label_fraction=d.label_fraction,
         labelled_images=d.labelled_images,
         val_max_images=cfg.train.val_max_images,
+        chosen=read_labelled_list(d.labelled_list) if d.labelled_list is not None else None,
     )
 
 

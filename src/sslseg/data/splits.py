@@ -16,6 +16,7 @@ Either way every labelled image a run touches is counted (`LabelBudget.n_labelle
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass
@@ -166,6 +167,44 @@ class LabelBudget:
         return {"train": self.train, "val": self.val, "test": self.test, "unlabeled": self.unlabeled}
 
 
+def read_labelled_list(path: str | Path) -> list[str]:
+    """The image ids of a chosen budget, in the order given: a `sslseg select` to_annotate.csv (its `name`
+    column) or a text file with one id per line."""
+    path = Path(path)
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as e:
+        raise DataError(path, f"cannot read the list of annotated images ({e.strerror or e})") from None
+    if lines and "," in lines[0]:
+        rows = list(csv.DictReader(lines))
+        if not rows or "name" not in rows[0]:
+            raise DataError(
+                path, "a CSV list of annotated images needs a 'name' column (sslseg select writes one)"
+            )
+        lines = [r["name"] for r in rows]
+    if not lines:
+        raise DataError(path, "names no image")
+    repeated = sorted({i for i in lines if lines.count(i) > 1})
+    if repeated:
+        raise DataError(path, f"names images twice: {repeated[:5]}")
+    return lines
+
+
+def _chosen(candidates: list[str], chosen: list[str], labelled_images: int | None, where: str) -> list[str]:
+    """A chosen budget, checked: every image a labelled candidate, as many as `labelled_images` if set."""
+    known = set(candidates)
+    outside = [i for i in chosen if i not in known]
+    if outside:
+        raise ConfigError(
+            f"data.labelled_list names {len(outside)} images that are not {where}, e.g. {outside[:3]}"
+        )
+    if labelled_images is not None and labelled_images != len(chosen):
+        raise ConfigError(
+            f"data.labelled_images={labelled_images} but data.labelled_list names {len(chosen)} images"
+        )
+    return list(chosen)
+
+
 def assign_budget(
     split: dict[str, list[str]],
     ids: list[str],
@@ -177,8 +216,10 @@ def assign_budget(
     label_fraction: float | None = None,
     labelled_images: int | None = None,
     val_max_images: int | None = None,
+    chosen: list[str] | None = None,
 ) -> LabelBudget:
-    """Draw one run's labelled images from a dataset split (see the module docstring for the protocols).
+    """Draw one run's labelled images from a dataset split (see the module docstring for the protocols),
+    or take the `chosen` ones (a selection: the same images whatever the seed).
 
     `ids` are all images of the dataset, `labelled_ids` those with a label; the split's test (and, with
     `fixed`, val) images must be labelled. With `budget`, the val images of a split file written for the
@@ -186,16 +227,23 @@ def assign_budget(
     labelled = set(labelled_ids)
     if validation == "budget":
         candidates = [i for i in split["train"] + split["val"] if i in labelled]
-        n = budget_size(
-            len(candidates), label_fraction, labelled_images, "labelled images outside the test split"
-        )
-        drawn = _drawn(candidates, n, seed)
+        if chosen is not None:
+            drawn = _chosen(candidates, chosen, labelled_images, "labelled images outside the test split")
+            n = len(drawn)
+        else:
+            n = budget_size(
+                len(candidates), label_fraction, labelled_images, "labelled images outside the test split"
+            )
+            drawn = _drawn(candidates, n, seed)
         n_val = validation_count(n, val_fraction, val_max_images)
         val, train = sorted(drawn[:n_val]), sorted(drawn[n_val:])
     else:
         candidates = [i for i in split["train"] if i in labelled]
-        n = budget_size(len(candidates), label_fraction, labelled_images, "labelled training images")
-        train = sorted(_drawn(candidates, n, seed))
+        if chosen is not None:
+            train = sorted(_chosen(candidates, chosen, labelled_images, "labelled training images"))
+        else:
+            n = budget_size(len(candidates), label_fraction, labelled_images, "labelled training images")
+            train = sorted(_drawn(candidates, n, seed))
         val = list(split["val"][:val_max_images] if val_max_images else split["val"])
     used = set(train) | set(val) | set(split["test"])
     unlabeled = sorted(i for i in ids if i not in used)

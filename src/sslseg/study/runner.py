@@ -43,6 +43,7 @@ from sslseg.study.spec import (
     expand,
     keeps_weights,
     select_jobs,
+    selection_path,
     split_path,
     study_dir,
 )
@@ -96,6 +97,7 @@ def prepare(study: StudyConfig, rerun_changed: bool = False) -> list[Job]:
         ids, labelled = [s.id for s in samples], [s.id for s in samples if s.label is not None]
         split = dataset_split(ids, labelled, ds.val_fraction, test_fraction, ds.split_seed, ds.validation)
         save_split(target, split)
+    write_selections(study)
     jobs = expand(study)
     with study_store(study) as store:
         report = store.sync(jobs, rerun_changed=rerun_changed)
@@ -104,6 +106,59 @@ def prepare(study: StudyConfig, rerun_changed: bool = False) -> list[Job]:
         adopted = adopt_finished_folders(jobs, store, out)
     _say_what_changed(report, adopted)
     return jobs
+
+
+def write_selections(study: StudyConfig) -> list[Path]:
+    """The proposals of the rows that choose their annotated images (`selection:`), one per dataset and
+    budget, computed once: from the dataset's labelled images outside the test split (their labels never
+    read, copies of test images left out), written into a temporary folder and renamed into place, so that
+    a runner never reads half a proposal and two runners computing one keep the first."""
+    from dataclasses import replace
+
+    from sslseg.data.splits import load_split
+    from sslseg.select import select
+
+    written = []
+    for ds in study.datasets:
+        rows = [p for p in study.pretrainings if p.selection is not None]
+        if not rows:
+            continue
+        samples = find_samples(ds.train, layout=ds.layout, mask_suffix=ds.mask_suffix, allow_unlabeled=True)
+        if ds.max_images:
+            samples = samples[: ds.max_images]
+        split = load_split(split_path(study, ds), [s.id for s in samples])
+        # the images a budget may hold (protocol `budget`: train and val of the split; `fixed`: train)
+        allowed = set(split["train"]) | (set(split["val"]) if ds.validation == "budget" else set())
+        pool = [replace(s, label=None) for s in samples if s.id in allowed and s.label is not None]
+        for p in rows:
+            assert p.selection is not None
+            for budget in study.budgets:
+                target = selection_path(study, ds, p, budget)
+                if target.is_file():
+                    continue
+                tmp = target.parent.with_name(f".{target.parent.name}.{uuid.uuid4().hex[:8]}")
+                print(
+                    f"choosing {int(budget)} images of {ds.name} by {p.selection.tag}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                select(
+                    pool,
+                    int(budget),
+                    tmp,
+                    strategy=p.selection.strategy,
+                    features=p.selection.features,
+                    encoder=p.selection.encoder or study.encoder,
+                    heldout=[ds.test] if ds.test is not None else [],
+                    seed=0,
+                    progress=False,
+                )
+                try:
+                    os.rename(tmp, target.parent)
+                except OSError:  # another runner wrote it first: keep that one
+                    shutil.rmtree(tmp, ignore_errors=True)
+                written.append(target)
+    return written
 
 
 def _move_aside(folder: Path, target: Path) -> bool:

@@ -78,6 +78,24 @@ class StudyDataset(_Strict):
     )
 
 
+class Selection(_Strict):
+    """How a row's annotated images are chosen from the dataset's labelled images (their labels unread)."""
+
+    strategy: str = "typiclust"
+    features: str = Field("descriptors", description="descriptors, random, imagenet, or an encoder's weights")
+    encoder: str | None = Field(
+        None, description="architecture of random/imagenet features (default: the study's)"
+    )
+
+    @property
+    def tag(self) -> str:
+        """A folder name for the subsets this selection chooses (a weights file by its file name)."""
+        features = (
+            Path(self.features).stem if ("/" in self.features or "\\" in self.features) else self.features
+        )
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.strategy}-{features}")
+
+
 class Pretraining(_Strict):
     """Where a U-Net encoder starts: random, ImageNet, an SSL method trained here, or a weights file."""
 
@@ -93,6 +111,11 @@ class Pretraining(_Strict):
         default_factory=dict,
         description="settings of this row's fine-tuning cells, over the study's: e.g. {semi: {enabled: true}} "
         "makes a row of semi-supervised fine-tuning from this initialisation",
+    )
+    selection: Selection | None = Field(
+        None,
+        description="choose the annotated images with `sslseg select` instead of drawing them at random: "
+        "one subset per dataset and budget, the same for every seed (seeds vary the training only)",
     )
 
     @model_validator(mode="after")
@@ -151,6 +174,10 @@ class StudyConfig(_Strict):
             raise ValueError(
                 f"the study needs a pretraining named '{BASELINE}' (init: random): every other one is "
                 "compared with it"
+            )
+        if self.labelled_images is None and any(p.selection for p in self.pretrainings):
+            raise ValueError(
+                "a row with `selection` needs the budget in images (labelled_images), not fractions"
             )
         if (self.label_fractions is None) == (self.labelled_images is None):
             raise ValueError(
@@ -279,6 +306,20 @@ def split_path(study: StudyConfig, dataset: StudyDataset) -> Path:
     return study_dir(study) / "splits" / f"{dataset.name}.json"
 
 
+def selection_path(study: StudyConfig, dataset: StudyDataset, p: Pretraining, budget: float) -> Path:
+    """The proposal (`to_annotate.csv`) of a row's selection on one dataset at one budget, written by the
+    runner before the first cell needs it."""
+    assert p.selection is not None
+    return (
+        study_dir(study)
+        / "selections"
+        / dataset.name
+        / p.selection.tag
+        / f"n{int(budget)}"
+        / "to_annotate.csv"
+    )
+
+
 def fraction_tag(fraction: float) -> str:
     return f"f{fraction:.4g}"
 
@@ -357,6 +398,8 @@ def _finetune_job(
         if k not in {"name", "unlabeled", "views", "classes", "reference_scores"}
     }
     data["split_file"] = str(split_path(study, ds))
+    if p.selection is not None:  # chosen, not drawn: the same images for every seed
+        data["labelled_list"] = str(selection_path(study, ds, p, budget))
     tree = deep_merge(
         deep_merge(study.finetune, p.finetune),
         {

@@ -1,0 +1,93 @@
+"""A study row can choose its annotated images with `sslseg select` (`selection:`) instead of drawing them:
+one proposal per dataset and budget, computed once before the cells, the same images for every seed; a
+fine-tuning run takes exactly the images of its `data.labelled_list`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sslseg.config import FinetuneConfig
+from sslseg.data.splits import read_labelled_list
+from sslseg.data.synth import write_synthetic_dataset
+from sslseg.errors import ConfigError, DataError
+from sslseg.finetune import finetune
+from sslseg.study.runner import prepare
+from sslseg.study.spec import StudyConfig
+
+
+def _study(data: Path, out: Path, **changes: Any) -> StudyConfig:
+    tree: dict[str, Any] = {
+        "name": "sel",
+        "output": str(out),
+        "datasets": [{"name": "synth", "train": str(data), "task": "instance", "test_fraction": 0.25}],
+        "pretrainings": [
+            {"name": "random", "init": "random"},
+            {"name": "typiclust", "init": "random", "selection": {"strategy": "typiclust"}},
+        ],
+        "labelled_images": [2, 4],
+        "seeds": [0, 1],
+        "finetune": {
+            "model": {"decoder_channels": [16, 16, 8, 8, 8]},
+            "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "crop_size": 32},
+        },
+    }
+    tree.update(changes)
+    return StudyConfig.model_validate(tree)
+
+
+def test_a_selection_row_trains_every_seed_on_the_same_chosen_images(tmp_path, monkeypatch):
+    data = write_synthetic_dataset(tmp_path / "data", n_images=12, size=48)
+    study = _study(data, tmp_path / "study")
+    # labels are never read while choosing: the pool's samples carry none
+    monkeypatch.setattr("sslseg.data.layouts.LabelFile.load", lambda *a: pytest.fail("a label was read"))
+    jobs = prepare(study)
+    monkeypatch.undo()
+    split = json.loads((tmp_path / "study" / "splits" / "synth.json").read_text())
+    cells = {j.key: j for j in jobs if j.kind == "finetune"}
+    chosen = {}
+    for budget in (2, 4):
+        a = cells[f"synth/typiclust/finetuned/n{budget}/s0"].config["data"]["labelled_list"]
+        b = cells[f"synth/typiclust/finetuned/n{budget}/s1"].config["data"]["labelled_list"]
+        assert a == b and Path(a).is_file()
+        chosen[budget] = read_labelled_list(a)
+        assert len(chosen[budget]) == budget and not set(chosen[budget]) & set(split["test"])
+    assert cells["synth/random/finetuned/n2/s0"].config["data"]["labelled_list"] is None
+    assert not list((tmp_path / "study" / "selections" / "synth" / "typiclust-descriptors").glob(".*"))
+
+    cell = cells["synth/typiclust/finetuned/n4/s1"]
+    result = finetune(FinetuneConfig.model_validate(cell.config))
+    trained = json.loads((result.output / "split.json").read_text())
+    assert sorted(trained["train"] + trained["val"]) == sorted(chosen[4])
+    assert result.summary["n_labelled_total"] == 4
+
+    calls = []
+    monkeypatch.setattr("sslseg.select.select", lambda *a, **k: calls.append(a))
+    prepare(study)  # computed once: a rerun reads the proposals it has
+    assert calls == []
+
+
+def test_a_chosen_budget_is_checked(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "data", n_images=8, size=48)
+    listing = tmp_path / "chosen.txt"
+    listing.write_text("synth_0001\nnot_an_image\n")
+    cfg = FinetuneConfig.model_validate(
+        {
+            "data": {"train": str(data), "labelled_list": str(listing)},
+            "model": {"decoder_channels": [16, 16, 8, 8, 8]},
+            "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 2, "crop_size": 32},
+            "output": str(tmp_path / "run"),
+        }
+    )
+    with pytest.raises(ConfigError, match=r"names 1 images that are not labelled images.*not_an_image"):
+        finetune(cfg)
+    listing.write_text("synth_0001\nsynth_0001\n")
+    with pytest.raises(DataError, match="names images twice"):
+        read_labelled_list(listing)
+    with pytest.raises(ValueError, match="set only one"):
+        FinetuneConfig.model_validate({"data": {"labelled_list": "x.txt", "label_fraction": 0.5}})
+    with pytest.raises(ValueError, match="labelled_images"):
+        _study(data, tmp_path / "s", labelled_images=None, label_fractions=[0.5])
