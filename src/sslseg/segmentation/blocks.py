@@ -273,7 +273,7 @@ def segment_blocks(
     is capped at the block side; objects larger than it are counted in `report.cut_objects`. Instance labels are stitched (one global id per
     object, 1..N in the order blocks keep them); semantic maps are class indices. `on_objects` receives each
     block's kept objects (instance tasks). `pixel_size` (y, x µm) overrides the source's (for
-    `data.object_size_um`)."""
+    `data.object_size_um`). `net` is a network or a `NetworkRunner` (`sslseg.segmentation.engines`)."""
     if block < 1 or band_rows < 1:
         raise ValueError(f"block ({block}) and band_rows ({band_rows}) must be positive")
     task = cfg.data.task

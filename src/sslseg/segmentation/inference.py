@@ -62,7 +62,8 @@ def predict_probabilities(
     head: str = DEFAULT_INSTANCE_HEAD,
 ) -> torch.Tensor:
     """Tiled forward pass over a C×h×w image; probabilities resized to the native H×W (K×H×W, CPU).
-    With `cfg.tta` the mean over the 8 flips/quarter turns, each mapped back before averaging.
+    With `cfg.tta` the mean over the 8 flips/quarter turns, each mapped back before averaging. `net` is a
+    network (run by PyTorch) or the `NetworkRunner` of another engine (`sslseg.segmentation.engines`).
 
     With `object_size` (instance tasks) the objects of a first prediction give the image's median object
     diameter (with `cfg.check_fragments`, checked for fragments by `_whole_object_diameter`); when it is
