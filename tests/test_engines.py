@@ -83,8 +83,13 @@ def test_onnx_labels_equal_torch_labels_whole_and_blockwise(tmp_path: Path, task
 
 
 def test_runner_is_handed_down_not_rebuilt():
-    net = _net("instance")
+    net = _net("instance").train()
     run = OnnxRunner(net, "instance")
+    assert net.training  # the caller's mode is kept; the export runs BatchNorm as inference does
+    x = torch.randn(2, 1, 64, 32)
+    with torch.no_grad():
+        expected = TorchRunner(net.eval(), "instance")(x)
+    assert (run(x) - expected).abs().max() < PROBABILITY_TOLERANCE
     assert network_runner(run, "instance") is run  # inference takes a runner as it is
     assert isinstance(network_runner(net, "instance"), TorchRunner)  # a bare network runs in PyTorch
 

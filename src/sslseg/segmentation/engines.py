@@ -83,7 +83,11 @@ class OnnxRunner(NetworkRunner):
         channels = next(m.in_channels for m in net.modules() if isinstance(m, nn.Conv2d))
         example = torch.zeros(1, channels, 64, 64, device=next(net.parameters()).device)
         buffer = io.BytesIO()
-        onnx_export(ActivatedNet(net, task).eval(), example, buffer)
+        training = net.training
+        try:  # exported as inference runs it (BatchNorm's running statistics), the caller's mode kept
+            onnx_export(ActivatedNet(net, task).eval(), example, buffer)
+        finally:
+            net.train(training)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
