@@ -4,6 +4,7 @@ onnxruntime is one clear error naming the extra to install."""
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -164,3 +165,22 @@ def test_onnx_engine_without_onnxruntime_is_one_clear_error(tmp_path: Path, chec
     # auto falls back to PyTorch instead
     result = CliRunner().invoke(app, ["predict", str(checkpoint), str(image), "-o", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
+
+
+def test_a_network_is_exported_once_per_process_until_its_weights_change(monkeypatch):
+    exports = []
+    real = engines.onnx_export
+    monkeypatch.setattr(engines, "onnx_export", lambda *a, **k: (exports.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(engines, "_EXPORTED", {})
+    net = _net("instance")
+    x = torch.randn(1, 1, 32, 32)
+    first = OnnxRunner(net, "instance")(x)
+    again = copy.deepcopy(net)  # the same checkpoint loaded again: same weights, another object
+    OnnxRunner(again, "instance")
+    assert len(exports) == 1
+    with torch.no_grad():
+        next(again.parameters()).add_(1.0)
+    changed = OnnxRunner(again, "instance")(x)
+    assert len(exports) == 2 and not torch.allclose(changed, first)
+    OnnxRunner(again, "semantic")  # another activation is another model
+    assert len(exports) == 3

@@ -2,12 +2,13 @@
 handed down through tiled, test-time-augmented and block-wise inference, so the engine that runs the
 network (PyTorch, or onnxruntime on the CPU) is chosen in one place.
 
-The ONNX engine exports the loaded network (with its task's activation) once, in memory, with the same
-exporter `sslseg export` writes files with (`onnx_export`), and runs it with onnxruntime's CPU provider on
-as many threads as torch uses."""
+The ONNX engine exports the loaded network (with its task's activation) once per process, in memory, with
+the exporter `sslseg export` writes files with (`onnx_export`), and runs it with onnxruntime's CPU
+provider on as many threads as torch uses."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
 import warnings
@@ -80,6 +81,31 @@ class OnnxRunner(NetworkRunner):
         self.net = net
         self.task = task
         self.device = torch.device("cpu")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        model = _onnx_model(net, task)
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input: x})[0])
+
+
+_EXPORTED: dict[str, bytes] = {}  # the last network exported in this process, by what determines it
+
+
+def _onnx_model(net: nn.Module, task: str) -> bytes:
+    """`net` with its task's activation as an in-memory ONNX model, exported once per process: a network
+    with the same architecture, weights and task (e.g. the same checkpoint predicted again through the
+    Python API) reuses the last export."""
+    digest = hashlib.blake2b(f"{task}|{net!r}".encode(), digest_size=16)
+    for name, value in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    key = digest.hexdigest()
+    if key not in _EXPORTED:
         channels = next(m.in_channels for m in net.modules() if isinstance(m, nn.Conv2d))
         example = torch.zeros(1, channels, 64, 64, device=next(net.parameters()).device)
         buffer = io.BytesIO()
@@ -88,15 +114,9 @@ class OnnxRunner(NetworkRunner):
             onnx_export(ActivatedNet(net, task).eval(), example, buffer)
         finally:
             net.train(training)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input: x})[0])
+        _EXPORTED.clear()  # one model at a time: an export is as large as the weights
+        _EXPORTED[key] = buffer.getvalue()
+    return _EXPORTED[key]
 
 
 def require(module: str, purpose: str) -> Any:
