@@ -84,7 +84,7 @@ class OnnxRunner(NetworkRunner):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
-        options.enable_cpu_mem_arena = False  # peak memory 1.40 GiB instead of 1.62, no slower (RESULTS.md)
+        options.enable_cpu_mem_arena = False  # peak memory ~1400 MiB, not 1615, no slower (RESULTS.md)
         model = _onnx_model(net, task)
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
