@@ -20,6 +20,7 @@ FUNCTIONS = {
     "evaluate": "evaluate_checkpoint",
     "predict": "predict_files",
     "export": "export_model",
+    "select": "select",
 }
 
 

@@ -82,6 +82,10 @@ def test_test_images_are_left_out_by_id_and_by_pixels_with_a_warning(folders):
     assert "renamed_copy.tif (same pixels as test image" in message and "synth_0005.tif" in message
     assert "tsynth_0001.tif (same sample id" in message
     assert [s.id for s in kept] == ["new_0", "new_1", "new_2"] and len(kept_raws) == 3
+    # a pool that is loaded later hands in its samples only: they are read here, and not kept
+    with pytest.warns(UserWarning, match="left 2 of 5 unlabeled images out"):
+        pool, none = drop_heldout(samples, None, index, what="unlabeled image")
+    assert pool == kept and none == []
 
 
 def test_the_error_setting_stops_and_names_the_files(folders):

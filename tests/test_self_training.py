@@ -194,24 +194,98 @@ def test_pseudo_labels_keep_the_surest_share(nuclei, tmp_path):
     assert (labels[:, labels.shape[1] // 2 + 1 :] == 0).all() and (labels[:, :5] > 0).all()
 
 
-def test_self_training_resumes_without_training_its_teacher_again(nuclei, tmp_path, monkeypatch):
-    cfg = _cfg(nuclei, tmp_path / "st")
-    finetune(cfg, progress=False)
-    runs = []
-    original = ft.finetune
-
-    def spy(cfg, *args, **kwargs):
-        runs.append(cfg.output)
-        return original(cfg, *args, **kwargs)
-
-    monkeypatch.setattr(ft, "finetune", spy)
-    res = spy(cfg, resume=True, progress=False)
-    assert runs == [cfg.output]  # the student only: its teacher had finished
-    assert math.isfinite(res.test["aji"])
-
-
 def test_self_training_refuses_several_processes(nuclei, tmp_path):
     cfg = _cfg(nuclei, tmp_path / "st")
     cfg.train.devices = 2
     with pytest.raises(ft.ConfigError, match="one process"):
         finetune(cfg, progress=False)
+
+
+class _Killed(Exception):
+    """Stands for a kill: raised part-way through a phase, as a SIGKILL would stop it there."""
+
+
+def _kill_on_call(monkeypatch, owner, name: str, n: int, calls: list) -> None:
+    """Make `owner.name` raise `_Killed` on its `n`-th call (0: never); every call is counted in `calls`."""
+    original = getattr(owner, name)
+
+    def wrapped(*args, **kwargs):
+        calls.append(name)
+        if len(calls) == n:
+            raise _Killed(f"{name} call {n}")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+def test_self_training_killed_in_each_phase_resumes_to_the_same_scores(tmp_path):
+    import sslseg.segmentation.pseudo_labels as pl
+    from sslseg.segmentation.module import SegmentationModule
+
+    data = write_synthetic_dataset(tmp_path / "data", n_images=10, size=64, seed=3)
+    cfg = _cfg(data, tmp_path / "whole", pseudo_keep=1.0, confidence=0.5)
+    cfg.data.label_fraction = 0.5  # 4 labelled images (one validates), 4 unlabeled
+    cfg.train = cfg.train.model_copy(
+        update={
+            "epochs": 2,
+            "steps_per_epoch": 1,
+            "crop_size": 32,
+            "deterministic": True,
+            "accelerator": "cpu",
+        }
+    )
+    cfg.model.decoder_channels = [16, 16, 8, 8, 8]
+    whole = finetune(cfg, progress=False)
+    assert whole.summary["self_training"]["pseudo_kept"] >= 2  # the student learns from pseudo-labels
+
+    cut = cfg.model_copy(update={"output": tmp_path / "cut"})
+    out = cut.output
+    assert not ft.can_resume(out)
+    with pytest.raises(ft.ConfigError, match="no checkpoint to resume from"):
+        finetune(cut, resume=True, progress=False)
+
+    # 1. killed in the teacher's second epoch (one step each): only the teacher has a checkpoint
+    with pytest.MonkeyPatch.context() as mp:
+        _kill_on_call(mp, SegmentationModule, "training_step", 2, steps := [])
+        with pytest.raises(_Killed):
+            finetune(cut, progress=False)
+    assert (out / "teacher" / "checkpoints" / "last.ckpt").is_file()
+    assert not (out / "teacher" / "result.json").exists() and not (out / "checkpoints").exists()
+    assert ft.can_resume(out)
+    with pytest.raises(ft.ConfigError, match="holds checkpoints of an earlier run .*teacher"):
+        finetune(cut, progress=False)  # a fresh start does not mix with the half-done teacher
+
+    # 2. resumed, and killed after pseudo-labelling one image: the teacher is done, one pseudo-label kept
+    with pytest.MonkeyPatch.context() as mp:
+        _kill_on_call(mp, SegmentationModule, "training_step", 0, steps := [])
+        _kill_on_call(mp, pl, "load_heldout", 2, labelled := [])
+        with pytest.raises(_Killed):
+            finetune(cut, resume=True, progress=False)
+    assert len(steps) == 1  # the teacher's second epoch only
+    assert (out / "teacher" / "result.json").is_file() and len(list((out / "pseudo_labels").iterdir())) == 1
+    assert not (out / "checkpoints" / "last.ckpt").exists() and ft.can_resume(out)
+
+    # 3. resumed, and killed in the student's second epoch: the first pseudo-label is read back
+    with pytest.MonkeyPatch.context() as mp:
+        _kill_on_call(mp, SegmentationModule, "training_step", 2, steps := [])
+        _kill_on_call(mp, pl, "load_heldout", 0, labelled := [])
+        with pytest.raises(_Killed):
+            finetune(cut, resume=True, progress=False)
+    offered = whole.summary["self_training"]["pseudo_labelled"]
+    assert len(labelled) == offered - 1 and len(list((out / "pseudo_labels").iterdir())) == offered
+    assert (out / "checkpoints" / "last.ckpt").is_file() and not (out / "result.json").exists()
+
+    # 4. resumed to the end: the student's second epoch, no teacher, no pseudo-labelling
+    with pytest.MonkeyPatch.context() as mp:
+        _kill_on_call(mp, SegmentationModule, "training_step", 0, steps := [])
+        _kill_on_call(mp, pl, "load_heldout", 0, labelled := [])
+        resumed = finetune(cut, resume=True, progress=False)
+    assert len(steps) == 1 and not labelled
+    # deterministic CPU kernels, and RNG states restored from each checkpoint: identical, not merely close
+    assert resumed.test == whole.test and math.isfinite(whole.test["aji"])
+    # a tiny run scores little, so the weights themselves are compared: the student's chosen epoch
+    a, b = (torch.load(r.best_checkpoint, weights_only=True)["state_dict"] for r in (whole, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.summary["best_val_score"] == whole.summary["best_val_score"]
+    for key in ("teacher_test", "pseudo_labelled", "pseudo_kept", "sureness_kept"):
+        assert resumed.summary["self_training"][key] == whole.summary["self_training"][key]

@@ -192,3 +192,91 @@ def test_semi_supervised_run_with_cutmix_and_dice(nuclei, tmp_path, monkeypatch)
     rows = list(csv.DictReader((res.output / "logs" / "metrics.csv").open()))
     logged = [float(r["train/unlabeled_loss"]) for r in rows if r.get("train/unlabeled_loss")]
     assert logged and all(math.isfinite(v) and v > 0 for v in logged)
+
+
+class _Stop(Exception):
+    """Raised by a spy once it has seen what it checks, so that nothing trains."""
+
+
+@pytest.mark.parametrize("method", ["mean_teacher", "self_training"])
+def test_copies_of_test_images_never_reach_the_unlabeled_pool(tmp_path, monkeypatch, method):
+    import shutil
+
+    import tifffile
+    from PIL import Image
+
+    import sslseg.finetune as ft
+    from sslseg.data.io import read_image
+    from sslseg.data.layouts import find_samples
+
+    data = write_synthetic_dataset(tmp_path / "data", n_images=8, size=48, seed=5)
+    cfg = _cfg(data, tmp_path / "run", {"enabled": True, "method": method, "unlabeled": tmp_path / "more"})
+    cfg.data.test_fraction = 0.25
+    # the test images are drawn among the labelled images only: images added without labels keep them
+    test = ft.resolve_splits(cfg, find_samples(data)).test
+    assert len(test) == 2
+    first, second = (data / "images" / f"{i}.tif" for i in test)
+    # a second export of a test image in the training folder (PNG, unlabeled, another name) ...
+    Image.fromarray(read_image(first)[..., 0]).save(data / "images" / "scan_17.png")
+    # ... and in semi.unlabeled: a renamed copy, a same-named file (other pixels), a new image
+    more = tmp_path / "more"
+    more.mkdir()
+    tifffile.imwrite(more / "renamed.tif", read_image(second)[..., 0])
+    other = read_image(first)[..., 0].copy()
+    other[0, 0] ^= 1
+    tifffile.imwrite(more / f"{test[1]}.tif", other)
+    new = write_synthetic_dataset(tmp_path / "new", n_images=1, size=48, seed=9) / "images" / "synth_0000.tif"
+    shutil.copy(new, more / "new.tif")
+
+    seen = {}
+
+    def spy(cfg, *args):  # the first reader of the pool, whichever the method
+        seen["pool"] = args[1] if method == "self_training" else args[0]
+        raise _Stop
+
+    monkeypatch.setattr(ft, "_self_training" if method == "self_training" else "_unlabeled_pool", spy)
+    budget = ft.resolve_splits(cfg, find_samples(data, allow_unlabeled=True))
+    assert budget.test == test and "scan_17" in budget.unlabeled
+    offered = len(budget.unlabeled) + 3  # the training folder's unlabeled images and semi.unlabeled's
+    left_out = f"left 3 of {offered} unlabeled images out"
+    with pytest.warns(UserWarning, match=left_out) as w, pytest.raises(_Stop):
+        ft.finetune(cfg, progress=False)
+    message = next(str(m.message) for m in w if "left 3 of" in str(m.message))
+    # each line names the copy and the test image it copies
+    assert f"scan_17.png (same pixels as test image {first})" in message
+    assert f"renamed.tif (same pixels as test image {second})" in message
+    assert f"{test[1]}.tif (same sample id as test image {second})" in message
+    # the unlabeled training images and the new one; none of the copies
+    pool = [s.image for s in seen["pool"]]
+    assert pool == [data / "images" / f"{i}.tif" for i in budget.unlabeled if i != "scan_17"] + [
+        more / "new.tif"
+    ]
+
+
+def test_a_separate_test_set_guards_the_unlabeled_pool_too(tmp_path, monkeypatch):
+    import sslseg.finetune as ft
+    from sslseg.data.io import read_image, write_image
+
+    data = write_synthetic_dataset(tmp_path / "data", n_images=5, size=48, seed=5)
+    test = write_synthetic_dataset(tmp_path / "test", n_images=6, size=48, seed=6)
+    for sub in ("images", "labels"):  # names of its own (a namesake would be left out by its id)
+        for p in (test / sub).iterdir():
+            p.rename(p.with_name("t" + p.name))
+    write_image(data / "images" / "extra.tif", read_image(test / "images" / "tsynth_0005.tif"))  # unlabeled
+    cfg = _cfg(data, tmp_path / "run", {"enabled": True})
+    cfg.data.test, cfg.data.test_fraction = test, 0.0
+    seen = {}
+
+    def spy(cfg, samples, *args):
+        seen["pool"] = [s.id for s in samples]
+        raise _Stop
+
+    monkeypatch.setattr(ft, "_unlabeled_pool", spy)
+    with (
+        pytest.warns(
+            UserWarning, match="extra.tif \\(same pixels as test image .*test/images/tsynth_0005.tif"
+        ),
+        pytest.raises(_Stop),
+    ):
+        ft.finetune(cfg, progress=False)
+    assert seen["pool"] and "extra" not in seen["pool"]

@@ -227,22 +227,19 @@ def test_only_the_owner_stores_a_result_and_dead_runners_are_replaced(tmp_path):
     assert store.rows(keys)[0]["metrics"] == {"x": 2} and store.rows(keys)[0]["attempts"] == 2
 
 
-def test_sync_redoes_jobs_whose_settings_changed(tmp_path):
+def test_a_changed_pretraining_names_the_done_cells_it_feeds_and_spares_the_others(tmp_path):
     store, jobs = _store_with_jobs(tmp_path)
     keys = [j.key for j in jobs]
-    row = store.claim("a", keys)
-    store.finish(row["key"], "a", {}, {"total": 1}, {})
-    changed = expand(
-        _study(
-            tmp_path,
-            encoder_states=["finetuned"],
-            seeds=[0],
-            label_fractions=[0.5],
-            pretrain={"train": {"epochs": 99}},
-        )
-    )
-    assert store.sync(changed)["changed"] == 4  # both pretrainings and the cell each one feeds
-    assert store.rows([row["key"]])[0]["status"] == "pending"
+    while (row := store.claim("a", keys)) is not None:
+        store.finish(row["key"], "a", {"aji": 0.5}, {"total": 1}, {})
+    changed = expand(_study(tmp_path, pretrain={"train": {"epochs": 99}}))
+    report = store.sync(changed)
+    random_cells = [k for k in keys if k.split("/")[1] == "random"]
+    assert report.changed and not set(random_cells) & set(report.changed)
+    simclr_cell = next(k for k in keys if k.split("/")[1] == "simclr")
+    assert report.changed[simclr_cell] == ["pretraining.train.epochs"]
+    assert report.changed["synth/pretrain/simclr"] == ["train.epochs"]
+    assert all(r["status"] == "done" for r in store.rows(keys))  # nothing is redone unless asked
 
 
 def _claim_all(path: str, keys: list[str], name: str, out: str, start: Any) -> None:

@@ -86,16 +86,33 @@ def test_both_stores_claim_in_order_wait_for_pretraining_and_keep_one_result(tmp
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "files"])
-def test_both_stores_redo_a_job_whose_settings_changed(tmp_path, backend):
+def test_both_stores_keep_a_changed_result_until_asked_then_move_it_aside(tmp_path, backend):
     store, jobs = _synced(tmp_path, backend)
     keys = [j.key for j in jobs]
     with store:
         row = store.claim("a", keys)
-        assert store.finish(row["key"], "a", {}, {"total": 1}, {})
+        assert store.finish(row["key"], "a", {"aji": 0.5}, {"total": 1}, {})
         changed = expand(_study(tmp_path, store=backend, pretrain={"train": {"epochs": 99}}))
-        assert store.sync(changed)["changed"] == 4  # both pretrainings and the cell each one feeds
+        report = store.sync(changed)
+        # the done pretraining keeps its result, named with the setting that changed; the rest had none
+        assert report.changed == {row["key"]: ["train.epochs"]} and report.updated == 3
+        (kept,) = store.rows([row["key"]])
+        assert (
+            kept["status"] == "done"
+            and kept["metrics"] == {"aji": 0.5}
+            and kept["changed"] == ["train.epochs"]
+        )
+        assert store.claim("b", [row["key"]]) is None
+        assert store.sync(changed).superseded == []  # nothing moves without being asked
+        report = store.sync(changed, rerun_changed=True)
+        (entry,) = report.superseded
+        assert entry["key"] == row["key"] and entry["changed"] == ["train.epochs"]
+        assert entry["moved_to"].startswith(str(tmp_path / "study" / "superseded"))
+        (old,) = store.superseded()
+        assert old["metrics"] == {"aji": 0.5} and old["config"]["train"]["epochs"] != 99
+        assert old["changed"] == ["train.epochs"]
         assert store.rows([row["key"]])[0]["status"] == "pending"
-        again = store.claim("b", keys)  # at once: the old claim was on the old settings
+        again = store.claim("b", keys)  # at once: pending, started afresh
         assert again["key"] == row["key"] and again["resumed"] is False
         assert again["config"]["train"]["epochs"] == 99
 
@@ -179,7 +196,7 @@ def _fake_job(log: Path, store_root: Path, hang: str | None = None):
     """A job that logs who ran it, checks that its pretraining was done first, and takes a moment (or,
     for the key `hang`, forever: the process is killed in it)."""
 
-    def run_job(row: dict[str, Any], progress: bool = False) -> tuple[dict, dict, dict]:
+    def run_job(row: dict[str, Any], progress: bool = False, fence: Any = None) -> tuple[dict, dict, dict]:
         dep_ok = True
         if row["depends_on"]:
             dep = FileStore(store_root, create=False).rows([row["depends_on"]])[0]
@@ -270,7 +287,7 @@ def test_a_killed_runners_job_is_finished_by_another_while_sqlite_is_read_only(t
     resumed: list[bool] = []
     fake = _fake_job(log, out / "store")
 
-    def run_job(row: dict, progress: bool = False) -> tuple[dict, dict, dict]:
+    def run_job(row: dict, progress: bool = False, fence: Any = None) -> tuple[dict, dict, dict]:
         resumed.append(row["resumed"])
         return fake(row, progress)
 
@@ -358,7 +375,7 @@ def test_a_stopped_runner_leaves_its_job_to_the_next_at_once(tmp_path, monkeypat
     store.close()
     study = _study(tmp_path, store=backend)
 
-    def interrupted(row: dict, progress: bool = False) -> tuple:
+    def interrupted(row: dict, progress: bool = False, fence: Any = None) -> tuple:
         raise KeyboardInterrupt  # as Ctrl-C, or Lightning's SIGTERM handling at a SLURM time limit
 
     monkeypatch.setattr(runner, "run_job", interrupted)

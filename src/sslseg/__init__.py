@@ -1,14 +1,15 @@
 """sslseg: annotation-efficient biomedical image segmentation.
 
-The Python API is five steps, each importable from the package and called like a function:
+The Python API is six steps, each importable from the package and called like a function:
 
-    from sslseg import pretrain, finetune, evaluate, predict, export
+    from sslseg import pretrain, finetune, evaluate, predict, export, select
 
     pretrain(cfg: PretrainConfig) -> PretrainResult            # sslseg.pretrain.pretrain
     finetune(cfg: FinetuneConfig) -> FinetuneResult            # sslseg.finetune.finetune
     evaluate(checkpoint, data) -> dict[str, float]             # sslseg.evaluate.evaluate_checkpoint
     predict(checkpoint, inputs, out_dir) -> PredictReport      # sslseg.predict.predict_files
     export(checkpoint, out) -> ExportResult                    # sslseg.export.export_model
+    select(pool, budget, out) -> Selection                     # sslseg.select.select
 
 Each name is the module of its step (so `sslseg.finetune.tune_run` and the like stay reachable), made
 callable: calling it runs the function named above, with that function's signature and arguments. The
@@ -32,6 +33,7 @@ API: dict[str, str] = {
     "evaluate": "evaluate_checkpoint",
     "predict": "predict_files",
     "export": "export_model",
+    "select": "select",
 }
 
 

@@ -416,6 +416,77 @@ def export(
     typer.echo(json.dumps(result.as_dict(), indent=2))
 
 
+@app.command("select")
+def select_command(
+    pool: Path,
+    budget: Annotated[int, typer.Option(help="how many images (regions) to propose")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the proposal (outside the pool)")],
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            help="typiclust (default), probcover, kcenter, random; uncertainty (the default with --model)"
+        ),
+    ] = None,
+    features: Annotated[
+        str,
+        typer.Option(
+            help="descriptors (seven image statistics), random, imagenet, an encoder.safetensors (or its "
+            "pretrain folder) or a fine-tuned checkpoint, whose encoder's pooled embedding is used"
+        ),
+    ] = "descriptors",
+    encoder: Annotated[str | None, typer.Option(help="architecture of random/imagenet features")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="fine-tuned checkpoint: weigh its TTA disagreement with diversity")
+    ] = None,
+    region: Annotated[
+        int | None, typer.Option(help="propose non-overlapping SIZE×SIZE px regions instead of whole images")
+    ] = None,
+    annotated: Annotated[
+        list[Path] | None,
+        typer.Option(help="an earlier proposal whose labelled images count as annotated (repeatable)"),
+    ] = None,
+    heldout: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="a test set (folder): copies of its images in the pool are never proposed (repeatable)"
+        ),
+    ] = None,
+    seed: int = 0,
+    layout: str = "auto",
+    mask_suffix: str | None = None,
+    scale: Annotated[
+        float | None, typer.Option(help="working scale for encoder features (default: the encoder's run)")
+    ] = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Propose which images of POOL to annotate next (images that have a label already are never proposed):
+    writes OUT/images, an empty OUT/labels to fill, to_annotate.csv and contact_sheet.png."""
+    from sslseg.select import select
+
+    result = select(
+        pool,
+        budget,
+        out,
+        strategy=strategy,
+        features=features,
+        encoder=encoder,
+        model=model,
+        region=region,
+        annotated=annotated or [],
+        heldout=heldout or [],
+        seed=seed,
+        layout=layout,
+        mask_suffix=mask_suffix,
+        scale=scale,
+        device=device,
+    )
+    typer.echo(
+        f"proposed {len(result.rows)} of {result.candidates} unannotated {'regions' if region else 'images'} "
+        f"({result.annotated} annotated) into {out}: {result.csv.name}, {result.contact_sheet.name}; put "
+        f"each label into {out / 'labels'} named after its image, and `sslseg data verify {out}` counts them"
+    )
+
+
 study_app = typer.Typer(no_args_is_help=True, help="Run a study: pretrainings × label fractions × seeds.")
 app.add_typer(study_app, name="study")
 
@@ -430,6 +501,14 @@ def study_run(
         bool, typer.Option("--dry-run", help="list the jobs and their estimated cost")
     ] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="write the report at the end")] = True,
+    rerun_changed: Annotated[
+        bool,
+        typer.Option(
+            "--rerun-changed",
+            help="run again the finished jobs whose settings changed (their old results are moved aside, "
+            "still readable); without it they keep their results",
+        ),
+    ] = False,
     set_: SetOption = None,
 ) -> None:
     """Run every job of a study that is not done yet (resumable; several runners may share one study)."""
@@ -443,7 +522,7 @@ def study_run(
 
         typer.echo(dry_run_table(study))
         return
-    summary = run_study(study, workers=workers)
+    summary = run_study(study, workers=workers, rerun_changed=rerun_changed)
     c = summary.counts
     typer.echo(
         f"study '{study.name}': {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} left "
@@ -465,7 +544,7 @@ def study_status(study_dir: Path) -> None:
     import time
 
     from sslseg.config import read_yaml_mapping
-    from sslseg.study.store import read_rows
+    from sslseg.study.store import read_rows, read_superseded
 
     spec = study_dir / "study.yaml"
     backend = read_yaml_mapping(spec, "study file").get("store", "auto") if spec.is_file() else "auto"
@@ -481,6 +560,19 @@ def study_status(study_dir: Path) -> None:
             typer.echo(f"  running {r['key']}: {r['runner']} on {r['host']}{beat}")
         elif r["status"] == "failed":
             typer.echo(f"  failed {r['key']}: {r['error']}")
+        if r.get("changed"):
+            typer.echo(
+                f"  changed {r['key']}: its result was made before {', '.join(r['changed'])} changed "
+                "(`study run --rerun-changed` redoes it)"
+            )
+    for old in read_superseded(study_dir, backend=backend):
+        metrics = ", ".join(
+            f"{k} {v:.3f}" for k, v in (old.get("metrics") or {}).items() if isinstance(v, float)
+        )
+        typer.echo(
+            f"  superseded {old['key']} ({', '.join(old.get('changed') or [])} changed): {metrics or 'no metrics'}; "
+            f"folder {old.get('moved_to')}"
+        )
 
 
 @study_app.command("slurm")
@@ -489,6 +581,14 @@ def study_slurm(
     tasks: Annotated[int, typer.Option(help="array tasks (one GPU each)")] = 8,
     hours: Annotated[float, typer.Option(help="time limit per task")] = 24.0,
     out: Annotated[Path | None, typer.Option(help="script file (default: print it)")] = None,
+    rerun_changed: Annotated[
+        bool,
+        typer.Option(
+            "--rerun-changed",
+            help="run again the finished jobs whose settings changed (their old results are moved aside, "
+            "still readable); without it they keep their results",
+        ),
+    ] = False,
     set_: SetOption = None,
 ) -> None:
     """Write a SLURM array-job script whose tasks claim jobs from the study's store (by default a folder of
@@ -506,7 +606,7 @@ def study_slurm(
             err=True,
             fg=typer.colors.YELLOW,
         )
-    prepare(study)  # splits and the job table exist before any task starts
+    prepare(study, rerun_changed)  # splits and the job table exist before any task starts
     script = slurm_script(study_file, study, tasks, hours, set_ or [])
     if out is None:
         typer.echo(script)

@@ -12,12 +12,12 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sslseg.data.splits import Validation
 from sslseg.data.targets import DEFAULT_INSTANCE_HEAD, ObjectBalance, instance_target_layout
 from sslseg.errors import ConfigError
 
 # the names of sslseg.segmentation.tasks.TASKS, which this floor cannot import (tests/test_tasks.py keeps them equal)
 Task = Literal["semantic", "instance"]
-Validation = Literal["budget", "fixed"]  # where a run's validation images come from (data/splits.py)
 M = TypeVar("M", bound=BaseModel)
 
 

@@ -29,6 +29,7 @@ from sslseg.data.datasets import (
     load_heldout,
     load_samples,
 )
+from sslseg.data.heldout import HeldoutIndex, drop_heldout
 from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.splits import LabelBudget, assign_budget, dataset_split, load_split, save_split
 from sslseg.errors import ConfigError, DataError
@@ -47,6 +48,9 @@ from sslseg.segmentation.pseudo_labels import pseudo_label
 from sslseg.segmentation.tasks import task_named
 from sslseg.segmentation.tuning import tune_postprocess
 from sslseg.trainer import build_trainer, check_trainer_settings
+
+TEACHER = "teacher"  # self-training: the teacher's run folder inside the student's
+PSEUDO_LABELS = "pseudo_labels"  # self-training: one file per pseudo-labelled image, for resuming
 
 
 @dataclass
@@ -111,6 +115,46 @@ def resolve_splits(cfg: FinetuneConfig, samples: list[Sample]) -> LabelBudget:
     )
 
 
+def can_resume(output: str | Path) -> bool:
+    """Whether the run folder `output` holds state that `finetune(cfg, resume=True)` continues: the run's
+    last checkpoint, or, for self-training, its teacher's (finished, or saved after an epoch)."""
+    out = Path(output)
+    teacher = out / TEACHER
+    return any(
+        p.is_file()
+        for p in (
+            out / "checkpoints" / "last.ckpt",
+            teacher / "result.json",
+            teacher / "checkpoints" / "last.ckpt",
+        )
+    )
+
+
+def _prepare_output(cfg: FinetuneConfig, out: Path, resume: bool) -> tuple[Path, bool]:
+    """Check the run folder (`prepare_run_dir`, and for self-training its teacher's too). Returns the last
+    checkpoint and whether training continues from it: a self-training run resumed before its student's
+    first epoch ended continues its teacher or its pseudo-labels, and its student starts afresh."""
+    if not (cfg.semi.enabled and cfg.semi.method == "self_training"):
+        return prepare_run_dir(out, resume), resume
+    if resume and not can_resume(out):
+        raise ConfigError(
+            f"--resume: no checkpoint to resume from at {out / 'checkpoints' / 'last.ckpt'}, and the "
+            f"self-training teacher in {out / TEACHER} neither finished nor saved one"
+        )
+    if not resume and any((out / TEACHER / "checkpoints").glob("*.ckpt")):
+        raise ConfigError(
+            f"{out} already holds checkpoints of an earlier run (its self-training teacher's): continue it "
+            "with --resume, or choose another output folder (or delete this one)"
+        )
+    student_started = resume and (out / "checkpoints" / "last.ckpt").is_file()
+    if resume and not student_started:  # nothing of the student's to check: it has not saved an epoch
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in (out / "checkpoints").glob(".*.tmp*"):  # a write cut off by a kill (see atomic_path)
+            stale.unlink(missing_ok=True)
+        return out / "checkpoints" / "last.ckpt", False
+    return prepare_run_dir(out, resume), resume
+
+
 def finetune(
     cfg: FinetuneConfig,
     resume: bool = False,
@@ -118,11 +162,12 @@ def finetune(
     callbacks: list[L.Callback] | None = None,
 ) -> FinetuneResult:
     """Run one fine-tuning job end to end; outputs go to `cfg.output` (resolved config saved first).
-    `callbacks` are added to the trainer's own (e.g. a step timer)."""
+    `resume` continues a killed run (see `can_resume`), self-training in any of its phases; `callbacks`
+    are added to the trainer's own (e.g. a step timer)."""
     if cfg.data.train is None:
         raise ConfigError("data.train is not set: give the training dataset folder")
     out = Path(cfg.output)
-    last = prepare_run_dir(out, resume)
+    last, resume_fit = _prepare_output(cfg, out, resume)
     write_text(out / "config.yaml", to_yaml(cfg))
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     check_trainer_settings(cfg.train)
@@ -157,8 +202,12 @@ def finetune(
     module.val_samples = val_set
     initial_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
     semi_method = cfg.semi.method if cfg.semi.enabled else None
+    test_samples = _test_samples(cfg, split, by_id)
+    unlabeled, n_excluded = (
+        _unlabeled_samples(cfg, budget, by_id, test_samples, progress) if semi_method else ([], 0)
+    )
     pool = (
-        _unlabeled_pool(cfg, budget, by_id, channels, train_set, progress)
+        _unlabeled_pool(cfg, unlabeled, channels, train_set, progress)
         if semi_method == "mean_teacher"
         else []
     )
@@ -169,7 +218,7 @@ def finetune(
     self_training: dict[str, Any] = {}
     if semi_method == "self_training":
         pseudo_set, self_training = _self_training(
-            cfg, budget, by_id, channels, module, out, resume, progress
+            cfg, budget, unlabeled, channels, module, out, resume, progress
         )
         if pseudo_set:  # the labelled images keep their share of the crops however many pseudo-labels join
             share = cfg.semi.labelled_share
@@ -209,14 +258,14 @@ def finetune(
         cfg.train,
         out,
         callbacks=[*own, *(callbacks or [])],
-        logger=run_loggers(out, resume),
+        logger=run_loggers(out, resume_fit),
         progress=progress,
         log_every_n_steps=min(10, cfg.train.steps_per_epoch),
     )
     t0 = time.perf_counter()
     inference = ("inference.batch_size", cfg.inference.batch_size)
     with explain_out_of_memory("train.batch_size", cfg.train.batch_size, inference=inference):
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume_fit else None)
     # self-training's teacher and pseudo-labelling are fine-tuning work too
     fit_s = time.perf_counter() - t0 + self_training.get("teacher_fit_seconds", 0.0)
     fit_s += self_training.get("pseudo_label_seconds", 0.0)
@@ -231,7 +280,6 @@ def finetune(
     if task_named(d.task).tunes_postprocessing and cfg.postprocess.tune and val_set:
         tuning = tune_checkpoint(stable_best, val_set)
     t1 = time.perf_counter()
-    test_samples = _test_samples(cfg, split, by_id)
     test_mean = _score_test(out, stable_best, test_samples, channels, progress)
     summary = {
         "sslseg_version": sslseg.__version__,
@@ -246,6 +294,7 @@ def finetune(
         "n_unlabeled_used": len(pool) if pool else self_training.get("pseudo_kept", 0),
         "n_val": len(val_set),
         "n_unlabeled": len(budget.unlabeled),  # images of the dataset the run saw no label of, test excluded
+        "unlabeled_excluded_as_test_images": n_excluded,  # copies of test images in the unlabeled pool
         "n_test": len(test_samples),
         "checkpoint": "best validation score" if val_set else "last epoch (no validation images)",
         "best_val_score": float(best_cb.best_model_score) if best_cb.best_model_score is not None else None,
@@ -284,27 +333,42 @@ def _load_training(
     )
 
 
-def _unlabeled_samples(cfg: FinetuneConfig, budget: LabelBudget, by_id: dict[str, Sample]) -> list[Sample]:
+def _unlabeled_samples(
+    cfg: FinetuneConfig,
+    budget: LabelBudget,
+    by_id: dict[str, Sample],
+    test_samples: list[Sample],
+    progress: bool,
+) -> tuple[list[Sample], int]:
     """The images semi-supervised fine-tuning may learn from without labels: the run's unlabeled pool
     (images without labels, and labelled ones outside the budget, whose labels are never read) and
-    `semi.unlabeled`; never a validation or test image."""
+    `semi.unlabeled`; never a validation or test image, nor a copy of a test image (same sample id or
+    same pixels, left out with a warning naming both files, as pretraining does). Returns them and how
+    many copies of test images were left out."""
     held_out = set(budget.val) | set(budget.test)
     samples = [by_id[i] for i in budget.unlabeled if i not in held_out]
     if cfg.semi.unlabeled is not None:
         samples += find_samples(cfg.semi.unlabeled, layout="unlabeled")
+    found = len(samples)
+    if samples and test_samples:
+        index = HeldoutIndex().add(test_samples, progress)
+        samples, _ = drop_heldout(
+            samples, None, index, what="unlabeled image", allow_empty=True, progress=progress
+        )
     if not samples:
         warnings.warn(
             "semi.enabled but there are no unlabeled images (the budget holds every labelled image, none is "
-            "without a label, and semi.unlabeled is not set): fine-tuning is supervised only",
-            stacklevel=3,
+            "without a label, and semi.unlabeled is not set or holds only copies of test images): "
+            "fine-tuning is supervised only",
+            stacklevel=2,
         )
-    return samples
+    return samples, found - len(samples)
 
 
 def _self_training(
     cfg: FinetuneConfig,
     budget: LabelBudget,
-    by_id: dict[str, Sample],
+    samples: list[Sample],
     channels: int,
     student: SegmentationModule,
     out: Path,
@@ -313,7 +377,9 @@ def _self_training(
 ) -> tuple[list[LoadedSample], dict[str, Any]]:
     """Self-training's first half: fine-tune a teacher on the labelled images alone (in `out/teacher`, the
     same budget and schedule), start `student` from its weights, and pseudo-label up to
-    `semi.pseudo_images` unlabeled images with it. Returns the kept pseudo-labelled images, loaded as
+    `semi.pseudo_images` of the unlabeled `samples` with it (each image's result kept in
+    `out/pseudo_labels`). With `resume` a finished teacher is reused and a killed one continued, and
+    images already pseudo-labelled are read back. Returns the kept pseudo-labelled images, loaded as
     training images, and what it did (for result.json)."""
     t = cfg.train
     if t.num_nodes > 1 or t.strategy.startswith("ddp") or (isinstance(t.devices, int) and t.devices > 1):
@@ -321,9 +387,9 @@ def _self_training(
             "semi.method self_training runs in one process (a teacher run, then the student's): set "
             "train.devices 1 and train.num_nodes 1, or use semi.method mean_teacher"
         )
-    folder = out / "teacher"
+    folder = out / TEACHER
     t0 = time.perf_counter()
-    if resume and (folder / "result.json").is_file():  # the student had started: its teacher is done
+    if resume and (folder / "result.json").is_file():  # the teacher finished before the kill
         teacher_summary = json.loads((folder / "result.json").read_text())
     else:
         teacher_cfg = cfg.model_copy(
@@ -333,13 +399,19 @@ def _self_training(
         teacher_summary = finetune(teacher_cfg, resume=teacher_resume, progress=progress).summary
     teacher = load_model(folder / "best.ckpt")
     student.load_state_dict(teacher.state_dict())
-    samples = _unlabeled_samples(cfg, budget, by_id)
     if len(samples) > cfg.semi.pseudo_images:
         chosen = np.random.default_rng(t.seed).choice(len(samples), cfg.semi.pseudo_images, replace=False)
         samples = [samples[i] for i in sorted(chosen)]
     t1 = time.perf_counter()
     kept, sureness = pseudo_label(
-        teacher, samples, cfg.data, channels, cfg.semi.confidence, cfg.semi.pseudo_keep, progress
+        teacher,
+        samples,
+        cfg.data,
+        channels,
+        cfg.semi.confidence,
+        cfg.semi.pseudo_keep,
+        progress,
+        folder=out / PSEUDO_LABELS,
     )
     pseudo_set, _ = _load_training(cfg, kept, channels, progress) if kept else ([], channels)
     info = {
@@ -363,17 +435,15 @@ def _self_training(
 
 def _unlabeled_pool(
     cfg: FinetuneConfig,
-    budget: LabelBudget,
-    by_id: dict[str, Sample],
+    samples: list[Sample],
     channels: int,
     train_set: list[LoadedSample],
     progress: bool,
 ) -> list[np.ndarray]:
-    """The mean teacher's unlabeled images (`_unlabeled_samples`), prepared as training images are. With
+    """The mean teacher's unlabeled `samples` (`_unlabeled_samples`), prepared as training images are. With
     `data.object_size` they are resized by the median factor of the labelled images (unlabeled images have no objects to measure), with
     `data.object_size_um` by their own pixel size."""
     d = cfg.data
-    samples = _unlabeled_samples(cfg, budget, by_id)
     if not samples:
         return []
     scale = d.scale

@@ -17,6 +17,7 @@ from torch import nn
 
 from sslseg.atomic import atomic_path, write_json
 from sslseg.errors import ConfigError, DataError
+from sslseg.nn.unet import build_encoder
 
 UNET_DECODER = "unet-decoder"
 # A module may carry a dict under this attribute (see `describe_unet_decoder`); `save_encoder` merges it
@@ -166,3 +167,24 @@ def load_decoder(
             )
     _load_strict(decoder, path, "decoder")
     return meta
+
+
+def encoder_from_weights(
+    path: str | Path, encoder_name: str | None = None, in_channels: int | None = None
+) -> nn.Module:
+    """A pretrained encoder from `encoder.safetensors` (or its folder), loaded strictly into a fresh encoder
+    of that architecture; name and channels default to the weights' sidecar. On the CPU."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "encoder.safetensors"
+    meta = read_metadata(path) if path.is_file() else {}
+    encoder_name = encoder_name or meta.get("encoder")
+    in_channels = in_channels or (int(meta["in_channels"]) if meta.get("in_channels") else None)
+    if not encoder_name or not in_channels:
+        raise ConfigError(
+            f"{path}: the sidecar does not say the encoder name and input channels; pass encoder_name "
+            "and in_channels"
+        )
+    encoder = build_encoder(encoder_name, in_channels)
+    load_encoder(encoder, path, encoder_name, in_channels)
+    return encoder.eval()

@@ -20,12 +20,14 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from sslseg.atomic import write_json
-from sslseg.config import Validation
 from sslseg.errors import ConfigError, DataError
+
+Validation = Literal["budget", "fixed"]  # where a run's validation images come from (see above)
 
 # below this many annotated images, one of them is worth more as a training image than as a noisy
 # validation score (epoch choice and thresholds from one or two images); the run trains a fixed schedule

@@ -3,6 +3,7 @@ supported layout to plain image/label TIFF pairs."""
 
 from __future__ import annotations
 
+import csv
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import numpy as np
 
 from sslseg.data.io import read_image, write_image, write_label
 from sslseg.data.layouts import LabelFile, MonusegXml, ObjectMaskFolder, Sample, find_samples, scan_samples
+from sslseg.data.layouts.pairs import PROPOSALS_FILE  # as labels arrive, verify shows the budget filling
 from sslseg.errors import DataError
 
 Severity = Literal["error", "warning"]
@@ -45,6 +47,8 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     labelled: list[Path] = field(default_factory=list)  # images with a label (what fine-tuning can use)
     unlabeled: list[Path] = field(default_factory=list)  # images without one: the unlabeled pool
+    proposed: list[str] = field(default_factory=list)  # names in PROPOSALS_FILE, when the folder has one
+    proposed_done: list[str] = field(default_factory=list)  # those of them that have a label now
 
     def add(self, path: str | Path, message: str, severity: Severity = "error") -> None:
         self.problems.append(Problem(Path(path), message, severity))
@@ -79,6 +83,12 @@ class VerifyReport:
             more = ", …" if n_unl > _SHOW_NAMES else ""
             line += f" (for pretraining; e.g. {names}{more})"
         lines.append(line)
+        if self.proposed:
+            todo = [n for n in self.proposed if n not in set(self.proposed_done)]
+            line = f"BUDGET  {len(self.proposed_done)} of {len(self.proposed)} proposed images annotated"
+            if todo:
+                line += f"; to do: {', '.join(todo[:_SHOW_NAMES])}{', …' if len(todo) > _SHOW_NAMES else ''}"
+            lines.append(line)
         verdict = "OK" if self.ok else "NOT OK"
         lines.append(
             f"{verdict}: {self.root}: {self.n_checked} of {self.n_samples} samples checked "
@@ -121,6 +131,7 @@ def verify_dataset(
     report.n_samples = len(scan.samples)
     report.labelled = [s.image for s in scan.samples if s.label is not None]
     report.unlabeled = [s.image for s in scan.samples if s.label is None]
+    _read_proposal(report, {s.id for s in scan.samples if s.label is not None})
     if scan.samples and not report.labelled and scan.layout != "unlabeled":
         msg = f"none of the {len(scan.samples)} images has a label: fine for pretraining, nothing to fine-tune on"
         report.add(report.root, msg, "warning")
@@ -150,6 +161,20 @@ def verify_dataset(
     _report_mix(report, dtypes, "data types", str)
     report.task = _check_values(report, labels, task)
     return report
+
+
+def _read_proposal(report: VerifyReport, labelled_ids: set[str]) -> None:
+    """The names `sslseg select` proposed in this folder, and which of them have a label now."""
+    path = report.root / PROPOSALS_FILE
+    if not path.is_file():
+        return
+    try:
+        names = [row["name"] for row in csv.DictReader(path.read_text().splitlines())]
+    except (OSError, KeyError, csv.Error) as exc:
+        report.add(path, f"unreadable proposal ({exc}); expected the CSV `sslseg select` writes", "warning")
+        return
+    report.proposed = names
+    report.proposed_done = [n for n in names if n in labelled_ids]
 
 
 def _check_label(sample: Sample, shape: tuple[int, int] | None, report: VerifyReport) -> _LabelInfo | None:

@@ -4,6 +4,8 @@ pretrained on it transfer 1:1 into the U-Net."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import segmentation_models_pytorch as smp
 import torch
@@ -71,6 +73,20 @@ def freeze(module: nn.Module) -> None:
     """Stop gradients and BatchNorm statistic updates in a module (a frozen encoder is fully frozen)."""
     module.requires_grad_(False)
     module.eval()
+
+
+@contextmanager
+def evaluating(*modules: nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients for the block; each module's former train/eval mode is restored after."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in zip(modules, modes, strict=True):
+            m.train(mode)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

@@ -276,7 +276,13 @@ def dry_run_table(study: StudyConfig, only: list[str] | None = None) -> str:
         except ConfigError:
             rows = []  # the store the study names is not there yet: nothing has run
     status = {r["key"]: r["status"] for r in rows}
-    stored_hash = {r["key"]: r["config_hash"] for r in rows}
+    changed = {r["key"] for r in rows if r.get("changed")}
+    if rows:  # a done job whose settings changed since (equivalent settings, e.g. after an upgrade, do not)
+        from sslseg.study.identity import differences
+        from sslseg.study.store import legacy_identities
+
+        stored = legacy_identities(rows)
+        changed |= {j.key for j in jobs if j.key in stored and differences(stored[j.key], j.identity)}
     # pretraining epochs without a step count are one pass over the images
     n_images = {
         d.name: len(
@@ -289,7 +295,7 @@ def dry_run_table(study: StudyConfig, only: list[str] | None = None) -> str:
     todo = 0.0
     for j in jobs:
         st = status.get(j.key, "new")
-        if st == "done" and stored_hash.get(j.key) != j.hash:
+        if st == "done" and j.key in changed:
             st = "changed"
         if st != "done":
             todo += seconds[j.key]

@@ -7,8 +7,7 @@ on the device the model's parameters are on; results come back as numpy arrays o
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -16,25 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from sslseg.errors import ConfigError
 from sslseg.evaluate import load_model
 from sslseg.metrics.embeddings import linear_cka, rbf_cka
-from sslseg.nn.unet import build_encoder, encoder_of
-from sslseg.weights import load_encoder, read_metadata
-
-
-@contextmanager
-def evaluating(*modules: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients for the block; each module's former train/eval mode is restored after."""
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, mode in zip(modules, modes, strict=True):
-            m.train(mode)
+from sslseg.nn.unet import encoder_of, evaluating
+from sslseg.weights import (
+    encoder_from_weights as encoder_from_weights,  # moved to weights; kept importable here
+)
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -48,27 +34,6 @@ def encoder_from_checkpoint(path: str | Path, device: str = "auto") -> nn.Module
     """The encoder of a fine-tuned run (its `best.ckpt`, or the run folder), to probe what fine-tuning
     made of it; on the GPU when one is available unless `device` says otherwise."""
     return encoder_of(load_model(path, device).net).eval()
-
-
-def encoder_from_weights(
-    path: str | Path, encoder_name: str | None = None, in_channels: int | None = None
-) -> nn.Module:
-    """A pretrained encoder from `encoder.safetensors` (or its folder), loaded strictly into a fresh encoder
-    of that architecture; name and channels default to the weights' sidecar. On the CPU."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "encoder.safetensors"
-    meta = read_metadata(path) if path.is_file() else {}
-    encoder_name = encoder_name or meta.get("encoder")
-    in_channels = in_channels or (int(meta["in_channels"]) if meta.get("in_channels") else None)
-    if not encoder_name or not in_channels:
-        raise ConfigError(
-            f"{path}: the sidecar does not say the encoder name and input channels; pass encoder_name "
-            "and in_channels"
-        )
-    encoder = build_encoder(encoder_name, in_channels)
-    load_encoder(encoder, path, encoder_name, in_channels)
-    return encoder.eval()
 
 
 # ----------------------------------------------------------------------------------------------- features

@@ -9,21 +9,17 @@ HTML and Markdown.
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from sslseg.atomic import write_json, write_text  # noqa: E402
-from sslseg.study.analyze import (  # noqa: E402
+from sslseg.atomic import write_json, write_text
+from sslseg.study.analyze import (
     PAIRED_MEANING,
     Analysis,
     DatasetAnalysis,
@@ -32,7 +28,8 @@ from sslseg.study.analyze import (  # noqa: E402
     count_text,
     format_p,
 )
-from sslseg.study.sections import (  # noqa: E402
+from sslseg.study.figures import png_base64
+from sslseg.study.sections import (
     Block,
     Code,
     Figure,
@@ -43,20 +40,13 @@ from sslseg.study.sections import (  # noqa: E402
     render_html,
     render_markdown,
 )
-from sslseg.study.spec import BASELINE  # noqa: E402
+from sslseg.study.spec import BASELINE
 
 
 def _fmt(x: Any, spec: str = ".3f") -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
     return format(x, spec)
-
-
-def png_base64(fig: plt.Figure) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _colours(names: list[str]) -> dict[str, Any]:
@@ -402,6 +392,33 @@ def dataset_sections(name: str, ds: DatasetAnalysis) -> list[Section]:
     return sections
 
 
+def earlier_settings_section(rows: list[Any], superseded: list[dict[str, Any]]) -> Section | None:
+    """The results that were made with other settings than the study's now: done cells kept although a
+    setting changed (they count in the analysis above) and results moved aside by `--rerun-changed` (they do
+    not), each with the settings that changed; None when there are none."""
+    table = []
+    for r in rows:
+        if r.changed and r.status == "done":
+            score = ", ".join(f"{k} {_fmt(v)}" for k, v in (r.metrics or {}).items() if isinstance(v, float))
+            table.append([r.key, ", ".join(r.changed), "kept, in the analysis", score[:60], ""])
+    for old in superseded:
+        metrics = old.get("metrics") or {}
+        score = ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if isinstance(v, float))
+        table.append(
+            [old["key"], ", ".join(old.get("changed") or []), "moved aside", score[:60], old["moved_to"]]
+        )
+    if not table:
+        return None
+    note = Text(
+        "These results were made before the settings named here changed. `sslseg study run --rerun-changed` "
+        "runs the kept ones again; results moved aside stay in their folders, out of the analysis.",
+        note=True,
+    )
+    return Section(
+        "Results of earlier settings", [note, Table(["job", "changed", "where", "scores", "folder"], table)]
+    )
+
+
 def write_report(
     out: Path,
     study_name: str,
@@ -409,6 +426,7 @@ def write_report(
     representation: dict[str, dict[str, Any]] | None = None,
     settings_yaml: str = "",
     footer: str = "",
+    earlier: Section | None = None,
 ) -> dict[str, Path]:
     """Write report.html, report.md and the CSV tables into `out`; returns their paths. The analysis is
     `analyze`'s result, typed or in its JSON form."""
@@ -426,6 +444,8 @@ def write_report(
     for name, ds in datasets.items():
         sections += dataset_sections(name, ds)
         sections += representation_sections(representation.get(name, {}))
+    if earlier is not None:
+        sections.append(earlier)
     sections.append(Section("Settings", [Code(settings_yaml), Text(footer, note=True)]))
     title = f"Study “{study_name}”"
     paths = {"html": out / "report.html", "markdown": out / "report.md"}
@@ -446,7 +466,7 @@ def report_study(
     from sslseg.errors import ConfigError
     from sslseg.study.analyze import analyze
     from sslseg.study.spec import StudyConfig, expand
-    from sslseg.study.store import JobRow, existing_backend, read_rows
+    from sslseg.study.store import JobRow, existing_backend, read_rows, read_superseded
 
     folder = Path(study_dir)
     if not (folder / "study.yaml").is_file() or existing_backend(folder) is None:
@@ -471,4 +491,5 @@ def report_study(
     done = [r for r in rows if r.status == "done"]
     seconds = sum(r.total_seconds for r in done)
     footer = f"{len(done)}/{len(rows)} jobs done, {seconds / 60:.1f} min of compute in total; sslseg {sslseg.__version__}."
-    return write_report(folder / "report", study.name, analysis, rep, to_yaml(study), footer)
+    earlier = earlier_settings_section(rows, read_superseded(folder, study.store))
+    return write_report(folder / "report", study.name, analysis, rep, to_yaml(study), footer, earlier)

@@ -97,7 +97,7 @@ def _examples_png(modules: dict[str, Any], samples: list[LoadedSample], task: st
     import matplotlib.pyplot as plt
     from skimage.color import label2rgb
 
-    from sslseg.study.report import png_base64
+    from sslseg.study.figures import png_base64
 
     names = list(modules)
     fig, axes = plt.subplots(

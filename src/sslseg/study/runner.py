@@ -4,11 +4,14 @@ Each worker is a loop (claim → run → store) in its own process, pinned to on
 cores; several runners on one study folder (more processes, more machines, SLURM array tasks) cooperate
 through the store — SQLite on one machine, a folder of claim and result files on a cluster's shared
 filesystem (see sslseg.study.store). A killed job is resumed from its last checkpoint by whichever runner
-claims it next.
+claims it next. Nothing finished or half-done is ever deleted: a job folder that cannot be resumed is moved
+aside under `<study>/superseded/`, and so is a done cell's folder when its changed settings are rerun
+(`rerun_changed`); a runner that lost its claim stops at its next write (`sslseg.fence`).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -30,17 +33,28 @@ from sslseg.config import FinetuneConfig, PretrainConfig, to_yaml
 from sslseg.data.layouts import find_samples
 from sslseg.data.splits import dataset_split, save_split
 from sslseg.errors import ConfigError, SslsegError
+from sslseg.fence import FENCE_FILE, ClaimLost, Fence, fenced
 from sslseg.slurm import sbatch_time
+from sslseg.study.identity import PathNormaliser, differences, identity_of, study_root_of
 from sslseg.study.spec import (
     Job,
     StudyConfig,
+    config_defaults,
     expand,
     keeps_weights,
     select_jobs,
     split_path,
     study_dir,
 )
-from sslseg.study.store import Backend, JobStore, open_store, resolve_backend, store_location
+from sslseg.study.store import (
+    Backend,
+    JobStore,
+    SyncReport,
+    aside_path,
+    open_store,
+    resolve_backend,
+    store_location,
+)
 
 HEARTBEAT_SECONDS = 30.0
 # a claim untouched this long belongs to a dead runner: many heartbeats, and well above the minute for which
@@ -63,9 +77,10 @@ def study_store(study: StudyConfig, stale_after: float = STALE_SECONDS) -> JobSt
     return open_store(study_dir(study), with_store(study).store, stale_after)
 
 
-def prepare(study: StudyConfig) -> list[Job]:
+def prepare(study: StudyConfig, rerun_changed: bool = False) -> list[Job]:
     """Write the study file and the dataset splits into the study folder, expand the grid and register its
-    jobs in the store. Safe to run from several runners at once (same content, atomic writes)."""
+    jobs in the store (done jobs whose settings changed are kept, or with `rerun_changed` moved aside and
+    redone). Safe to run from several runners at once (same content, atomic writes)."""
     study = with_store(study)  # the study folder's copy names its store, for status and report
     out = study_dir(study)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,8 +98,92 @@ def prepare(study: StudyConfig) -> list[Job]:
         save_split(target, split)
     jobs = expand(study)
     with study_store(study) as store:
-        store.sync(jobs)
+        report = store.sync(jobs, rerun_changed=rerun_changed)
+        for entry in report.superseded:
+            _move_aside(Path(entry["folder"]), Path(entry["moved_to"]))
+        adopted = adopt_finished_folders(jobs, store, out)
+    _say_what_changed(report, adopted)
     return jobs
+
+
+def _move_aside(folder: Path, target: Path) -> bool:
+    """Move a job folder out of the way (never delete it); False when there is none (or another runner
+    moved it first)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(folder, target)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def adopt_finished_folders(jobs: list[Job], store: JobStore, study_root: Path) -> list[str]:
+    """Pending fine-tuning cells whose folder holds a finished run (`result.json`) of equivalent settings
+    (its `config.yaml`) are stored as done from it — a study whose store lost their rows (an older sslseg
+    reset them when an option was added) gets them back instead of running them again."""
+    pending = {r["key"] for r in store.rows([j.key for j in jobs]) if r["status"] == "pending"}
+    by_key = {j.key: j for j in jobs}
+    normalise = PathNormaliser(study_root)
+    adopted = []
+    for job in jobs:
+        out = Path(job.config["output"])
+        if job.key not in pending or job.kind != "finetune" or not (out / "result.json").is_file():
+            continue
+        try:
+            summary = json.loads((out / "result.json").read_text())
+            made = FinetuneConfig.model_validate(
+                _read_yaml(out / "config.yaml") | {"output": str(out)}
+            ).model_dump(mode="json")
+        except (OSError, ValueError, SslsegError):
+            continue  # not a complete run of this version's config: it is redone (and its folder moved aside)
+        upstream = by_key[job.depends_on].identity if job.depends_on else None
+        identity = identity_of(made, config_defaults("finetune"), normalise, upstream)
+        if differences(identity, job.identity) or "test" not in summary:
+            continue
+        runner = f"adopt-{socket.gethostname()}-{os.getpid()}"
+        row = store.claim(runner, [job.key])
+        if row is None:
+            continue  # its pretraining is not done, or another runner took it
+        seconds = {"fit": summary.get("fit_seconds", 0.0), "test": summary.get("test_seconds", 0.0)}
+        seconds["total"] = seconds["fit"] + seconds["test"]
+        info = {k: v for k, v in summary.items() if k != "test"} | {"resumed": False, "adopted": str(out)}
+        if store.finish(job.key, runner, summary["test"], seconds, info):
+            adopted.append(job.key)
+    return adopted
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    tree = yaml.safe_load(path.read_text())
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: not a mapping")
+    return tree
+
+
+def _say_what_changed(report: SyncReport, adopted: list[str]) -> None:
+    """One line per group of done jobs kept though their settings changed (and how to rerun them), and what
+    was moved aside or taken back from finished folders."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for key, settings in report.changed.items():
+        groups.setdefault(tuple(settings), []).append(key)
+    for settings, keys in groups.items():
+        shown = ", ".join(settings[:4]) + (f" and {len(settings) - 4} more" if len(settings) > 4 else "")
+        print(
+            f"{len(keys)} finished job(s) kept although their settings changed ({shown}), e.g. {keys[0]}; "
+            "their results stand until `--rerun-changed` moves them aside and runs them again",
+            file=sys.stderr,
+            flush=True,
+        )
+    for entry in report.superseded:
+        print(
+            f"{entry['key']}: settings changed, old result moved aside to {entry['moved_to']}",
+            file=sys.stderr,
+        )
+    if adopted:
+        print(
+            f"{len(adopted)} finished cell folder(s) taken back into the store", file=sys.stderr, flush=True
+        )
 
 
 def _versions() -> dict[str, str]:
@@ -93,14 +192,42 @@ def _versions() -> dict[str, str]:
     return {"sslseg": sslseg.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def run_job(row: dict[str, Any], progress: bool = False) -> tuple[dict, dict, dict]:
-    """Run one claimed job; returns (metrics, seconds per phase, info) for the store."""
+def resumable(row: dict[str, Any]) -> bool:
+    """Whether a job's folder holds a run that `--resume` continues (a self-training run: in any phase)."""
+    out = Path(row["config"]["output"])
+    if row["kind"] == "finetune":
+        from sslseg.finetune import can_resume
+
+        return can_resume(out)
+    return (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def _holds_work(out: Path) -> bool:
+    """Whether a job folder holds anything besides a claim token."""
+    return out.is_dir() and any(p.name != FENCE_FILE for p in out.iterdir())
+
+
+def run_job(
+    row: dict[str, Any], progress: bool = False, fence: Fence | None = None
+) -> tuple[dict, dict, dict]:
+    """Run one claimed job inside its fence (the claim's token in its folder); returns (metrics, seconds per
+    phase, info) for the store. A folder that cannot be resumed is moved aside, never deleted."""
     config = row["config"]
     out = Path(config["output"])
-    last = out / "checkpoints" / "last.ckpt"
-    resume = row["resumed"] and last.is_file()
-    if not resume and out.exists():
-        shutil.rmtree(out)  # a failed or half-started earlier attempt: start this job afresh
+    resume = bool(row["resumed"]) and resumable(row)
+    if not resume and _holds_work(out):  # a failed or half-started earlier attempt: start afresh beside it
+        root = study_root_of(config, row["key"], row["kind"])
+        _move_aside(
+            out, aside_path(root, row["key"], f"attempt{row.get('attempts') or 0}-{int(time.time())}")
+        )
+    fence = fence or Fence(out, row.get("token") or uuid.uuid4().hex)
+    with fenced(fence):
+        return _run(row, config, resume, progress)
+
+
+def _run(
+    row: dict[str, Any], config: dict[str, Any], resume: bool, progress: bool
+) -> tuple[dict, dict, dict]:
     t0 = time.perf_counter()
     if row["kind"] == "pretrain":
         from sslseg.pretrain import pretrain
@@ -125,8 +252,15 @@ class _Heartbeat:
     """Keeps a claimed job alive in the store while it runs, and notes when the claim was lost: another
     runner took the job over because this one looked dead (suspended, or cut off from the filesystem)."""
 
-    def __init__(self, store: JobStore, key: str, runner: str, every: float = HEARTBEAT_SECONDS) -> None:
-        self.lost = threading.Event()
+    def __init__(
+        self,
+        store: JobStore,
+        key: str,
+        runner: str,
+        every: float = HEARTBEAT_SECONDS,
+        lost: threading.Event | None = None,
+    ) -> None:
+        self.lost = lost or threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(store, key, runner, every), daemon=True)
         self._thread.start()
@@ -198,11 +332,16 @@ def worker_loop(
                     return ran
                 time.sleep(poll)  # what is left waits on a pretraining another worker is running
                 continue
-            beat = _Heartbeat(store, row["key"], runner, heartbeat)
+            fence = Fence(row["config"]["output"], row["token"])
+            beat = _Heartbeat(store, row["key"], runner, heartbeat, fence.lost)
             verb = "resuming" if row["resumed"] else "starting"
             print(f"[{runner}] {verb} {row['key']}", file=sys.stderr, flush=True)
             try:
-                metrics, seconds, info = run_job(row, progress)
+                metrics, seconds, info = run_job(row, progress, fence)
+            except ClaimLost as e:  # another runner owns the job now: it stores the result, not this one
+                beat.stop()
+                print(f"[{runner}] {row['key']}: {e}", file=sys.stderr, flush=True)
+                continue
             except Exception as e:  # one broken job must not stop the study; its error is stored
                 beat.stop()
                 message = str(e) if isinstance(e, SslsegError) else f"{type(e).__name__}: {e}"
@@ -257,15 +396,20 @@ def _gpu_count() -> int:
 
 
 def run_study(
-    study: StudyConfig, workers: int | None = None, progress: bool = True, only: list[str] | None = None
+    study: StudyConfig,
+    workers: int | None = None,
+    progress: bool = True,
+    only: list[str] | None = None,
+    rerun_changed: bool = False,
 ) -> RunSummary:
     """Run every job of the study that is not done yet: one worker per GPU, else `workers` CPU workers
     (default 1) sharing the cores. Failed jobs of an earlier run are tried again. `only` limits the run to
     those job keys and the pretrainings they need (a session's share of a long study); the study folder
-    still holds the whole study, so later runs and the report see every cell."""
+    still holds the whole study, so later runs and the report see every cell. Done jobs whose settings
+    changed keep their results unless `rerun_changed` (then their results are moved aside, still readable)."""
     t0 = time.perf_counter()
     study = with_store(study)
-    jobs = prepare(study)
+    jobs = prepare(study, rerun_changed)
     keys = select_jobs(jobs, only)
     with study_store(study) as store:
         store.reset_failed(keys)

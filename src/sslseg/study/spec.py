@@ -5,13 +5,12 @@ also stores the number of labelled images it used, validation included (`n_label
 
 A study YAML names what to compare; `expand` turns it into jobs — one pretraining per (dataset, SSL method),
 reused by every fine-tuning cell that starts from it — each with the full, resolved config it will run and
-a hash of that config, so that a changed study file redoes exactly the cells it changed.
+its identity (`sslseg.study.identity`: the settings that shape its result, with paths made location-free),
+so that a changed study file names exactly the cells it changed, and an upgrade or a moved folder changes none.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from sslseg.config import (
 from sslseg.data.locations import real_data_root
 from sslseg.errors import ConfigError
 from sslseg.methods import get_method
+from sslseg.study.identity import Identity, PathNormaliser, default_settings, identity_of
 
 EncoderState = Literal["finetuned", "frozen"]
 KeepWeights = Literal["report", "all", "none"]
@@ -218,10 +218,14 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     return load_config(StudyConfig, overrides=tree, source=str(path))
 
 
-def config_hash(config: dict[str, Any]) -> str:
-    """A short, stable hash of a resolved config (keys sorted; the output folder left out)."""
-    body = {k: v for k, v in config.items() if k != "output"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def config_defaults(kind: Literal["pretrain", "finetune"]) -> dict[str, Any]:
+    """The default of every setting of a pretraining or fine-tuning config in this version (dotted keys)."""
+    if kind not in _DEFAULTS:
+        _DEFAULTS[kind] = default_settings(PretrainConfig if kind == "pretrain" else FinetuneConfig)
+    return _DEFAULTS[kind]
 
 
 @dataclass
@@ -233,7 +237,7 @@ class Job:
     dataset: str
     pretraining: str
     config: dict[str, Any]
-    hash: str
+    identity: Identity
     depends_on: str | None = None
     fraction: float | None = None  # the budget of a label_fractions study
     labelled_images: int | None = None  # the budget of a labelled_images study
@@ -241,6 +245,11 @@ class Job:
     state: EncoderState | None = None
     order: int = 0
     labels: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        """The hash of the job's identity (what the store keeps to tell a cell's settings at a glance)."""
+        return self.identity.hash
 
 
 def report_cell(study: StudyConfig) -> tuple[EncoderState, float, int]:
@@ -279,7 +288,7 @@ def budget_tag(key: BudgetKey, value: float) -> str:
     return fraction_tag(value) if key == "label_fraction" else f"n{int(value)}"
 
 
-def _pretrain_job(study: StudyConfig, ds: StudyDataset, p: Pretraining) -> Job:
+def _pretrain_job(study: StudyConfig, ds: StudyDataset, p: Pretraining, normalise: PathNormaliser) -> Job:
     params = dict(p.params)
     decoder = (study.finetune.get("model") or {}).get("decoder_channels")
     if decoder is not None and "decoder_channels" in get_method(p.method).Params.model_fields:
@@ -318,7 +327,7 @@ def _pretrain_job(study: StudyConfig, ds: StudyDataset, p: Pretraining) -> Job:
         dataset=ds.name,
         pretraining=p.name,
         config=resolved,
-        hash=config_hash(resolved),
+        identity=identity_of(resolved, config_defaults("pretrain"), normalise),
     )
 
 
@@ -338,6 +347,7 @@ def _finetune_job(
     state: EncoderState,
     budget: float,
     seed: int,
+    normalise: PathNormaliser,
 ) -> Job:
     key = study.budget_key
     cell = f"{ds.name}/{p.name}/{state}/{budget_tag(key, budget)}/s{seed}"
@@ -359,14 +369,14 @@ def _finetune_job(
     cfg = load_config(FinetuneConfig, overrides=tree, source=f"fine-tuning cell {cell} of the study")
     resolved = cfg.model_dump(mode="json")
     # a cell started from a pretraining is a new cell when that pretraining changes
-    digest = config_hash({**resolved, "pretraining": pre.hash if pre else None})
+    identity = identity_of(resolved, config_defaults("finetune"), normalise, pre.identity if pre else None)
     return Job(
         key=cell,
         kind="finetune",
         dataset=ds.name,
         pretraining=p.name,
         config=resolved,
-        hash=digest,
+        identity=identity,
         depends_on=pre.key if pre else None,
         fraction=budget if key == "label_fraction" else None,
         labelled_images=int(budget) if key == "labelled_images" else None,
@@ -378,11 +388,12 @@ def _finetune_job(
 def expand(study: StudyConfig) -> list[Job]:
     """Every job of the study, pretrainings first, in a stable order."""
     jobs: list[Job] = []
+    normalise = PathNormaliser(study_dir(study))  # fingerprints each data folder once
     for ds in study.datasets:
         pre_jobs: dict[str, Job] = {}
         for p in study.pretrainings:
             if p.method:
-                job = _pretrain_job(study, ds, p)
+                job = _pretrain_job(study, ds, p, normalise)
                 # rows that differ only in their fine-tuning (e.g. with and without semi-supervision)
                 # share one pretraining
                 same = next((j for j in pre_jobs.values() if j.hash == job.hash), None)
@@ -393,7 +404,9 @@ def expand(study: StudyConfig) -> list[Job]:
             for budget in study.budgets:
                 for state in study.encoder_states:
                     for p in study.pretrainings:
-                        jobs.append(_finetune_job(study, ds, p, pre_jobs.get(p.name), state, budget, seed))
+                        jobs.append(
+                            _finetune_job(study, ds, p, pre_jobs.get(p.name), state, budget, seed, normalise)
+                        )
     for i, job in enumerate(jobs):
         job.order = i
     return jobs

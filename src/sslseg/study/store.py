@@ -10,7 +10,15 @@ Two backends behind one interface, `JobStore` (a context manager), chosen by the
   lock and no server, only an exclusive create (a hard link), an atomic rename and mtimes (see FileStore).
 
 A running job whose runner died — its process is gone on this host, or its heartbeat is older than
-`stale_after` seconds — is claimed again; `reset_failed` gives failed jobs a new try.
+`stale_after` seconds, whatever sslseg version made the claim — is claimed again; `reset_failed` gives failed
+jobs a new try. Each claim carries a random token that the runner writes into the job's folder
+(`sslseg.fence`), so a runner that lost its claim stops before its next checkpoint; a result is stored only by
+an atomic compare-and-set on the claim.
+
+Nothing finished is lost by `sync`: a job whose settings are equivalent to its stored ones (an upgrade, a moved
+study folder, a new data root: `sslseg.study.identity`) keeps its result; a done job whose settings really
+changed keeps its result too, marked with the settings that changed, until a rerun is asked for
+(`rerun_changed`): then its result is moved aside (`superseded()`, still readable) and it is pending again.
 """
 
 from __future__ import annotations
@@ -27,14 +35,15 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 from sslseg.atomic import write_json
 from sslseg.errors import ConfigError, DataError
-from sslseg.study.spec import Job
+from sslseg.study.identity import Identity, PathNormaliser, differences, identity_of, study_root_of
+from sslseg.study.spec import Job, config_defaults
 
 Backend = Literal["sqlite", "files"]
 BACKENDS: tuple[Backend, ...] = ("sqlite", "files")
@@ -57,6 +66,9 @@ class JobRow:
     ord: int | None = None
     config_hash: str | None = None
     config: dict[str, Any] | None = None
+    identity: dict[str, Any] | None = None
+    changed: list[str] | None = None  # a done job's settings that changed since it ran (it was not rerun)
+    token: str | None = None  # the fencing token of the claim that runs or ran the job
     status: str = "pending"
     runner: str | None = None
     host: str | None = None
@@ -83,6 +95,50 @@ class JobRow:
 
 # every row, whichever backend: the job's definition, then its state and result (JSON columns decoded)
 ROW_FIELDS = tuple(f.name for f in fields(JobRow))
+SUPERSEDED_DIR = "superseded"  # where the study folder keeps results (and cell folders) moved aside
+
+
+@dataclass
+class SyncReport:
+    """What registering a study's jobs did: new jobs, jobs whose stored settings were brought up to date
+    (equivalent: their results stand), pending or failed jobs whose settings changed, done (or running) jobs
+    whose settings changed and were left as they are, and done jobs moved aside to be run again."""
+
+    added: int = 0
+    adopted: int = 0
+    updated: int = 0
+    changed: dict[str, list[str]] = field(default_factory=dict)
+    superseded: list[dict[str, Any]] = field(default_factory=list)  # {key, folder, moved_to, changed}
+
+    def __getitem__(self, name: str) -> int:  # report["changed"]: how many, as the old counts read
+        value = getattr(self, name)
+        return value if isinstance(value, int) else len(value)
+
+
+def legacy_identities(rows: list[dict[str, Any]]) -> dict[str, Identity]:
+    """The identity of every stored row: the one stored with it, or for a row stored before identities were
+    (an older sslseg), one computed from its config at its own study folder (pretrainings first, as cells
+    carry their pretraining's)."""
+    out: dict[str, Identity] = {}
+    for row in sorted(rows, key=lambda r: (r["kind"] != "pretrain", r.get("ord") or 0)):
+        if row.get("identity"):
+            out[row["key"]] = Identity.from_json(row["identity"])
+            continue
+        config = row["config"]
+        normalise = PathNormaliser(study_root_of(config, row["key"], row["kind"]))
+        upstream = out.get(row["depends_on"]) if row.get("depends_on") else None
+        out[row["key"]] = identity_of(config, config_defaults(row["kind"]), normalise, upstream)
+    return out
+
+
+def aside_path(study_root: Path, key: str, tag: str) -> Path:
+    """A free folder name under `<study>/superseded/` for a job's result or folder moved aside."""
+    base = study_root / SUPERSEDED_DIR / f"{_file_name(key)}@{tag}"
+    path, n = base, 1
+    while path.exists() or path.with_name(path.name + ".json").exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 class JobStore(ABC):
@@ -97,9 +153,15 @@ class JobStore(ABC):
         self.close()
 
     @abstractmethod
-    def sync(self, jobs: list[Job]) -> dict[str, int]:
-        """Register the study's jobs; a job whose config changed since it ran is pending again (its old
-        result would no longer describe it). Returns how many were added and changed."""
+    def sync(self, jobs: list[Job], rerun_changed: bool = False) -> SyncReport:
+        """Register the study's jobs. A stored job whose settings are equivalent keeps its state and result;
+        one whose settings changed is updated if it has no result, else kept and marked changed — or, with
+        `rerun_changed`, its result is moved aside (see `superseded`) and it is pending again."""
+
+    @abstractmethod
+    def superseded(self) -> list[dict[str, Any]]:
+        """Results moved aside by a rerun of changed settings, oldest first: key, config, metrics, seconds,
+        info, the settings that changed, where the job's folder was moved (`moved_to`) and when."""
 
     @abstractmethod
     def reset_failed(self, keys: list[str] | None = None) -> int:
@@ -108,8 +170,9 @@ class JobStore(ABC):
     @abstractmethod
     def claim(self, runner: str, keys: list[str]) -> dict[str, Any] | None:
         """Atomically take the first job (in study order) among `keys` that is pending, or running in a
-        dead runner, and whose pretraining is done; its row has `resumed` set when a dead runner held it.
-        Jobs whose pretraining failed are marked failed."""
+        dead runner, and whose pretraining is done; its row has `resumed` set when a dead runner held it
+        (on the same settings) and `token`, the claim's fencing token. Jobs whose pretraining failed are
+        marked failed."""
 
     @abstractmethod
     def heartbeat(self, key: str, runner: str) -> bool:
@@ -158,6 +221,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     ord INTEGER NOT NULL,
     config_hash TEXT NOT NULL,
     config TEXT NOT NULL,
+    identity TEXT,
+    changed TEXT,
+    token TEXT,
     status TEXT NOT NULL DEFAULT 'pending',
     runner TEXT,
     host TEXT,
@@ -172,6 +238,33 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT
 )
 """
+# columns added since the first stores were written (an older results.sqlite gains them on opening)
+ADDED_COLUMNS = {"identity": "TEXT", "changed": "TEXT", "token": "TEXT"}
+SUPERSEDED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS superseded (
+    key TEXT NOT NULL,
+    config_hash TEXT,
+    config TEXT,
+    identity TEXT,
+    metrics TEXT,
+    seconds TEXT,
+    info TEXT,
+    finished_at REAL,
+    changed TEXT,
+    folder TEXT,
+    moved_to TEXT,
+    superseded_at REAL
+)
+"""
+JSON_COLUMNS = ("config", "identity", "changed", "metrics", "seconds", "info")
+
+
+def _decode(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    for col in JSON_COLUMNS:
+        if col in out:
+            out[col] = json.loads(out[col]) if out[col] else None
+    return out
 
 
 def _pid_alive(pid: int) -> bool:
@@ -197,6 +290,12 @@ class ResultStore(JobStore):
             self._db = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
             self._db.execute(SCHEMA)
+            self._db.execute(SUPERSEDED_SCHEMA)
+            have = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in have:
+                    with contextlib.suppress(sqlite3.OperationalError):  # another runner added it first
+                        self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
         except sqlite3.DatabaseError as e:
             raise DataError(self.path, f"not a readable results store: {e}") from None
 
@@ -216,43 +315,108 @@ class ResultStore(JobStore):
                 raise
             self._db.execute("COMMIT")
 
-    def sync(self, jobs: list[Job]) -> dict[str, int]:
-        """Insert new jobs; a job whose config changed goes back to pending. Jobs no longer in the study are
-        left in the store, untouched."""
-        added = changed = 0
+    def sync(self, jobs: list[Job], rerun_changed: bool = False) -> SyncReport:
+        """Insert new jobs and bring stored ones up to date (see `JobStore.sync`). Jobs no longer in the
+        study are left in the store, untouched."""
+        report = SyncReport()
         with self._write() as db:
-            known = {r["key"]: r["config_hash"] for r in db.execute("SELECT key, config_hash FROM jobs")}
+            stored = {r["key"]: _decode(r) for r in db.execute("SELECT * FROM jobs")}
+            identities = legacy_identities(list(stored.values()))
             for job in jobs:
-                row = (
-                    job.kind,
-                    job.dataset,
-                    job.pretraining,
-                    job.state,
-                    job.fraction,
-                    job.seed,
-                    job.depends_on,
-                    job.order,
-                    job.hash,
-                    json.dumps(job.config),
-                )
-                if job.key not in known:
+                definition = {
+                    "kind": job.kind,
+                    "dataset": job.dataset,
+                    "pretraining": job.pretraining,
+                    "state": job.state,
+                    "fraction": job.fraction,
+                    "seed": job.seed,
+                    "depends_on": job.depends_on,
+                    "ord": job.order,
+                    "config_hash": job.hash,
+                    "config": json.dumps(job.config),
+                    "identity": json.dumps(job.identity.to_json()),
+                }
+                old = stored.get(job.key)
+                if old is None:
+                    cols = ", ".join(definition)
                     db.execute(
-                        "INSERT INTO jobs (kind, dataset, pretraining, state, fraction, seed, depends_on, ord,"
-                        " config_hash, config, key) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                        (*row, job.key),
+                        f"INSERT INTO jobs ({cols}, key) VALUES ({', '.join('?' * (len(definition) + 1))})",
+                        (*definition.values(), job.key),
                     )
-                    added += 1
-                elif known[job.key] != job.hash:
-                    db.execute(
-                        "UPDATE jobs SET kind=?, dataset=?, pretraining=?, state=?, fraction=?, seed=?,"
-                        " depends_on=?, ord=?, config_hash=?, config=?, status='pending', metrics=NULL,"
-                        " seconds=NULL, info=NULL, error=NULL, attempts=0 WHERE key=?",
-                        (*row, job.key),
-                    )
-                    changed += 1
-                else:
+                    report.added += 1
+                    continue
+                changed = differences(identities[job.key], job.identity)
+                if old["status"] == "running" and (changed or old["config_hash"] != job.hash):
+                    if changed:  # it runs the settings it was claimed with; the next sync judges its result
+                        report.changed[job.key] = changed
                     db.execute("UPDATE jobs SET ord=? WHERE key=?", (job.order, job.key))
-        return {"added": added, "changed": changed}
+                    continue
+                if not changed:  # the same job, perhaps written down by another version or elsewhere
+                    report.adopted += old["config_hash"] != job.hash
+                    self._define(db, job.key, definition, changed=None)
+                elif old["status"] != "done":
+                    report.updated += 1
+                    self._define(db, job.key, definition, changed=None)
+                    db.execute(
+                        "UPDATE jobs SET status='pending', error=NULL, attempts=0 WHERE key=?", (job.key,)
+                    )
+                elif not rerun_changed:
+                    report.changed[job.key] = changed
+                    db.execute(
+                        "UPDATE jobs SET ord=?, changed=? WHERE key=?",
+                        (job.order, json.dumps(changed), job.key),
+                    )
+                else:
+                    moved_to = aside_path(self.path.parent, job.key, old["config_hash"])
+                    db.execute(
+                        "INSERT INTO superseded (key, config_hash, config, identity, metrics, seconds, info,"
+                        " finished_at, changed, folder, moved_to, superseded_at)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            job.key,
+                            old["config_hash"],
+                            json.dumps(old["config"]),
+                            json.dumps(identities[job.key].to_json()),
+                            json.dumps(old["metrics"]),
+                            json.dumps(old["seconds"]),
+                            json.dumps(old["info"]),
+                            old["finished_at"],
+                            json.dumps(changed),
+                            job.config["output"],
+                            str(moved_to),
+                            time.time(),
+                        ),
+                    )
+                    self._define(db, job.key, definition, changed=None)
+                    db.execute(
+                        "UPDATE jobs SET status='pending', metrics=NULL, seconds=NULL, info=NULL, error=NULL,"
+                        " attempts=0, finished_at=NULL WHERE key=?",
+                        (job.key,),
+                    )
+                    report.superseded.append(
+                        {
+                            "key": job.key,
+                            "folder": job.config["output"],
+                            "moved_to": str(moved_to),
+                            "changed": changed,
+                        }
+                    )
+        return report
+
+    @staticmethod
+    def _define(
+        db: sqlite3.Connection, key: str, definition: dict[str, Any], changed: list[str] | None
+    ) -> None:
+        sets = ", ".join(f"{c}=?" for c in definition)
+        db.execute(
+            f"UPDATE jobs SET {sets}, changed=? WHERE key=?",
+            (*definition.values(), json.dumps(changed) if changed else None, key),
+        )
+
+    def superseded(self) -> list[dict[str, Any]]:
+        with self._lock:
+            found = self._db.execute("SELECT * FROM superseded ORDER BY superseded_at").fetchall()
+        return [_decode(r) for r in found]
 
     def reset_failed(self, keys: list[str] | None = None) -> int:
         with self._write() as db:
@@ -288,14 +452,15 @@ class ResultStore(JobStore):
                     continue
                 if dep and status.get(dep) != "done":
                     continue
+                token = secrets.token_hex(8)
                 db.execute(
                     "UPDATE jobs SET status='running', runner=?, host=?, pid=?, claimed_at=?, heartbeat=?,"
-                    " attempts=attempts+1 WHERE key=?",
-                    (runner, socket.gethostname(), os.getpid(), now, now, row["key"]),
+                    " token=?, attempts=attempts+1 WHERE key=?",
+                    (runner, socket.gethostname(), os.getpid(), now, now, token, row["key"]),
                 )
-                claimed = dict(row)
-                claimed["config"] = json.loads(row["config"])
+                claimed = _decode(row)
                 claimed["resumed"] = row["status"] == "running"
+                claimed["token"] = token
                 return claimed
         return None
 
@@ -344,18 +509,20 @@ class ResultStore(JobStore):
         return out
 
     def rows(self, keys: list[str] | None = None) -> list[dict[str, Any]]:
-        out = []
         wanted = set(keys) if keys is not None else None
         with self._lock:
             found = self._db.execute("SELECT * FROM jobs ORDER BY ord").fetchall()
-        for r in found:
-            if wanted is not None and r["key"] not in wanted:
-                continue
-            row = dict(r)
-            for col in ("config", "metrics", "seconds", "info"):
-                row[col] = json.loads(row[col]) if row[col] else None
-            out.append(row)
-        return out
+        return [_decode(r) for r in found if wanted is None or r["key"] in wanted]
+
+
+def _describes(result: dict[str, Any], job: dict[str, Any]) -> bool:
+    """Whether a stored result belongs to a job as defined now: the same settings hash, or equivalent
+    settings (results and jobs stored by an older sslseg carry no identity and must match by hash)."""
+    if result.get("config_hash") == job["config_hash"]:
+        return True
+    if not result.get("identity") or not job.get("identity"):
+        return False
+    return not differences(Identity.from_json(result["identity"]), Identity.from_json(job["identity"]))
 
 
 def _file_name(key: str) -> str:
@@ -432,11 +599,10 @@ class FileStore(JobStore):
         return out
 
     def _results(self, jobs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Results that describe their job's current config (an older one means the job is to be redone)."""
+        """Results that describe their job as it is defined now: made with the same settings, or with
+        equivalent ones (`sslseg.study.identity`); another result is an earlier version's, to be redone."""
         return {
-            k: r
-            for k, r in self._records(self.results_dir).items()
-            if k in jobs and r.get("config_hash") == jobs[k]["config_hash"]
+            k: r for k, r in self._records(self.results_dir).items() if k in jobs and _describes(r, jobs[k])
         }
 
     def _claims(self) -> dict[str, int]:
@@ -479,14 +645,13 @@ class FileStore(JobStore):
         os.utime(self._clock)  # "now" as the server sees it (NFS sends SET_TO_SERVER_TIME)
         return os.stat(self._clock).st_mtime
 
-    def _stale(self, path: Path, claim: dict[str, Any], job_hash: str, now: float) -> bool | None:
-        """Whether a claim may be taken over (None: it is gone)."""
+    def _stale(self, path: Path, claim: dict[str, Any], now: float) -> bool | None:
+        """Whether a claim may be taken over (None: it is gone): its runner's process is gone, or it was not
+        touched for `stale_after` seconds, whatever version of sslseg made it."""
         try:
             mtime = os.stat(path).st_mtime
         except FileNotFoundError:
             return None
-        if claim.get("config_hash") not in (None, job_hash):
-            return True  # a claim on an earlier version of the job: that version is no longer wanted
         pid = claim.get("pid")
         if claim.get("host") == socket.gethostname() and pid and not _pid_alive(pid):
             return True  # its process is gone (only knowable on its own host)
@@ -552,43 +717,144 @@ class FileStore(JobStore):
             "ord": job.order,
             "config_hash": job.hash,
             "config": job.config,
+            "identity": job.identity.to_json(),
+        }
+
+    def _result_record(
+        self, job: dict[str, Any], claim: dict[str, Any], attempts: int, **result: Any
+    ) -> dict[str, Any]:
+        return {
+            "key": job["key"],
+            "config_hash": job["config_hash"],
+            "identity": job.get("identity"),
+            "runner": claim.get("runner"),
+            "host": claim.get("host"),
+            "pid": claim.get("pid"),
+            "claimed_at": claim.get("claimed_at"),
+            "token": claim.get("token"),
+            "attempts": attempts,
+            "finished_at": time.time(),
+            "metrics": None,
+            "seconds": None,
+            "info": None,
+            "error": None,
+            **result,
         }
 
     def _write_result(self, job: dict[str, Any], claim: dict[str, Any], attempts: int, **result: Any) -> None:
-        write_json(
-            self.results_dir / f"{_file_name(job['key'])}.json",
-            {
-                "key": job["key"],
-                "config_hash": job["config_hash"],
-                "runner": claim.get("runner"),
-                "host": claim.get("host"),
-                "pid": claim.get("pid"),
-                "claimed_at": claim.get("claimed_at"),
-                "attempts": attempts,
-                "finished_at": time.time(),
-                "metrics": None,
-                "seconds": None,
-                "info": None,
-                "error": None,
-                **result,
-            },
-        )
+        write_json(self._result_path(job["key"]), self._result_record(job, claim, attempts, **result))
+
+    def _result_path(self, key: str) -> Path:
+        return self.results_dir / f"{_file_name(key)}.json"
+
+    @staticmethod
+    def _final(claim: dict[str, Any] | None) -> bool:
+        """Whether a claim file is a job's final record: the result its owner stored in place of the next
+        claim (see `_store`)."""
+        return bool(claim) and claim.get("status") in ("done", "failed")
+
+    def _live_claim(self, key: str, number: int) -> tuple[Path, dict[str, Any]] | None:
+        """The highest claim on a job if it is a runner's claim (not gone, not a final record)."""
+        if not number:
+            return None
+        path = self._claim_path(key, number)
+        held = self._claim_info(path)
+        return None if held is None or self._final(held) else (path, held)
+
+    def _repair_result(self, job: dict[str, Any], number: int) -> dict[str, Any] | None:
+        """A result stored as the final claim whose copy in results/ is missing (its runner died between the
+        two writes): copied there now and returned."""
+        held = self._claim_info(self._claim_path(job["key"], number)) if number else None
+        if not self._final(held):
+            return None
+        assert held is not None
+        if _describes(held, job):
+            write_json(self._result_path(job["key"]), held)
+            return held
+        return None
 
     # --------------------------------------------------------------------------------------- interface
-    def sync(self, jobs: list[Job]) -> dict[str, int]:
+    def sync(self, jobs: list[Job], rerun_changed: bool = False) -> SyncReport:
+        report = SyncReport()
         known = self._records(self.jobs_dir)
-        added = changed = 0
+        results = self._records(self.results_dir)
+        claims = self._claims()
+        identities = legacy_identities(list(known.values()))
+        now: float | None = None
         for job in jobs:
             record = self._job_record(job)
             old = known.get(job.key)
+            path = self.jobs_dir / f"{_file_name(job.key)}.json"
             if old is None:
-                added += 1
-            elif old["config_hash"] != job.hash:
-                changed += 1  # its result no longer matches the hash, so it is pending again
-            elif old == json.loads(json.dumps(record, default=str)):
+                write_json(path, record)
+                report.added += 1
                 continue
-            write_json(self.jobs_dir / f"{_file_name(job.key)}.json", record)
-        return {"added": added, "changed": changed}
+            changed = differences(identities[job.key], job.identity)
+            result = results.get(job.key)
+            done = result is not None and _describes(result, old) and result.get("status") == "done"
+            running = None
+            if result is None or not _describes(result, old):
+                live = self._live_claim(job.key, claims.get(job.key, 0))
+                if live is not None:
+                    now = self._now() if now is None else now
+                    running = not self._stale(live[0], live[1], now)
+            if running and (changed or old["config_hash"] != job.hash):
+                if changed:  # it runs the settings it was claimed with; the next sync judges its result
+                    report.changed[job.key] = changed
+                continue
+            if not changed:
+                if old["config_hash"] != job.hash:
+                    report.adopted += 1
+                if old != json.loads(json.dumps(record, default=str)):
+                    write_json(path, record)
+                if result is not None and _describes(result, old) and not _describes(result, record):
+                    # a result stored without identity (an older sslseg) follows its job's new definition
+                    write_json(
+                        self._result_path(job.key),
+                        {**result, "config_hash": job.hash, "identity": record["identity"]},
+                    )
+            elif not done:
+                report.updated += 1
+                write_json(path, record)  # a failed result of the old settings no longer describes it
+            elif not rerun_changed:
+                report.changed[job.key] = changed
+                if old.get("changed") != changed or old["ord"] != job.order:
+                    write_json(path, {**old, "ord": job.order, "changed": changed})
+            else:
+                assert result is not None
+                moved_to = aside_path(self.root.parent, job.key, old["config_hash"])
+                aside = self.root / SUPERSEDED_DIR / f"{moved_to.name}.json"
+                entry = {
+                    **result,
+                    "config": old["config"],
+                    "identity": identities[job.key].to_json(),
+                    "changed": changed,
+                    "folder": job.config["output"],
+                    "moved_to": str(moved_to),
+                    "superseded_at": time.time(),
+                }
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                write_json(aside, entry)  # first: the old result is kept before anything else changes
+                write_json(path, record)
+                self._result_path(job.key).unlink(missing_ok=True)
+                report.superseded.append(
+                    {
+                        "key": job.key,
+                        "folder": job.config["output"],
+                        "moved_to": str(moved_to),
+                        "changed": changed,
+                    }
+                )
+        return report
+
+    def superseded(self) -> list[dict[str, Any]]:
+        entries = []
+        folder = self.root / SUPERSEDED_DIR
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            entry = self._load(path)
+            if entry is not None:
+                entries.append(entry)
+        return sorted(entries, key=lambda e: e.get("superseded_at") or 0)
 
     def reset_failed(self, keys: list[str] | None = None) -> int:
         jobs = self._records(self.jobs_dir)
@@ -598,10 +864,13 @@ class FileStore(JobStore):
         for key, result in self._results(jobs).items():
             if key not in wanted or result["status"] != "failed":
                 continue
-            (self.results_dir / f"{_file_name(key)}.json").unlink(missing_ok=True)
-            # its claims would read as a live runner until stale; a claim made since (a number above the
-            # failed attempt's) belongs to a runner that already took the job again
-            for number in range(1, min(claims.get(key, 0), result["attempts"]) + 1):
+            self._result_path(key).unlink(missing_ok=True)
+            # its claims would read as a live runner until stale, and its final record as its result; a
+            # claim made since (a number above those) belongs to a runner that already took the job again
+            last = result["attempts"] + (
+                1 if self._final(self._claim_info(self._claim_path(key, result["attempts"] + 1))) else 0
+            )
+            for number in range(1, min(claims.get(key, 0), last) + 1):
                 self._claim_path(key, number).unlink(missing_ok=True)
             reset += 1
         return reset
@@ -622,10 +891,16 @@ class FileStore(JobStore):
                 held = self._claim_info(path)
                 if held is None:
                     continue  # reset this instant: look again at the next pass
-                now = self._now() if now is None else now
-                if not self._stale(path, held, job["config_hash"], now):
-                    continue
-                resumed = held.get("config_hash") == job["config_hash"]
+                if self._final(held):
+                    if self._repair_result(job, number) is not None:
+                        continue  # finished: its runner died before copying its result
+                    # a final record of an earlier version of the job: the next claim redoes it
+                else:
+                    now = self._now() if now is None else now
+                    if not self._stale(path, held, now):
+                        continue
+                    # a dead runner's folder is resumed only if it ran these very settings
+                    resumed = held.get("config_hash") == job["config_hash"]
             dep = job["depends_on"]
             dep_status = results[dep]["status"] if dep in results else None
             if dep and dep_status == "failed":
@@ -640,17 +915,20 @@ class FileStore(JobStore):
                 "pid": os.getpid(),
                 "claimed_at": time.time(),
                 "config_hash": job["config_hash"],
+                "token": secrets.token_hex(8),
             }
             if not self._create_claim(key, number + 1, claim):
                 continue  # another runner was first
             self._held[key] = number + 1
-            finished = self._load(self.results_dir / f"{_file_name(key)}.json")
-            if finished is not None and finished.get("config_hash") == job["config_hash"]:
+            finished = self._load(self._result_path(key))
+            if finished is not None and _describes(finished, job):
                 del self._held[key]  # its owner stored the result while we judged its claim stale
                 continue
             row = self._row(job, None, None)
             row.update(status="running", runner=runner, attempts=number + 1, resumed=resumed)
-            row.update(host=claim["host"], pid=claim["pid"], claimed_at=claim["claimed_at"])
+            row.update(
+                host=claim["host"], pid=claim["pid"], claimed_at=claim["claimed_at"], token=claim["token"]
+            )
             return row
         return None
 
@@ -669,16 +947,21 @@ class FileStore(JobStore):
                 os.utime(self._claim_path(key, self._held.pop(key)), (0, 0))  # as old as a claim gets
 
     def _store(self, key: str, runner: str, **result: Any) -> bool:
+        """Store a result by compare-and-set on the claim: the owner of claim n writes its result as claim
+        n+1, the very name a runner taking the job over would have to create, so exactly one of the two
+        succeeds; then copies it to results/ for readers (`claim` repairs a copy cut off by a kill)."""
         if not self._owns(key, runner):
             return False
         number = self._held.pop(key)
         job = self._records(self.jobs_dir).get(key)
         claim = self._claim_info(self._claim_path(key, number))
-        if job is None or claim is None:
+        if job is None or not claim:
             return False
-        if job["config_hash"] != claim.get("config_hash"):
-            return False  # the study changed the job while it ran: this result describes the old one
-        self._write_result(job, claim, number, **result)
+        record = self._result_record(job, claim, number, **result)
+        record["config_hash"] = claim.get("config_hash", job["config_hash"])  # the settings it ran
+        if not self._create_claim(key, number + 1, record):
+            return False  # taken over: the other runner's claim holds that name
+        write_json(self._result_path(key), record)
         return True
 
     def finish(
@@ -699,7 +982,9 @@ class FileStore(JobStore):
             row["status"] = result["status"]
         elif claim is not None:
             path, held = claim
-            row.update({k: held.get(k) for k in ("runner", "host", "pid", "claimed_at")}, status="running")
+            row.update(
+                {k: held.get(k) for k in ("runner", "host", "pid", "claimed_at", "token")}, status="running"
+            )
             try:
                 row["heartbeat"] = os.stat(path).st_mtime
             except FileNotFoundError:
@@ -717,13 +1002,14 @@ class FileStore(JobStore):
             if wanted is not None and key not in wanted:
                 continue
             claim = None
-            if key not in results and key in claims:
-                path = self._claim_path(key, claims[key])
-                held = self._claim_info(path)
-                # a claim on an earlier version of the job does not make the current one running
-                if held is not None and held.get("config_hash") in (None, job["config_hash"]):
-                    claim = (path, held)
-            row = self._row(job, results.get(key), claim)
+            result = results.get(key)
+            if result is None and key in claims:
+                held = self._claim_info(self._claim_path(key, claims[key]))
+                if self._final(held) and _describes(held, job):  # stored, not yet copied to results/
+                    result = held
+                else:
+                    claim = self._live_claim(key, claims[key])
+            row = self._row(job, result, claim)
             if key not in results:
                 row["attempts"] = claims.get(key, 0)
             out.append(row)
@@ -784,3 +1070,12 @@ def read_rows(
         )
     with open_store(folder, found, create=False) as store:
         return store.rows(keys)
+
+
+def read_superseded(folder: str | Path, backend: str = "auto") -> list[dict[str, Any]]:
+    """The results of a study folder that were moved aside when their changed settings were rerun."""
+    found = resolve_backend(folder, backend, "sqlite") if backend != "auto" else existing_backend(folder)
+    if found is None:
+        return []
+    with open_store(folder, found, create=False) as store:
+        return store.superseded()

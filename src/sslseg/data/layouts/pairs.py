@@ -32,6 +32,9 @@ from sslseg.errors import DataError
 
 logger = logging.getLogger(__name__)
 
+#: The proposal `sslseg select` writes beside images/ and an empty labels/ for the annotator to fill.
+PROPOSALS_FILE = "to_annotate.csv"
+
 
 @dataclass(frozen=True)
 class LabelFile(LabelSource):
@@ -59,8 +62,10 @@ def detect_mask_suffix(image_stems: Iterable[str], label_stems: Iterable[str]) -
 
 
 def detect(root: Path) -> bool:
-    """An images folder beside a labels folder that holds images."""
-    return bool(find_dir(root, IMAGE_DIR_NAMES) and find_dir(root, LABEL_DIR_NAMES, need_images=True))
+    """An images folder beside a labels folder that holds images (or, in a proposal of `sslseg select`,
+    the labels folder still empty)."""
+    proposal = (root / PROPOSALS_FILE).is_file()
+    return bool(find_dir(root, IMAGE_DIR_NAMES) and find_dir(root, LABEL_DIR_NAMES, need_images=not proposal))
 
 
 def scan(root: Path, options: ScanOptions) -> Found:

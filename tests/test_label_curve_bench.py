@@ -1,0 +1,55 @@
+"""benchmarks/label_curve.py: the schedule is chosen on the protocol-validation slice alone, as the shortest
+within the tolerance of the best, and the test scores are read at it."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import benchmark_module
+
+from sslseg.study.store import JobRow
+
+lc = benchmark_module("label_curve")
+
+
+def test_the_shortest_schedule_within_tolerance_of_the_best_is_chosen():
+    assert lc.choose_schedule({400: 0.50, 1000: 0.60, 2000: 0.605, 4000: 0.61}, tolerance=0.01) == 2000
+    assert lc.choose_schedule({400: 0.50, 1000: 0.60, 2000: 0.605, 4000: 0.61}, tolerance=0.2) == 400
+    assert lc.choose_schedule({400: 0.7, 4000: 0.6}) == 400  # longer is not better here
+    with pytest.raises(ValueError, match="no schedule"):
+        lc.choose_schedule({})
+
+
+def _row(n: int, epochs: int, seed: int, val: float, test: float) -> JobRow:
+    return JobRow(
+        key=f"d/a{epochs}/finetuned/n{n}/s{seed}",
+        kind="finetune",
+        dataset="d",
+        pretraining=f"a{epochs}",
+        seed=seed,
+        status="done",
+        config={"train": {"epochs": epochs, "steps_per_epoch": 100}},
+        metrics={"aji": test},
+        info={"n_labelled_train": n, "best_val_score": val},
+    )
+
+
+def test_the_curve_reads_test_scores_only_at_the_schedule_validation_chose():
+    rows = [
+        _row(8, 4, 0, val=0.50, test=0.90),  # the best test score, but validation does not choose it
+        _row(8, 4, 1, val=0.52, test=0.90),
+        _row(8, 20, 0, val=0.60, test=0.40),
+        _row(8, 20, 1, val=0.62, test=0.44),
+        _row(8, 40, 0, val=0.70, test=0.30),  # one draw only: not comparable with the complete schedules
+        _row(64, 4, 0, val=0.70, test=0.55),
+        _row(64, 4, 1, val=0.70, test=0.53),
+    ]
+    lines = lc.summary(rows)
+    chosen = {
+        line["annotated_train"]: line["chosen_on_validation"]
+        for line in lines
+        if "chosen_on_validation" in line
+    }
+    assert chosen[8]["steps"] == 2000 and chosen[8]["test_mean"] == pytest.approx(0.42)
+    assert chosen[64]["steps"] == 400 and chosen[64]["test_sd"] == pytest.approx(0.0141, abs=1e-4)
+    (gain,) = [line["gain_8_to_64"] for line in lines if "gain_8_to_64" in line]
+    assert gain == pytest.approx(0.54 / 0.42 - 1, abs=1e-4)
