@@ -318,6 +318,13 @@ def predict(
     level: Annotated[int, typer.Option(help="pyramid level of OME-TIFF / OME-Zarr inputs (0 = full)")] = 0,
     series: Annotated[int, typer.Option(help="series of multi-series TIFF inputs")] = 0,
     device: DeviceOption = "auto",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="what runs the network: torch, onnx (onnxruntime on the CPU; pip install 'sslseg[export]') "
+            "or auto (onnx on the CPU when onnxruntime is installed, else torch)"
+        ),
+    ] = "auto",
 ) -> None:
     """Segment images of any size (tiled; block-wise when large) and write the chosen outputs. A batch goes
     on past unreadable images and lists them at the end (exit code 1); a rerun skips images whose outputs
@@ -339,6 +346,7 @@ def predict(
         level=level,
         series=series,
         device=device,
+        engine=engine,
     )
     done = f"predicted {len(report.outputs)} images into {out}"
     if report.skipped:

@@ -19,14 +19,12 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
 from PIL import Image
-from torch import nn
 from tqdm.auto import tqdm
 
 import sslseg
@@ -40,7 +38,14 @@ from sslseg.errors import ConfigError, DataError, ExportCheckFailed
 from sslseg.evaluate import load_model
 from sslseg.nn.unet import build_unet
 from sslseg.predict import display_rgb, overlay, parse_choices
-from sslseg.segmentation.inference import activate, probabilities_to_labels
+from sslseg.segmentation.engines import (
+    ONNX_EXPORTERS,
+    ONNX_OPSET,
+    ActivatedNet,
+    onnx_export,
+    require,
+)
+from sslseg.segmentation.inference import probabilities_to_labels
 from sslseg.segmentation.module import SegmentationModule
 from sslseg.segmentation.tasks import task_named
 
@@ -48,8 +53,6 @@ from sslseg.segmentation.tasks import task_named
 EXPORT_FORMATS = ("torchscript", "onnx", "bioimageio")
 #: Largest absolute difference in probability allowed between PyTorch and an exported format.
 TOLERANCE = 1e-4
-ONNX_OPSET = 17
-ONNX_EXPORTERS = ("torchscript", "dynamo")
 #: (batch, height, width) of the random tiles each format is checked on, in multiples of the U-Net's stride:
 #: two shapes, so a format whose spatial axes were fixed at export fails the check.
 CHECK_TILES = ((1, 3, 4), (2, 2, 2))
@@ -62,10 +65,9 @@ UNET_CITATION = {
     "MICCAI 2015.",
     "doi": "10.1007/978-3-319-24574-4_28",
 }
-EXTRA_HINT = "install the export extra: pip install 'sslseg[export]'"
 
 
-class ProbabilityNet(nn.Module):
+class ProbabilityNet(ActivatedNet):
     """A fine-tuned sslseg U-Net followed by its task's activation, as every exported format holds it:
     B×C×H×W normalised images in (H and W multiples of `stride`), B×K×H×W probabilities out (softmax over
     the classes for semantic tasks, one sigmoid map per channel of the instance head for instance tasks).
@@ -79,17 +81,12 @@ class ProbabilityNet(nn.Module):
         decoder_channels: Sequence[int],
         task: str,
     ) -> None:
-        super().__init__()
         try:
             task_named(task)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        self.net = build_unet(encoder, in_channels, out_channels, tuple(decoder_channels))
-        self.task = task
+        super().__init__(build_unet(encoder, in_channels, out_channels, tuple(decoder_channels)), task)
         self.stride = 2 ** len(decoder_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return activate(self.net(x), self.task)
 
 
 def architecture_kwargs(module: SegmentationModule) -> dict[str, Any]:
@@ -219,16 +216,6 @@ def parse_export_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
     return parse_choices(formats, EXPORT_FORMATS, "export")
 
 
-def require(module: str, purpose: str) -> ModuleType:
-    """Import an optional dependency, or say which extra brings it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(
-            f"{purpose} needs the package '{module}', which is not installed; {EXTRA_HINT}"
-        ) from None
-
-
 def random_tiles(in_channels: int, stride: int, seed: int = 0) -> list[torch.Tensor]:
     """The normalised random tiles (CHECK_TILES) every format is compared with PyTorch on."""
     gen = torch.Generator().manual_seed(seed)
@@ -287,28 +274,8 @@ def export_onnx(
     require("onnxruntime", "checking the ONNX export")
     if exporter == "dynamo":
         require("onnxscript", "the dynamo ONNX exporter")
-    example = (tiles[0],)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
-        # batch, height and width stay free; the two exporters spell that differently
-        if exporter == "dynamo":
-            dynamic: dict[str, Any] = {
-                "dynamic_shapes": {"x": dict.fromkeys((0, 2, 3), torch.export.Dim.DYNAMIC)},
-                "dynamo": True,
-                "external_data": False,
-            }
-        else:
-            axes = {0: "batch", 2: "height", 3: "width"}
-            dynamic = {"dynamic_axes": {"input": axes, "output": axes}, "dynamo": False}
-        torch.onnx.export(
-            net,
-            example,
-            str(tmp),
-            input_names=["input"],
-            output_names=["output"],
-            opset_version=ONNX_OPSET,
-            **dynamic,
-        )
+    with atomic_path(path) as tmp:
+        onnx_export(net, tiles[0], tmp, exporter)
     onnx.checker.check_model(str(path), full_check=True)  # well-formed, and its shapes infer
     return max_abs_difference(net, onnx_runner(path), tiles)
 

@@ -163,9 +163,15 @@ def _prepare_output(cfg: FinetuneConfig, out: Path, resume: bool) -> tuple[Path,
     return prepare_run_dir(out, resume), resume
 
 
-def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> FinetuneResult:
+def finetune(
+    cfg: FinetuneConfig,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: list[L.Callback] | None = None,
+) -> FinetuneResult:
     """Run one fine-tuning job end to end; outputs go to `cfg.output` (resolved config saved first).
-    `resume` continues a killed run (see `can_resume`), self-training in any of its phases."""
+    `resume` continues a killed run (see `can_resume`), self-training in any of its phases; `callbacks`
+    are added to the trainer's own (e.g. a step timer)."""
     if cfg.data.train is None:
         raise ConfigError("data.train is not set: give the training dataset folder")
     out = Path(cfg.output)
@@ -251,15 +257,15 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         save_weights_only=True,  # resuming needs only last.ckpt; best is for loading
     )
     last_cb = last_checkpoint(out / "checkpoints")  # every epoch, for --resume
-    callbacks: list[L.Callback] = [best_cb, last_cb, RandomStateCheckpoint()]
+    own: list[L.Callback] = [best_cb, last_cb, RandomStateCheckpoint()]
     if progress:
-        callbacks.append(EpochSummary())
+        own.append(EpochSummary())
     if val_set:
-        callbacks.append(EarlyStopping("val/score", mode="max", patience=cfg.train.patience))
+        own.append(EarlyStopping("val/score", mode="max", patience=cfg.train.patience))
     trainer = build_trainer(
         cfg.train,
         out,
-        callbacks=callbacks,
+        callbacks=[*own, *(callbacks or [])],
         logger=run_loggers(out, resume_fit),
         progress=progress,
         log_every_n_steps=min(10, cfg.train.steps_per_epoch),

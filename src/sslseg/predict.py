@@ -36,6 +36,7 @@ from sslseg.data.io import (
 )
 from sslseg.data.lazy import ImageSource, open_image, write_ome_zarr_labels
 from sslseg.data.scale import known_size_factor
+from sslseg.device import resolve_device
 from sslseg.errors import ConfigError, DataError, SslsegError
 from sslseg.evaluate import load_model
 from sslseg.objects import (
@@ -50,6 +51,7 @@ from sslseg.objects import (
     write_roi_zip,
 )
 from sslseg.segmentation.blocks import BLOCKWISE_PIXELS, DEFAULT_BLOCK, BlockObjects, segment_blocks
+from sslseg.segmentation.engines import NetworkRunner, network_runner, require, resolve_engine
 from sslseg.segmentation.module import SegmentationModule
 from sslseg.segmentation.tasks import task_named
 
@@ -221,6 +223,7 @@ def predict_files(
     level: int = 0,
     series: int = 0,
     device: str = "auto",
+    engine: str = "auto",
 ) -> PredictReport:
     """Segment each image and write the requested `formats` (see OUTPUT_SUFFIXES) into `out_dir` as
     `<name><suffix>`. An image that cannot be read or segmented is recorded in the report's `failed` and the
@@ -228,7 +231,8 @@ def predict_files(
     the one read from each file; `tta`, `tile_size` and `batch_size` override the checkpoint's inference
     settings; `part` ("i/n") predicts only the i-th of n shares of the sorted file list. Images over
     BLOCKWISE_PIXELS, or all with `block_size`, are segmented block-wise (`sslseg.segmentation.blocks`);
-    `level`/`series` choose a pyramid level / TIFF series. `device` is where the network runs."""
+    `level`/`series` choose a pyramid level / TIFF series. `device` is where the network runs; `engine`
+    what runs it (torch, onnx: onnxruntime on the CPU, auto: see `sslseg.segmentation.engines`)."""
     chosen = parse_formats(formats)
     if pixel_size is not None and not pixel_size > 0:
         raise ConfigError(f"--pixel-size must be a positive number of µm, got {pixel_size}")
@@ -237,7 +241,13 @@ def predict_files(
     share = parse_part(part)
     out = Path(out_dir)
     jobs = shard(named_images([Path(p) for p in inputs], out), share)
+    if engine.strip().lower() == "onnx" and device.strip().lower() == "auto":
+        device = "cpu"  # onnxruntime runs on the CPU: the network's weights need not go elsewhere
+    engine = resolve_engine(engine, resolve_device(device))
+    if engine == "onnx":  # a missing onnxruntime fails before the checkpoint is read
+        require("onnxruntime", "--engine onnx")
     module = load_model(checkpoint, device=device, tta=tta)
+    runner = network_runner(module.net, module.cfg.data.task, engine)
     updates = {k: v for k, v in (("tile_size", tile_size), ("batch_size", batch_size)) if v is not None}
     if updates:
         try:
@@ -254,7 +264,7 @@ def predict_files(
             report.skipped.append(path)
             continue
         try:
-            _predict_one(module, path, targets, options)
+            _predict_one(module, runner, path, targets, options)
         except Exception as exc:  # one bad image must not stop a batch of thousands; the reason is kept
             report.failed[path] = _reason(exc)
             bar.set_postfix(failed=len(report.failed))
@@ -288,13 +298,20 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).strip() or 'no message'}"
 
 
-def _predict_one(module: SegmentationModule, path: Path, targets: dict[str, Path], options: _Options) -> None:
-    """Read, segment and write one image's outputs: whole, or block-wise when it is large."""
+def _predict_one(
+    module: SegmentationModule,
+    runner: NetworkRunner,
+    path: Path,
+    targets: dict[str, Path],
+    options: _Options,
+) -> None:
+    """Read, segment (the network run by `runner`) and write one image's outputs: whole, or block-wise
+    when it is large."""
     with open_image(path, options.level, options.series) as source:
         h, w, _ = source.shape
         size = (options.pixel_size,) * 2 if options.pixel_size is not None else source.pixel_size
         if options.block_size is not None or h * w > BLOCKWISE_PIXELS:
-            _predict_blocks(module, source, targets, size, options)
+            _predict_blocks(module, runner, source, targets, size, options)
             return
         # a plain TIFF is read as it always was (the same checks); pyramid levels, series, Zarr and the
         # formats read whole anyway come from the source
@@ -306,7 +323,7 @@ def _predict_one(module: SegmentationModule, path: Path, targets: dict[str, Path
     if d.object_size_um is not None:  # the objects' real size and this image's pixel size fix its scale
         scale = known_size_factor(d.object_size_um, d.object_size, size, path, hint="--pixel-size")
     image = prepare_image(raw, module.hparams["in_channels"], d.normalization, scale, d.bright_objects)
-    labels = module.segment(image, raw.shape[:2])
+    labels = module.segment(image, raw.shape[:2], runner)
     if "tiff" in targets:
         write_label(targets["tiff"], labels, size)
     if "zarr" in targets:
@@ -348,6 +365,7 @@ def _atomic_folder(path: Path) -> Iterator[Path]:
 
 def _predict_blocks(
     module: SegmentationModule,
+    runner: NetworkRunner,
     source: ImageSource,
     targets: dict[str, Path],
     pixel_size: tuple[float, float] | None,
@@ -376,7 +394,7 @@ def _predict_blocks(
                 )
             )
         bands = segment_blocks(
-            module.net,
+            runner,
             source,
             cfg,
             block=options.block_size or DEFAULT_BLOCK,

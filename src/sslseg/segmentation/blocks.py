@@ -31,8 +31,8 @@ from sslseg.data.datasets import rescale_image
 from sslseg.data.lazy import ImageSource
 from sslseg.data.normalize import brighten_objects, channel_statistics, floor_spread, harmonise_channels
 from sslseg.data.scale import known_size_factor, typical_area
+from sslseg.segmentation.engines import NetworkRunner, network_runner
 from sslseg.segmentation.inference import (
-    network_probabilities,
     predict_at_scale,
     probabilities_to_labels,
     working_factor,
@@ -130,7 +130,7 @@ class BlockReport:
 
 
 def block_settings(
-    net: nn.Module,
+    net: nn.Module | NetworkRunner,
     source: ImageSource,
     stats: ImageStats,
     cfg: FinetuneConfig,
@@ -143,7 +143,8 @@ def block_settings(
     object area that `postprocess.min_size_fraction` is a fraction of. With `data.object_size_um` the
     working scale comes from the pixel size (`pixel_size`, else the source's) instead of being measured."""
     h, w, _ = source.shape
-    channels = net_in_channels(net)
+    run = network_runner(net, "instance")
+    channels = net_in_channels(run.net)
     post = cfg.postprocess
     d = cfg.data
     scale = d.scale
@@ -157,12 +158,12 @@ def block_settings(
     image = rescale_image(stats.apply(source.read(y0, y0 + sh, x0, x0 + sw), channels), scale)
     head = cfg.model.instance_head
     if d.measured_object_size is not None:
-        factor, probs = working_factor(net, image, (sh, sw), cfg.inference, d.measured_object_size, head)
+        factor, probs = working_factor(run, image, (sh, sw), cfg.inference, d.measured_object_size, head)
         scale *= factor
         if factor != 1.0:
-            probs = predict_at_scale(net, rescale_image(image, factor), "instance", (sh, sw), cfg.inference)
+            probs = predict_at_scale(run, rescale_image(image, factor), "instance", (sh, sw), cfg.inference)
     else:
-        probs = predict_at_scale(net, image, "instance", (sh, sw), cfg.inference)
+        probs = predict_at_scale(run, image, "instance", (sh, sw), cfg.inference)
     raw_post = post.model_copy(update={"min_size": 0, "min_size_fraction": 0.0})
     labels = probabilities_to_labels(probs, "instance", raw_post, head)
     areas = np.bincount(labels.ravel())[1:]
@@ -192,9 +193,9 @@ def net_in_channels(net: nn.Module) -> int:
 class _TileCache:
     """Network outputs of the whole image's sliding-window tiles, kept while a later block needs them."""
 
-    def __init__(self, net: nn.Module, task: str, shape: tuple[int, int], cfg: FinetuneConfig) -> None:
-        self.run = network_probabilities(net, task)
-        self.device = next(net.parameters()).device
+    def __init__(self, run: NetworkRunner, shape: tuple[int, int], cfg: FinetuneConfig) -> None:
+        self.run = run
+        self.device = run.device
         self.tile, self.coords = tile_grid(*shape, cfg.inference.tile_size, cfg.inference.overlap)
         self.window = blend_window(self.tile, torch.device("cpu"))
         self.batch_size = cfg.inference.batch_size
@@ -255,7 +256,7 @@ class BlockObjects:
 
 
 def segment_blocks(
-    net: nn.Module,
+    net: nn.Module | NetworkRunner,
     source: ImageSource,
     cfg: FinetuneConfig,
     block: int = DEFAULT_BLOCK,
@@ -272,22 +273,23 @@ def segment_blocks(
     is capped at the block side; objects larger than it are counted in `report.cut_objects`. Instance labels are stitched (one global id per
     object, 1..N in the order blocks keep them); semantic maps are class indices. `on_objects` receives each
     block's kept objects (instance tasks). `pixel_size` (y, x µm) overrides the source's (for
-    `data.object_size_um`)."""
+    `data.object_size_um`). `net` is a network or a `NetworkRunner` (`sslseg.segmentation.engines`)."""
     if block < 1 or band_rows < 1:
         raise ValueError(f"block ({block}) and band_rows ({band_rows}) must be positive")
     task = cfg.data.task
     classes = task_named(task).labels_are_classes
     h, w, _ = source.shape
-    channels = net_in_channels(net)
+    run = network_runner(net, task)
+    channels = net_in_channels(run.net)
     if stats is None:
         stats = image_statistics(source, channels, cfg.data.normalization, cfg.data.bright_objects, block)
-    settings = block_settings(net, source, stats, cfg, halo, pixel_size)
+    settings = block_settings(run, source, stats, cfg, halo, pixel_size)
     report = report if report is not None else BlockReport()
     report.settings = settings
     head = cfg.model.instance_head
     tile = tile_grid(h, w, cfg.inference.tile_size, cfg.inference.overlap)[0]
     exact = settings.scale == 1.0 and not cfg.inference.tta and min(h, w) >= tile
-    cache = _TileCache(net, task, (h, w), cfg) if exact else None
+    cache = _TileCache(run, (h, w), cfg) if exact else None
 
     def prepared(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return stats.apply(source.read(y0, y1, x0, x1), channels)
@@ -318,7 +320,7 @@ def segment_blocks(
                 )
             else:
                 image = rescale_image(prepared(*region), settings.scale)
-                probs = predict_at_scale(net, image, task, (ry1 - ry0, rx1 - rx0), cfg.inference)
+                probs = predict_at_scale(run, image, task, (ry1 - ry0, rx1 - rx0), cfg.inference)
             labels = probabilities_to_labels(probs, task, settings.post, head)
             del probs
             by0 = ry0 - buffer_y0

@@ -3,8 +3,6 @@ and prediction so that what is scored is exactly what users get."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,6 +12,7 @@ from sslseg.config import InferenceConfig, PostprocessConfig
 from sslseg.data.datasets import rescale_image
 from sslseg.data.scale import MIN_FACTOR, median_diameter, size_factor
 from sslseg.data.targets import DEFAULT_INSTANCE_HEAD
+from sslseg.segmentation.engines import NetworkRunner, network_runner
 from sslseg.segmentation.heads import instance_head
 from sslseg.segmentation.tasks import task_named
 from sslseg.segmentation.tiling import sliding_window
@@ -54,7 +53,7 @@ RESCALE_TOLERANCE = 1.25  # a size estimate this close to the target is not wort
 
 @torch.no_grad()
 def predict_probabilities(
-    net: nn.Module,
+    net: nn.Module | NetworkRunner,
     image: np.ndarray,
     task: str,
     native_shape: tuple[int, int],
@@ -63,7 +62,8 @@ def predict_probabilities(
     head: str = DEFAULT_INSTANCE_HEAD,
 ) -> torch.Tensor:
     """Tiled forward pass over a C×h×w image; probabilities resized to the native H×W (K×H×W, CPU).
-    With `cfg.tta` the mean over the 8 flips/quarter turns, each mapped back before averaging.
+    With `cfg.tta` the mean over the 8 flips/quarter turns, each mapped back before averaging. `net` is a
+    network (run by PyTorch) or the `NetworkRunner` of another engine (`sslseg.segmentation.engines`).
 
     With `object_size` (instance tasks) the objects of a first prediction give the image's median object
     diameter (with `cfg.check_fragments`, checked for fragments by `_whole_object_diameter`); when it is
@@ -72,16 +72,17 @@ def predict_probabilities(
     `cfg.tta`: a median over objects does not need eight. `head` names the instance representation the
     network predicts (`model.instance_head`), which the size estimate segments with."""
     cfg = cfg or InferenceConfig()
+    run = network_runner(net, task)
     if object_size is None or not task_named(task).sizes_objects:
-        return _predict_oriented(net, image, task, native_shape, cfg)
-    factor, probs = working_factor(net, image, native_shape, cfg, object_size, head)
+        return _predict_oriented(run, image, task, native_shape, cfg)
+    factor, probs = working_factor(run, image, native_shape, cfg, object_size, head)
     if factor == 1.0:
-        return _predict_oriented(net, image, task, native_shape, cfg, identity=probs)
-    return _predict_oriented(net, rescale_image(image, factor), task, native_shape, cfg)
+        return _predict_oriented(run, image, task, native_shape, cfg, identity=probs)
+    return _predict_oriented(run, rescale_image(image, factor), task, native_shape, cfg)
 
 
 def working_factor(
-    net: nn.Module,
+    net: nn.Module | NetworkRunner,
     image: np.ndarray,
     native_shape: tuple[int, int],
     cfg: InferenceConfig,
@@ -91,13 +92,14 @@ def working_factor(
     """The resize factor that brings the objects of a prepared instance image to `object_size` px (1.0 when
     within RESCALE_TOLERANCE or nothing is found), with the first prediction it was measured on (native
     shape). Block-wise prediction measures it once on a sample of a large image and keeps it for all blocks."""
-    probs = _predict_once(net, image, "instance", native_shape, cfg)
+    run = network_runner(net, "instance")
+    probs = _predict_once(run, image, "instance", native_shape, cfg)
     diameter = _sizing_diameter(probs, head)
     factor = 1.0  # nothing found: no size to go by
     if diameter is not None:
         diameter *= image.shape[1] / native_shape[0]  # in working pixels
         if cfg.check_fragments:
-            diameter = _whole_object_diameter(net, image, cfg, diameter, object_size, head)
+            diameter = _whole_object_diameter(run, image, cfg, diameter, object_size, head)
         factor = size_factor(diameter, object_size)
     if 1 / RESCALE_TOLERANCE <= factor <= RESCALE_TOLERANCE:
         factor = 1.0
@@ -105,11 +107,15 @@ def working_factor(
 
 
 def predict_at_scale(
-    net: nn.Module, image: np.ndarray, task: str, native_shape: tuple[int, int], cfg: InferenceConfig
+    net: nn.Module | NetworkRunner,
+    image: np.ndarray,
+    task: str,
+    native_shape: tuple[int, int],
+    cfg: InferenceConfig,
 ) -> torch.Tensor:
     """Probabilities (K×H×W at `native_shape`, CPU) of a prepared image already at its working scale: one
     tiled pass, or the mean over the 8 flips/quarter turns with `cfg.tta`."""
-    return _predict_oriented(net, image, task, native_shape, cfg)
+    return _predict_oriented(network_runner(net, task), image, task, native_shape, cfg)
 
 
 def _sizing_diameter(probs: torch.Tensor, head: str) -> float | None:
@@ -121,7 +127,7 @@ def _sizing_diameter(probs: torch.Tensor, head: str) -> float | None:
 
 
 def _whole_object_diameter(
-    net: nn.Module,
+    run: NetworkRunner,
     image: np.ndarray,
     cfg: InferenceConfig,
     diameter: float,
@@ -134,7 +140,7 @@ def _whole_object_diameter(
     scale = 1.0
     while scale / 2 >= MIN_FACTOR:
         half = rescale_image(image, scale / 2)
-        measured = _sizing_diameter(_predict_once(net, half, "instance", half.shape[1:], cfg), head)
+        measured = _sizing_diameter(_predict_once(run, half, "instance", half.shape[1:], cfg), head)
         # objects under half the target are whole ones seen small, whatever their size before
         if measured is None or measured < max(object_size / 2, FRAGMENT_SHRINK * diameter):
             break
@@ -143,7 +149,7 @@ def _whole_object_diameter(
 
 
 def _predict_oriented(
-    net: nn.Module,
+    run: NetworkRunner,
     image: np.ndarray,
     task: str,
     native_shape: tuple[int, int],
@@ -153,36 +159,22 @@ def _predict_oriented(
     """One prediction, or with `cfg.tta` the mean over the 8 flips/quarter turns mapped back;
     `identity` is the untransformed prediction when the caller has it already."""
     if identity is None:
-        identity = _predict_once(net, image, task, native_shape, cfg)
+        identity = _predict_once(run, image, task, native_shape, cfg)
     if not cfg.tta:
         return identity
     h, w = native_shape
     total = identity
     for t in range(1, D4_SIZE):
         shape = (w, h) if t % 2 else (h, w)  # odd quarter turns swap the sides
-        p = d4_inverse(_predict_once(net, d4_transform(image, t), task, shape, cfg), t)
+        p = d4_inverse(_predict_once(run, d4_transform(image, t), task, shape, cfg), t)
         total = total + p
     return (total / D4_SIZE).contiguous()
 
 
-def network_probabilities(net: nn.Module, task: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The function the sliding window applies to a batch of tiles: the network's probabilities, in
-    bfloat16 autocast on CUDA."""
-    device = next(net.parameters()).device
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            return activate(net(batch), task)
-
-    return run
-
-
 def _predict_once(
-    net: nn.Module, image: np.ndarray, task: str, native_shape: tuple[int, int], cfg: InferenceConfig
+    run: NetworkRunner, image: np.ndarray, task: str, native_shape: tuple[int, int], cfg: InferenceConfig
 ) -> torch.Tensor:
-    device = next(net.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
-    run = network_probabilities(net, task)
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(run.device)
     probs = sliding_window(run, x, cfg.tile_size, cfg.overlap, cfg.batch_size)
     if tuple(probs.shape[1:]) != tuple(native_shape):
         probs = F.interpolate(probs[None], size=native_shape, mode="bilinear", align_corners=False)[0]

@@ -18,6 +18,7 @@ from sslseg.data.datasets import LoadedSample
 from sslseg.errors import TrainingDiverged
 from sslseg.nn.unet import build_unet, encoder_of, freeze
 from sslseg.optim import warmup_cosine
+from sslseg.segmentation.engines import NetworkRunner
 from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
 from sslseg.segmentation.tasks import Task, task_named
 from sslseg.weights import decoder_beside, load_decoder, load_encoder
@@ -90,12 +91,15 @@ class SegmentationModule(L.LightningModule):
             encoder_of(self.net).eval()  # frozen means BatchNorm statistics frozen too
         return self
 
-    def probabilities(self, image: np.ndarray, native_shape: tuple[int, int]) -> torch.Tensor:
+    def probabilities(
+        self, image: np.ndarray, native_shape: tuple[int, int], runner: NetworkRunner | None = None
+    ) -> torch.Tensor:
         """Class/instance maps at `native_shape` for one prepared C×H×W image, by the checkpoint's own
-        inference settings (tiling, test-time augmentation, object-size rescaling)."""
+        inference settings (tiling, test-time augmentation, object-size rescaling); `runner` runs the
+        network by another engine (`sslseg.segmentation.engines`), default PyTorch."""
         cfg = self.cfg
         return predict_probabilities(
-            self.net,
+            runner if runner is not None else self.net,
             image,
             cfg.data.task,
             native_shape,
@@ -104,10 +108,13 @@ class SegmentationModule(L.LightningModule):
             cfg.model.instance_head,
         )
 
-    def segment(self, image: np.ndarray, native_shape: tuple[int, int]) -> np.ndarray:
-        """The label map of one prepared image: `probabilities`, then the checkpoint's post-processing."""
+    def segment(
+        self, image: np.ndarray, native_shape: tuple[int, int], runner: NetworkRunner | None = None
+    ) -> np.ndarray:
+        """The label map of one prepared image: `probabilities` (by `runner`, default PyTorch), then the
+        checkpoint's post-processing."""
         cfg = self.cfg
-        probs = self.probabilities(image, native_shape)
+        probs = self.probabilities(image, native_shape, runner)
         return probabilities_to_labels(probs, cfg.data.task, cfg.postprocess, cfg.model.instance_head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
