@@ -36,6 +36,14 @@ DeviceOption = Annotated[
     str,
     typer.Option(help="where the network runs: auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps"),
 ]
+RerunChangedOption = Annotated[
+    bool,
+    typer.Option(
+        "--rerun-changed",
+        help="run again the finished jobs whose settings changed (their old results are moved aside, still "
+        "readable); without it they keep their results",
+    ),
+]
 
 
 @data_app.command("verify")
@@ -501,14 +509,7 @@ def study_run(
         bool, typer.Option("--dry-run", help="list the jobs and their estimated cost")
     ] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="write the report at the end")] = True,
-    rerun_changed: Annotated[
-        bool,
-        typer.Option(
-            "--rerun-changed",
-            help="run again the finished jobs whose settings changed (their old results are moved aside, "
-            "still readable); without it they keep their results",
-        ),
-    ] = False,
+    rerun_changed: RerunChangedOption = False,
     set_: SetOption = None,
 ) -> None:
     """Run every job of a study that is not done yet (resumable; several runners may share one study)."""
@@ -581,14 +582,7 @@ def study_slurm(
     tasks: Annotated[int, typer.Option(help="array tasks (one GPU each)")] = 8,
     hours: Annotated[float, typer.Option(help="time limit per task")] = 24.0,
     out: Annotated[Path | None, typer.Option(help="script file (default: print it)")] = None,
-    rerun_changed: Annotated[
-        bool,
-        typer.Option(
-            "--rerun-changed",
-            help="run again the finished jobs whose settings changed (their old results are moved aside, "
-            "still readable); without it they keep their results",
-        ),
-    ] = False,
+    rerun_changed: RerunChangedOption = False,
     set_: SetOption = None,
 ) -> None:
     """Write a SLURM array-job script whose tasks claim jobs from the study's store (by default a folder of

@@ -110,9 +110,33 @@ class SyncReport:
     changed: dict[str, list[str]] = field(default_factory=dict)
     superseded: list[dict[str, Any]] = field(default_factory=list)  # {key, folder, moved_to, changed}
 
+    def moved_aside(self, job: Job, moved_to: Path, changed: list[str]) -> None:
+        """Note a done job whose result was moved aside to `moved_to` (its folder goes there too)."""
+        self.superseded.append(
+            {"key": job.key, "folder": job.config["output"], "moved_to": str(moved_to), "changed": changed}
+        )
+
     def __getitem__(self, name: str) -> int:  # report["changed"]: how many, as the old counts read
         value = getattr(self, name)
         return value if isinstance(value, int) else len(value)
+
+
+def job_record(job: Job) -> dict[str, Any]:
+    """A job's definition as a store keeps it (the identity in its JSON form)."""
+    return {
+        "key": job.key,
+        "kind": job.kind,
+        "dataset": job.dataset,
+        "pretraining": job.pretraining,
+        "state": job.state,
+        "fraction": job.fraction,
+        "seed": job.seed,
+        "depends_on": job.depends_on,
+        "ord": job.order,
+        "config_hash": job.hash,
+        "config": job.config,
+        "identity": job.identity.to_json(),
+    }
 
 
 def legacy_identities(rows: list[dict[str, Any]]) -> dict[str, Identity]:
@@ -323,19 +347,10 @@ class ResultStore(JobStore):
             stored = {r["key"]: _decode(r) for r in db.execute("SELECT * FROM jobs")}
             identities = legacy_identities(list(stored.values()))
             for job in jobs:
-                definition = {
-                    "kind": job.kind,
-                    "dataset": job.dataset,
-                    "pretraining": job.pretraining,
-                    "state": job.state,
-                    "fraction": job.fraction,
-                    "seed": job.seed,
-                    "depends_on": job.depends_on,
-                    "ord": job.order,
-                    "config_hash": job.hash,
-                    "config": json.dumps(job.config),
-                    "identity": json.dumps(job.identity.to_json()),
-                }
+                record = job_record(job)
+                definition = {k: v for k, v in record.items() if k != "key"}
+                definition["config"] = json.dumps(record["config"])
+                definition["identity"] = json.dumps(record["identity"])
                 old = stored.get(job.key)
                 if old is None:
                     cols = ", ".join(definition)
@@ -393,14 +408,7 @@ class ResultStore(JobStore):
                         " attempts=0, finished_at=NULL WHERE key=?",
                         (job.key,),
                     )
-                    report.superseded.append(
-                        {
-                            "key": job.key,
-                            "folder": job.config["output"],
-                            "moved_to": str(moved_to),
-                            "changed": changed,
-                        }
-                    )
+                    report.moved_aside(job, moved_to, changed)
         return report
 
     @staticmethod
@@ -704,22 +712,6 @@ class FileStore(JobStore):
             return False  # reset, or (O_EXCL fallback) someone else's claim of that number
         return not self._claim_path(key, number + 1).exists()  # taken over?
 
-    def _job_record(self, job: Job) -> dict[str, Any]:
-        return {
-            "key": job.key,
-            "kind": job.kind,
-            "dataset": job.dataset,
-            "pretraining": job.pretraining,
-            "state": job.state,
-            "fraction": job.fraction,
-            "seed": job.seed,
-            "depends_on": job.depends_on,
-            "ord": job.order,
-            "config_hash": job.hash,
-            "config": job.config,
-            "identity": job.identity.to_json(),
-        }
-
     def _result_record(
         self, job: dict[str, Any], claim: dict[str, Any], attempts: int, **result: Any
     ) -> dict[str, Any]:
@@ -782,7 +774,7 @@ class FileStore(JobStore):
         identities = legacy_identities(list(known.values()))
         now: float | None = None
         for job in jobs:
-            record = self._job_record(job)
+            record = job_record(job)
             old = known.get(job.key)
             path = self.jobs_dir / f"{_file_name(job.key)}.json"
             if old is None:
@@ -837,14 +829,7 @@ class FileStore(JobStore):
                 write_json(aside, entry)  # first: the old result is kept before anything else changes
                 write_json(path, record)
                 self._result_path(job.key).unlink(missing_ok=True)
-                report.superseded.append(
-                    {
-                        "key": job.key,
-                        "folder": job.config["output"],
-                        "moved_to": str(moved_to),
-                        "changed": changed,
-                    }
-                )
+                report.moved_aside(job, moved_to, changed)
         return report
 
     def superseded(self) -> list[dict[str, Any]]:
