@@ -91,3 +91,49 @@ def test_a_chosen_budget_is_checked(tmp_path):
         FinetuneConfig.model_validate({"data": {"labelled_list": "x.txt", "label_fraction": 0.5}})
     with pytest.raises(ValueError, match="labelled_images"):
         _study(data, tmp_path / "s", labelled_images=None, label_fractions=[0.5])
+
+
+def test_the_report_sets_chosen_images_against_the_random_draws(tmp_path):
+    from scipy import stats
+
+    from sslseg.study.report import selection_section
+    from sslseg.study.sections import Figure, render_markdown
+    from sslseg.study.selection_analysis import selection_against_draws
+    from sslseg.study.store import JobRow
+
+    data = write_synthetic_dataset(tmp_path / "data", n_images=12, size=48)
+    study = _study(data, tmp_path / "study", seeds=[0, 1, 2, 3, 4])
+    prepare(study)
+    draws = [0.30, 0.50, 0.40, 0.45, 0.35]  # random init: each seed another draw of 4 images
+    chosen = [0.46, 0.44, 0.48, 0.47, 0.45]  # the chosen 4 images, seeds vary the training only
+    rows = [
+        JobRow(
+            key=f"synth/{name}/finetuned/n4/s{seed}",
+            kind="finetune",
+            dataset="synth",
+            pretraining=name,
+            state="finetuned",
+            seed=seed,
+            status="done",
+            config={"data": {"labelled_images": 4}},
+            metrics={"aji": score},
+        )
+        for name, scores in (("random", draws), ("typiclust", chosen))
+        for seed, score in enumerate(scores)
+    ]
+    (c,) = selection_against_draws(study, rows)  # budget 2 has no finished cell
+    assert (c.row, c.budget, c.metric) == ("typiclust", 4, "aji")
+    assert c.welch_p == pytest.approx(
+        stats.ttest_ind(chosen, draws, equal_var=False, alternative="greater").pvalue
+    )
+    assert c.mann_whitney_p == pytest.approx(stats.mannwhitneyu(chosen, draws, alternative="greater").pvalue)
+    assert c.share_beaten == pytest.approx(0.8)  # all but 0.50 lie below the chosen mean 0.46
+    assert c.worst_at_median  # the worst chosen seed (0.44) is above the draws' median (0.40)
+    section = selection_section([c])
+    assert section is not None and any(isinstance(b, Figure) for b in section.blocks)  # the contact sheet
+    md = render_markdown("t", [section])
+    assert (
+        "| synth | typiclust (typiclust-descriptors) | 4 | 0.460 (5) | 0.400 [" in md
+        and "| 80% | yes |" in md
+    )
+    assert selection_section([]) is None

@@ -9,6 +9,7 @@ HTML and Markdown.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import math
@@ -419,6 +420,57 @@ def earlier_settings_section(rows: list[Any], superseded: list[dict[str, Any]]) 
     )
 
 
+def selection_section(compared: list[Any]) -> Section | None:
+    """Chosen images against random draws (`selection_analysis.AgainstDraws`), with each proposal's contact
+    sheet; None when the study chooses no images."""
+    if not compared:
+        return None
+    header = [
+        "dataset",
+        "selection",
+        "budget",
+        "chosen: mean (seeds)",
+        "random draws: mean [CI] (n)",
+        "Welch p",
+        "Mann–Whitney p",
+        "draws beaten",
+        "worst seed ≥ draws' median",
+    ]
+    rows = []
+    for c in compared:
+        mean, lo, hi = c.draws_ci
+        rows.append(
+            [
+                c.dataset,
+                f"{c.row} ({c.selection})",
+                str(c.budget),
+                f"{_fmt(c.mean)} ({len(c.scores)})",
+                f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}] ({len(c.draws)})",
+                format_p(c.welch_p),
+                format_p(c.mann_whitney_p),
+                f"{c.share_beaten:.0%}",
+                "yes" if c.worst_at_median else "no",
+            ]
+        )
+    note = Text(
+        f"Each row's images are chosen once per budget ({compared[0].metric} over training seeds); each seed of "
+        "random init annotates another random draw. p-values are one-sided (the chosen images score higher).",
+        note=True,
+    )
+    blocks: list[Block] = [note, Table(header, rows)]
+    for c in compared:
+        if c.contact_sheet is not None:
+            blocks += [
+                Text(f"{c.dataset}, {c.row}, {c.budget} images:"),
+                Figure(_file_base64(c.contact_sheet)),
+            ]
+    return Section("Chosen images against random draws", blocks)
+
+
+def _file_base64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
 def write_report(
     out: Path,
     study_name: str,
@@ -427,6 +479,7 @@ def write_report(
     settings_yaml: str = "",
     footer: str = "",
     earlier: Section | None = None,
+    chosen: Section | None = None,
 ) -> dict[str, Path]:
     """Write report.html, report.md and the CSV tables into `out`; returns their paths. The analysis is
     `analyze`'s result, typed or in its JSON form."""
@@ -444,8 +497,7 @@ def write_report(
     for name, ds in datasets.items():
         sections += dataset_sections(name, ds)
         sections += representation_sections(representation.get(name, {}))
-    if earlier is not None:
-        sections.append(earlier)
+    sections += [s for s in (chosen, earlier) if s is not None]
     sections.append(Section("Settings", [Code(settings_yaml), Text(footer, note=True)]))
     title = f"Study “{study_name}”"
     paths = {"html": out / "report.html", "markdown": out / "report.md"}
@@ -465,6 +517,7 @@ def report_study(
     from sslseg.config import load_config, to_yaml
     from sslseg.errors import ConfigError
     from sslseg.study.analyze import analyze
+    from sslseg.study.selection_analysis import selection_against_draws
     from sslseg.study.spec import StudyConfig, expand
     from sslseg.study.store import JobRow, existing_backend, read_rows, read_superseded
 
@@ -492,4 +545,5 @@ def report_study(
     seconds = sum(r.total_seconds for r in done)
     footer = f"{len(done)}/{len(rows)} jobs done, {seconds / 60:.1f} min of compute in total; sslseg {sslseg.__version__}."
     earlier = earlier_settings_section(rows, read_superseded(folder, study.store))
-    return write_report(folder / "report", study.name, analysis, rep, to_yaml(study), footer, earlier)
+    chosen = selection_section(selection_against_draws(study, rows, study.analysis.confidence))
+    return write_report(folder / "report", study.name, analysis, rep, to_yaml(study), footer, earlier, chosen)

@@ -113,6 +113,15 @@ def welch_greater(method: ArrayLike, baseline: ArrayLike) -> float:
         return float(_st.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
 
 
+def mann_whitney_greater(method: ArrayLike, baseline: ArrayLike) -> float:
+    """One-sided Mann–Whitney U p-value for H1 "method's values tend to exceed baseline's" (NaNs dropped;
+    NaN with an empty side): the rank test beside Welch's, for few values that need not be normal."""
+    a, b = _vec(method, "method", dropna=True), _vec(baseline, "baseline", dropna=True)
+    if len(a) == 0 or len(b) == 0:
+        return math.nan
+    return float(_st.mannwhitneyu(a, b, alternative="greater").pvalue)
+
+
 def paired_differences(method: ArrayLike, baseline: ArrayLike) -> np.ndarray:
     """method − baseline per seed (the two arrays aligned by seed), leaving out seeds missing on either side."""
     a, b = _vec(method, "method"), _vec(baseline, "baseline")
