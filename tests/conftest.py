@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +28,23 @@ def benchmark_module(name: str) -> ModuleType:
         return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+def run_benchmark_script(script: str, *args: str, cwd: Path, timeout: float = 600) -> list[dict]:
+    """Run a script of benchmarks/ as a user would (this checkout's sslseg first on the path) and return its
+    JSON lines; a non-zero exit fails the test with the end of its stderr."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
 
 
 def real_data(*parts: str) -> Path:

@@ -4,38 +4,15 @@ their ratio and the bar, on synthetic images with a tiny U-Net (the step timer r
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-from conftest import BENCHMARKS
+from conftest import run_benchmark_script
 
 
 def test_smoke_run_prints_e2e_beside_the_bare_loop_and_their_ratio(tmp_path):
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "finetune_throughput.py"),
-            "--smoke",
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-        env=env,
+    (line,) = run_benchmark_script(
+        "finetune_throughput.py", "--smoke", "--steps", "2", "--warmup", "1", cwd=tmp_path
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    (line,) = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
     assert line["benchmark"] == "finetune_throughput" and line["data"] == "synthetic 64 px"
     assert len(line["e2e_step_s"]) == 2 and len(line["bare_step_s"]) == 4  # 2 timed steps; bare twice
     assert line["e2e_steps_per_s"] == pytest.approx(1 / np.median(line["e2e_step_s"]), rel=0.02)

@@ -3,15 +3,9 @@ model on synthetic images) printing both engines' images/s beside their ratio an
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-from conftest import BENCHMARKS, benchmark_module
+from conftest import benchmark_module, run_benchmark_script
 
 pytest.importorskip("onnxruntime")
 
@@ -49,18 +43,7 @@ def test_agreement_by_hand(bench):
 
 
 def test_smoke_run_prints_both_engines_their_ratio_and_agreement(tmp_path):
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "predict_engines.py"), "--smoke", "--repeats", "1"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    (line,) = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    (line,) = run_benchmark_script("predict_engines.py", "--smoke", "--repeats", "1", cwd=tmp_path)
     assert line["benchmark"] == "predict_engines" and line["images"] == 3
     assert line["torch_images_per_s"] > 0 and line["onnx_images_per_s"] > 0
     ratio = line["onnx_images_per_s"] / line["torch_images_per_s"]

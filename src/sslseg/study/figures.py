@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import matplotlib
 
@@ -18,3 +19,8 @@ def png_base64(fig: plt.Figure) -> str:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def file_base64(path: Path) -> str:
+    """A PNG file as base64, to embed beside the drawn figures (e.g. a proposal's contact sheet)."""
+    return base64.b64encode(path.read_bytes()).decode()

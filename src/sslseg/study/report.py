@@ -9,7 +9,6 @@ HTML and Markdown.
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import math
@@ -29,7 +28,7 @@ from sslseg.study.analyze import (
     count_text,
     format_p,
 )
-from sslseg.study.figures import png_base64
+from sslseg.study.figures import file_base64, png_base64
 from sslseg.study.sections import (
     Block,
     Code,
@@ -462,13 +461,9 @@ def selection_section(compared: list[Any]) -> Section | None:
         if c.contact_sheet is not None:
             blocks += [
                 Text(f"{c.dataset}, {c.row}, {c.budget} images:"),
-                Figure(_file_base64(c.contact_sheet)),
+                Figure(file_base64(c.contact_sheet)),
             ]
     return Section("Chosen images against random draws", blocks)
-
-
-def _file_base64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
 
 
 def write_report(

@@ -29,7 +29,7 @@ from typing import Any
 
 import sslseg
 from sslseg.atomic import write_text
-from sslseg.config import FinetuneConfig, PretrainConfig, to_yaml
+from sslseg.config import FinetuneConfig, PretrainConfig, read_yaml_mapping, to_yaml
 from sslseg.data.layouts import find_samples
 from sslseg.data.splits import dataset_split, save_split
 from sslseg.errors import ConfigError, SslsegError
@@ -187,7 +187,7 @@ def adopt_finished_folders(jobs: list[Job], store: JobStore, study_root: Path) -
         try:
             summary = json.loads((out / "result.json").read_text())
             made = FinetuneConfig.model_validate(
-                _read_yaml(out / "config.yaml") | {"output": str(out)}
+                read_yaml_mapping(out / "config.yaml", "run settings") | {"output": str(out)}
             ).model_dump(mode="json")
         except (OSError, ValueError, SslsegError):
             continue  # not a complete run of this version's config: it is redone (and its folder moved aside)
@@ -205,15 +205,6 @@ def adopt_finished_folders(jobs: list[Job], store: JobStore, study_root: Path) -
         if store.finish(job.key, runner, summary["test"], seconds, info):
             adopted.append(job.key)
     return adopted
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    tree = yaml.safe_load(path.read_text())
-    if not isinstance(tree, dict):
-        raise ValueError(f"{path}: not a mapping")
-    return tree
 
 
 def _say_what_changed(report: SyncReport, adopted: list[str]) -> None:

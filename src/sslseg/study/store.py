@@ -116,10 +116,6 @@ class SyncReport:
             {"key": job.key, "folder": job.config["output"], "moved_to": str(moved_to), "changed": changed}
         )
 
-    def __getitem__(self, name: str) -> int:  # report["changed"]: how many, as the old counts read
-        value = getattr(self, name)
-        return value if isinstance(value, int) else len(value)
-
 
 def job_record(job: Job) -> dict[str, Any]:
     """A job's definition as a store keeps it (the identity in its JSON form)."""
