@@ -9,8 +9,8 @@ import pytest
 from scipy import stats as st
 from test_study import _rows, _study
 
-from sslseg.study.analyze import analyze
-from sslseg.study.report import write_report
+from sslseg.study.analyze import Cost, PretrainingResult, analyze
+from sslseg.study.report import drawn_band, write_report
 from sslseg.study.stats import holm
 
 FRACTIONS = [0.1, 0.5, 1.0]
@@ -138,3 +138,73 @@ def test_report_shows_the_paired_columns_and_says_what_paired_means(tmp_path):
     assert "10%: paired Δ (95% CI), p" in md
     integrals = paths["integrals"].read_text().splitlines()
     assert "paired_t_p_holm" in integrals[0] and "welch_p_holm" in integrals[0]
+
+
+TWO = [{"name": "random", "init": "random"}, {"name": "densecl", "method": "densecl"}]
+
+
+def test_labels_saved_reads_as_words_where_a_share_means_nothing(tmp_path):
+    # densecl: above random init at 10 %, below it at 50 %, above random init's best at 100 %
+    def densecl(f, s):
+        return random_init(f, s) + {0.1: 0.05, 0.5: -0.05, 1.0: 0.05}[f] + OWN_NOISE[s]
+
+    study = _study(
+        tmp_path, encoder_states=["finetuned"], seeds=SEEDS, label_fractions=FRACTIONS, pretrainings=TWO
+    )
+    analysis = analyze(study, _rows(study, {"random": random_init, "densecl": densecl}))
+    g = analysis["datasets"]["synth"]["groups"]["finetuned"]["aji"]
+    assert g["baseline_rises"]
+    dense = g["pretrainings"]["densecl"]
+    assert dense["labels_saved"][1] < 0  # the number a table used to print as a negative share
+    assert dense["labels_saved_reading"] == ["saved", "not_better", "beyond_range"]
+    md = write_report(tmp_path / "report", "t", analysis, {}, "", "")["markdown"].read_text()
+    assert "none (not above random init)" in md and "above random init's score with 100%" in md
+    assert "> range" not in md and f"{dense['labels_saved'][1]:.0%}" not in md
+    assert "labels_saved_reading" in (tmp_path / "report" / "gains.csv").read_text().splitlines()[0]
+
+
+def test_no_labels_saved_are_given_when_random_init_does_not_rise(tmp_path):
+    def flat_random(f, s):  # more labels, a worse mean: seed noise and a short schedule can do this
+        return {0.1: 0.5, 0.5: 0.6, 1.0: 0.45}[f] + SEED_NOISE[s]
+
+    def densecl(f, s):  # at 10 % it beats random init at every budget, in every seed
+        return 0.65 + OWN_NOISE[s] + SEED_NOISE[s]
+
+    study = _study(
+        tmp_path, encoder_states=["finetuned"], seeds=SEEDS, label_fractions=FRACTIONS, pretrainings=TWO
+    )
+    analysis = analyze(study, _rows(study, {"random": flat_random, "densecl": densecl}))
+    ds = analysis["datasets"]["synth"]
+    g = ds["groups"]["finetuned"]["aji"]
+    assert not g["baseline_rises"]
+    assert set(g["pretrainings"]["densecl"]["labels_saved_reading"]) == {"baseline_flat"}
+    v = ds["verdict"]
+    assert v["labels_saved_claim"] is None and "annotation saved" not in v["text"]
+    assert "does not rise with annotation" in v["text"]
+    md = write_report(tmp_path / "report", "t", analysis, {}, "", "")["markdown"].read_text()
+    assert (
+        "No share of labels saved is given" in md and "saved" not in md.split("No share")[0].split("gain")[-1]
+    )
+    assert "%: gain |" in md and "labels saved |" not in md
+
+
+def test_curve_bands_are_drawn_only_from_three_seeds_and_within_the_score_range():
+    cost = Cost(pretrain_seconds=None, finetune_seconds_mean=None, factor=None)
+    e = PretrainingResult(
+        mean=[0.3, 0.4, 0.5],
+        ci_low=[-0.4, 0.2, 0.3],
+        ci_high=[1.0, 0.6, 1.3],
+        n_seeds=[2, 3, 5],
+        integral_per_seed=[],
+        integral_n_seeds=0,
+        integral_mean=None,
+        integral_ci=[None, None],
+        relative_gain=[None] * 3,
+        labels_saved=[None] * 3,
+        random_needs=[None] * 3,
+        cost=cost,
+    )
+    lo, hi = drawn_band(e)
+    assert np.isnan(lo[0]) and np.isnan(hi[0])  # two seeds: no band
+    np.testing.assert_allclose(lo[1:], [0.2, 0.3])
+    np.testing.assert_allclose(hi[1:], [0.6, 1.0])

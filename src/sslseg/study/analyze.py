@@ -199,6 +199,8 @@ def analyze_group(
         "reference": reference,
         "pretrainings": {},
     }
+    rises = baseline_rises(base_mean)
+    out["baseline_rises"] = rises
     for name in [p.name for p in study.pretrainings if p.name in tables]:
         t = tables[name]
         curve = [stats.mean_ci(t[:, j], conf) for j in range(len(budgets))]
@@ -213,6 +215,8 @@ def analyze_group(
         )
         done = integrals[np.isfinite(integrals)]
         mean = np.array([c[0] for c in curve])
+        known = bool(np.isfinite(base_mean).all())
+        saved = stats.labels_saved(labels_x, base_mean, mean) if known else np.full(len(budgets), np.nan)
         entry: dict[str, Any] = {
             "mean": mean,
             "ci_low": [c[1] for c in curve],
@@ -226,13 +230,15 @@ def analyze_group(
             if len(done) >= MIN_BOOTSTRAP
             else (np.nan, np.nan),
             "relative_gain": stats.relative_gain(mean, base_mean),
-            "labels_saved": stats.labels_saved(labels_x, base_mean, mean)
-            if np.isfinite(base_mean).all()
-            else np.full(len(budgets), np.nan),
+            "labels_saved": saved,
             # the labels (on labels_x) random init needs for this score: inf beyond the studied range
             "random_needs": [stats.equivalent_fraction(labels_x, base_mean, float(m)) for m in mean]
-            if np.isfinite(base_mean).all()
+            if known
             else np.full(len(budgets), np.nan),
+            "labels_saved_reading": [
+                saved_reading(rises, float(m), float(b), float(x))
+                for m, b, x in zip(mean, base_mean, saved, strict=True)
+            ],
         }
         ft = _finetune_seconds(rows, dataset, state, name)
         base_ft = _finetune_seconds(rows, dataset, state, BASELINE)
@@ -245,6 +251,31 @@ def analyze_group(
         out["pretrainings"][name] = entry
     _add_tests(out, study.analysis.alpha, conf)
     return out
+
+
+def baseline_rises(base_mean: np.ndarray) -> bool:
+    """Whether random init's mean curve rises from every budget to the next: only then does "random init
+    needs n images for this score" read as more labels buying more, and a share of labels saved mean anything."""
+    m = np.asarray(base_mean, dtype=float)
+    return bool(len(m) >= 2 and np.isfinite(m).all() and np.all(np.diff(m) > 0))
+
+
+# How to read one point estimate of labels saved (see `saved_reading`).
+SAVED_READINGS = ("saved", "beyond_range", "not_better", "baseline_flat", "unknown")
+
+
+def saved_reading(rises: bool, mean: float, base_mean: float, saved: float) -> str:
+    """How a pretraining's labels-saved point estimate at one budget reads: "saved" (a share, with the
+    images random init needs), "beyond_range" (random init never reaches that score within the studied
+    budgets), "not_better" (not above random init there: no labels saved), "baseline_flat" (random init's
+    curve does not rise, so the inverse is noise), "unknown" (a score is missing)."""
+    if not (math.isfinite(mean) and math.isfinite(base_mean)):
+        return "unknown"
+    if not rises:
+        return "baseline_flat"
+    if mean <= base_mean:
+        return "not_better"
+    return "saved" if math.isfinite(saved) else "beyond_range"
 
 
 def paired_comparison(method: np.ndarray, baseline: np.ndarray, confidence: float) -> dict[str, Any]:
@@ -438,7 +469,14 @@ def verdict(
     at0 = budget_phrase(group, 0)  # the fewest labels: where pretraining matters most
     sup = best["labels_saved_supported"]
     claim = sup["more_than"]
-    if claim is not None and claim > 0:
+    if claim is not None and claim > 0 and not group.get("baseline_rises", True):
+        k = budgets.index(sup["beats_random_at"])
+        saved_text = (
+            f" With {at0} it beats random init trained on {budget_phrase(group, k)} (paired t-test, Holm p "
+            f"{_eq(sup['p_holm'])}), but random init's mean does not rise with annotation over these budgets, "
+            "so these results cannot say how much annotation it saves."
+        )
+    elif claim is not None and claim > 0:
         k = budgets.index(sup["beats_random_at"])
         tested = f"(paired t-test, Holm p {_eq(sup['p_holm'])})"
         if group["labels_in_images"]:
@@ -488,7 +526,8 @@ def verdict(
         "text": head + saved_text + cost_text,
         "best": best_name,
         "significant": test["significant"],
-        "labels_saved_claim": claim,
+        # a share saved needs a rising random-init curve; "better at the same budget" (0) needs none
+        "labels_saved_claim": claim if group.get("baseline_rises", True) or not claim else None,
     }
 
 
@@ -585,6 +624,7 @@ class PretrainingResult:
     labels_saved: list[float | None]
     random_needs: list[float | None]
     cost: Cost
+    labels_saved_reading: list[str] | None = None  # per budget, one of SAVED_READINGS
     # the comparisons with random init: none for random init itself, and no budget tests without it
     test: PairedTest | None = None
     budget_tests: list[PairedTest] | None = None
@@ -603,6 +643,7 @@ class Group:
     seeds: list[int]
     reference: float | None
     pretrainings: dict[str, PretrainingResult]
+    baseline_rises: bool = True  # random init's mean rises with every budget (see `baseline_rises`)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from sslseg.study.analyze import (
     DatasetAnalysis,
     Group,
     PairedTest,
+    PretrainingResult,
     count_text,
     format_p,
 )
@@ -83,6 +84,18 @@ def budget_label(group: Group, j: int) -> str:
     return f"{count_text(n)} images" if n == b else f"{count_text(n)} images ({int(b)} + validation)"
 
 
+MIN_BAND_SEEDS = 3  # the curves' confidence bands are drawn where at least this many seeds finished
+
+
+def drawn_band(e: PretrainingResult) -> tuple[np.ndarray, np.ndarray]:
+    """A curve's confidence band as drawn: within [0, 1], and absent where fewer than MIN_BAND_SEEDS seeds
+    finished (a t-interval from two seeds spans most of [0, 1] and hides every curve)."""
+    lo = np.array([np.nan if v is None else v for v in e.ci_low], dtype=float)
+    hi = np.array([np.nan if v is None else v for v in e.ci_high], dtype=float)
+    banded = np.array(e.n_seeds) >= MIN_BAND_SEEDS
+    return np.clip(np.where(banded, lo, np.nan), 0, 1), np.clip(np.where(banded, hi, np.nan), 0, 1)
+
+
 def curves_figure(ds: DatasetAnalysis, metric: str) -> str:
     """Score vs labelled budget, mean and confidence band over seeds, one panel per encoder state."""
     states = list(ds.groups)
@@ -94,12 +107,9 @@ def curves_figure(ds: DatasetAnalysis, metric: str) -> str:
         x = np.array(xs, dtype=float)
         for name, e in g.pretrainings.items():
             mean = np.array([np.nan if v is None else v for v in e.mean], dtype=float)
-            lo = np.array([np.nan if v is None else v for v in e.ci_low], dtype=float)
-            hi = np.array([np.nan if v is None else v for v in e.ci_high], dtype=float)
             style = "--" if name == BASELINE else "-"
             ax.plot(x, mean, style, marker="o", color=colours[name], label=name)
-            # scores live in [0, 1]: a band from two seeds can reach far past that
-            ax.fill_between(x, np.clip(lo, 0, 1), np.clip(hi, 0, 1), color=colours[name], alpha=0.12)
+            ax.fill_between(x, *drawn_band(e), color=colours[name], alpha=0.12)
         ax.set_xscale("log")
         ax.set_xticks(x, ticks)
         ax.minorticks_off()
@@ -206,26 +216,54 @@ def budget_table(group: Group) -> Table:
     return Table(header, rows)
 
 
+def saved_cell(group: Group, saved: float | None, needs: float | None, reading: str) -> str:
+    """One labels-saved figure in words: a share only where it means one (see `analyze.saved_reading`)."""
+    if reading == "saved" and saved is not None:
+        needs_text = f" (random init needs {count_text(needs)})" if group.labels_in_images and needs else ""
+        return f"{saved:.0%} saved{needs_text}"
+    if reading == "beyond_range":
+        top = group.labels_x[-1]
+        most = f"{count_text(top)} images" if group.labels_in_images else budget_label(group, -1)
+        return f"above random init's score with {most}"
+    if reading == "not_better":
+        return "none (not above random init)"
+    return "–"
+
+
 def gain_table(group: Group) -> Table:
-    """Per budget, each pretraining's relative gain and share of labels saved; where labels are counted in
-    annotated images, also the images random init needs for the same score."""
+    """Per budget, each pretraining's relative gain and, where random init's curve rises so that it can be
+    read, the share of labels saved (with the images random init needs for the same score)."""
+    readable = group.baseline_rises
     header = ["pretraining"] + [
-        f"{budget_label(group, j)}: gain / labels saved" for j in range(len(group.budgets))
+        f"{budget_label(group, j)}: gain" + (" / labels saved" if readable else "")
+        for j in range(len(group.budgets))
     ]
     rows = []
     for name, e in group.pretrainings.items():
         if name == BASELINE:
             continue
+        readings = e.labels_saved_reading or ["unknown"] * len(group.budgets)
         cells = []
-        for g, s, n in zip(e.relative_gain, e.labels_saved, e.random_needs, strict=True):
-            cell = f"{_fmt(g, '+.1%')} / {_fmt(s, '.0%') if s is not None else '> range'}"
-            if group.labels_in_images:
-                cell += (
-                    f" (random init needs {count_text(n)})" if n is not None else " (random init: > range)"
-                )
-            cells.append(cell)
+        for g, s, n, r in zip(e.relative_gain, e.labels_saved, e.random_needs, readings, strict=True):
+            cells.append(_fmt(g, "+.1%") + (f" / {saved_cell(group, s, n, r)}" if readable else ""))
         rows.append([name, *cells])
     return Table(header, rows)
+
+
+def flat_baseline_text(group: Group, metric: str) -> str:
+    """Why no labels-saved figure is given when random init's mean does not rise with annotation."""
+    base = group.pretrainings.get(BASELINE)
+    points = (
+        ", ".join(f"{_fmt(m)} at {budget_label(group, j)}" for j, m in enumerate(base.mean))
+        if base is not None
+        else ""
+    )
+    return (
+        f"No share of labels saved is given: random init's mean {metric} does not rise with every added "
+        f"annotation here ({points}), so 'how many images would random init need for this score' has no "
+        "answer in these results. The spread between seeds, too short a schedule or budgets too close "
+        "together each flatten a curve; more seeds, a longer schedule or budgets further apart show it."
+    )
 
 
 PAIRED_COLUMNS = (
@@ -268,6 +306,7 @@ def write_csv_tables(analysis: Analysis, out: Path) -> list[Path]:
                             | at
                             | {"annotated_images": g.annotated[j], "relative_gain": e.relative_gain[j]}
                             | {"labels_saved": e.labels_saved[j], "random_needs": e.random_needs[j]}
+                            | {"labels_saved_reading": (e.labels_saved_reading or [None] * len(g.budgets))[j]}
                             | {"labels_counted_in": "annotated images" if g.labels_in_images else column}
                             | _test_columns(budget_tests[j], PAIRED_COLUMNS)
                         )
@@ -354,7 +393,11 @@ def dataset_sections(name: str, ds: DatasetAnalysis) -> list[Section]:
     metric, state = ds.primary_metric, ds.main_state
     ref = ds.references[metric]
     axis_name = "label fractions" if ds.budget_axis.budget_key == "label_fraction" else "image counts"
-    head: list[Block] = [Figure(curves_figure(ds, metric))]
+    caption = (
+        f"Lines: mean test {metric} over seeds; bands: the confidence interval of that mean, drawn where at "
+        f"least {MIN_BAND_SEEDS} seeds finished."
+    )
+    head: list[Block] = [Figure(curves_figure(ds, metric)), Text(caption, note=True)]
     if ds.failed:
         head.append(Text(f"Failed jobs (see the store for their errors): {', '.join(ds.failed)}", note=True))
     sections = [Section(f"{name} ({task_named(ds.task).display_name})", head)]
@@ -372,8 +415,13 @@ def dataset_sections(name: str, ds: DatasetAnalysis) -> list[Section]:
             text = (
                 "Relative gain over random init and the share of labels saved, per budget (point estimates "
                 "from the mean curves; the paired tests below say what the seeds support):"
+                if g.baseline_rises
+                else "Relative gain over random init per budget (point estimates from the mean curves; the "
+                "paired tests below say what the seeds support):"
             )
             blocks += [Text(text), gains]
+            if not g.baseline_rises:
+                blocks.append(Text(flat_baseline_text(g, metric), note=True))
         if (per_budget := budget_table(g)).rows:
             text = (
                 "Paired difference with random init at each label budget (same labelled images per seed), "
