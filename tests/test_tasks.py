@@ -116,3 +116,12 @@ def test_instance_task_follows_the_chosen_head(head):
     assert set(task.scores(labels, labels, cfg)) >= set(task.metrics)
     instances, classes = task.objects(labels)
     assert instances is labels and classes is None
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_exported_outputs_are_named_as_the_task_computes_them(name):
+    task, cfg = TASKS[name], _cfg(name)
+    assert len(task.output_names(cfg)) == task.output_channels(cfg)
+    logits = torch.randn(2, task.output_channels(cfg), 8, 8)
+    expected = {"softmax": logits.softmax(dim=1), "sigmoid": logits.sigmoid()}[task.activation]
+    assert torch.allclose(task.activate(logits), expected)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from sslseg.config import FinetuneConfig, PostprocessConfig
-from sslseg.data.targets import DEFAULT_INSTANCE_HEAD
+from sslseg.data.targets import DEFAULT_INSTANCE_HEAD, instance_target_layout
 from sslseg.data.task_rules import InstanceRules, SemanticRules, TaskRules, task_rules
 from sslseg.losses.consistency import class_consistency, map_consistency
 from sslseg.metrics import aji, instance_scores, semantic_scores
@@ -41,10 +41,15 @@ class Task(TaskRules, ABC):
     primary_metric: ClassVar[str]  # the score that selects checkpoints, tunes thresholds and leads reports
     metrics: ClassVar[tuple[str, ...]]  # the scores a study analyses, the primary one first
     tunes_postprocessing: ClassVar[bool]  # post-processing thresholds are tuned on the validation split
+    activation: ClassVar[str]  # the function `activate` applies, by name (as exported files record it)
 
     @abstractmethod
     def output_channels(self, cfg: FinetuneConfig) -> int:
         """Channels of the U-Net's output."""
+
+    @abstractmethod
+    def output_names(self, cfg: FinetuneConfig) -> list[str]:
+        """The name of each output channel, as exported files list them."""
 
     @abstractmethod
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
@@ -97,9 +102,14 @@ class SemanticTask(SemanticRules, Task):
     primary_metric = "dice"
     metrics = ("dice", "iou")
     tunes_postprocessing = False
+    activation = "softmax"
 
     def output_channels(self, cfg: FinetuneConfig) -> int:
         return cfg.data.num_classes
+
+    def output_names(self, cfg: FinetuneConfig) -> list[str]:
+        """Background, then one name per foreground class."""
+        return ["background", *(f"class_{k}" for k in range(1, cfg.data.num_classes))]
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=1)
@@ -138,9 +148,14 @@ class InstanceTask(InstanceRules, Task):
     primary_metric = "aji"
     metrics = ("aji", "aji_plus", "pq", "dsb_score", "f1@0.5")
     tunes_postprocessing = True
+    activation = "sigmoid"
 
     def output_channels(self, cfg: FinetuneConfig) -> int:
         return instance_head(cfg.model.instance_head).channels
+
+    def output_names(self, cfg: FinetuneConfig) -> list[str]:
+        """The maps of the chosen instance head."""
+        return list(instance_target_layout(cfg.model.instance_head).channels)
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()
