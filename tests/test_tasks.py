@@ -12,14 +12,16 @@ import pytest
 import torch
 
 from sslseg.config import FinetuneConfig, Task
+from sslseg.data.task_rules import TASK_RULES, task_rules
 from sslseg.segmentation.heads import INSTANCE_HEADS
 from sslseg.segmentation.tasks import TASKS, task_named
 from sslseg.study.analyze import analyze
 from sslseg.study.spec import StudyConfig
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sslseg"
-# The ground floor reads labels before any network exists and cannot import the registry (floor 2).
-GROUND_FLOOR = {"config.py", "data/datasets.py", "data/verify.py"}
+# The registry: the task objects (floor 2) and the label rules they are built on, which the ground floor
+# (config, datasets, verify) asks before any network exists. No other module compares task names.
+REGISTRY = {"segmentation/tasks.py", "data/task_rules.py"}
 
 
 def _cfg(task: str, **model) -> FinetuneConfig:
@@ -27,25 +29,33 @@ def _cfg(task: str, **model) -> FinetuneConfig:
 
 
 def test_config_tasks_are_the_registry():
-    assert set(typing.get_args(Task)) == set(TASKS)
+    assert set(typing.get_args(Task)) == set(TASKS) == set(TASK_RULES)
     with pytest.raises(ValueError, match="task"):
         _cfg("panoptic")
     with pytest.raises(ValueError, match="unknown task 'panoptic'; choose one of semantic, instance"):
         task_named("panoptic")
 
 
-def test_no_module_above_the_ground_floor_compares_task_names():
-    compare = re.compile(
-        r"""task\s*[!=]=\s*["'](instance|semantic)["']|["'](instance|semantic)["']\s*[!=]=\s*\w*task"""
-    )
+@pytest.mark.parametrize("name", list(TASKS))
+def test_each_task_is_built_on_its_rules(name):
+    task, rules = TASKS[name], task_rules(name)
+    assert isinstance(task, type(rules)) and task.name == rules.name == name
+    for rule in ("labels_are_classes", "sizes_objects", "balances_objects"):
+        assert getattr(task, rule) == getattr(rules, rule)
+    with pytest.raises(ValueError, match="unknown task 'panoptic'; choose one of semantic, instance"):
+        task_rules("panoptic")
+
+
+def test_no_module_outside_the_registry_compares_task_names():
+    compare = re.compile(r"""task\s*[!=]=\s*["']|["']\s*[!=]=\s*\w*task\b""")
     found = [
         f"{p.relative_to(SRC)}:{i}"
         for p in SRC.rglob("*.py")
-        if p.relative_to(SRC).as_posix() not in GROUND_FLOOR
+        if p.relative_to(SRC).as_posix() not in REGISTRY
         for i, line in enumerate(p.read_text().splitlines(), 1)
         if compare.search(line)
     ]
-    assert not found, f"ask the task object (sslseg.segmentation.tasks) instead: {found}"
+    assert not found, f"ask the task object (task_named, or task_rules below floor 2) instead: {found}"
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -106,3 +116,12 @@ def test_instance_task_follows_the_chosen_head(head):
     assert set(task.scores(labels, labels, cfg)) >= set(task.metrics)
     instances, classes = task.objects(labels)
     assert instances is labels and classes is None
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_exported_outputs_are_named_as_the_task_computes_them(name):
+    task, cfg = TASKS[name], _cfg(name)
+    assert len(task.output_names(cfg)) == task.output_channels(cfg)
+    logits = torch.randn(2, task.output_channels(cfg), 8, 8)
+    expected = {"softmax": logits.softmax(dim=1), "sigmoid": logits.sigmoid()}[task.activation]
+    assert torch.allclose(task.activate(logits), expected)

@@ -14,9 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sslseg.data.splits import Validation
 from sslseg.data.targets import DEFAULT_INSTANCE_HEAD, ObjectBalance, instance_target_layout
+from sslseg.data.task_rules import task_rules
 from sslseg.errors import ConfigError
 
-# the names of sslseg.segmentation.tasks.TASKS, which this floor cannot import (tests/test_tasks.py keeps them equal)
+# the names of sslseg.data.task_rules.TASK_RULES and sslseg.segmentation.tasks.TASKS, spelt out for pydantic
+# (tests/test_tasks.py keeps them equal)
 Task = Literal["semantic", "instance"]
 M = TypeVar("M", bound=BaseModel)
 
@@ -154,7 +156,7 @@ class DataConfig(_Strict):
                     f"object_size ({self.object_size}) and scale ({self.scale}) are two ways of choosing the "
                     "working scale; set only one (scale: 1.0 with object_size)"
                 )
-            if self.task != "instance" and self.object_size_um is None:
+            if not task_rules(self.task).sizes_objects and self.object_size_um is None:
                 raise ValueError(
                     f"object_size applies to instance tasks (object diameters), not task '{self.task}', "
                     "unless object_size_um gives the objects' size in µm; else use scale for semantic tasks"
@@ -394,7 +396,7 @@ class FinetuneConfig(_Strict):
 
     @model_validator(mode="after")
     def _balance_needs_objects(self) -> FinetuneConfig:
-        if self.loss.object_balance > 0 and self.data.task != "instance":
+        if self.loss.object_balance > 0 and not task_rules(self.data.task).balances_objects:
             raise ValueError(
                 f"loss.object_balance ({self.loss.object_balance}) weighs instance objects; task "
                 f"'{self.data.task}' has none (set it to 0)"

@@ -29,11 +29,10 @@ from tqdm.auto import tqdm
 
 import sslseg
 from sslseg.atomic import atomic_path, write_text
-from sslseg.config import FinetuneConfig, PostprocessConfig
+from sslseg.config import PostprocessConfig
 from sslseg.data.io import read_image
 from sslseg.data.normalize import harmonise_channels, normalize
 from sslseg.data.synth import generate_sample
-from sslseg.data.targets import instance_target_layout
 from sslseg.errors import ConfigError, DataError, ExportCheckFailed
 from sslseg.evaluate import load_model
 from sslseg.nn.unet import build_unet
@@ -108,19 +107,13 @@ def probability_net(module: SegmentationModule) -> ProbabilityNet:
     return net.cpu().eval()
 
 
-def output_names(cfg: FinetuneConfig) -> list[str]:
-    """The name of each output channel: the classes, or the maps of the instance head."""
-    if task_named(cfg.data.task).labels_are_classes:
-        return ["background", *(f"class_{k}" for k in range(1, cfg.data.num_classes))]
-    return list(instance_target_layout(cfg.model.instance_head).channels)
-
-
 def sidecar(module: SegmentationModule, checkpoint: str | Path) -> dict[str, Any]:
     """What sslseg does around the network, for whoever runs an exported file: the preprocessing before it
     and the post-processing (with the checkpoint's tuned thresholds) that turns probabilities into labels."""
     cfg = module.cfg
     d = cfg.data
-    classes = task_named(d.task).labels_are_classes
+    task = task_named(d.task)
+    classes = task.labels_are_classes
     return {
         "sslseg_version": sslseg.__version__,
         "checkpoint": str(checkpoint),
@@ -128,8 +121,8 @@ def sidecar(module: SegmentationModule, checkpoint: str | Path) -> dict[str, Any
         "num_classes": d.num_classes if classes else None,
         "instance_head": None if classes else cfg.model.instance_head,
         "in_channels": int(module.hparams["in_channels"]),
-        "outputs": output_names(cfg),
-        "activation": "softmax" if classes else "sigmoid",
+        "outputs": task.output_names(cfg),
+        "activation": task.activation,
         "stride": 2 ** len(cfg.model.decoder_channels),
         "preprocessing": {
             "normalization": d.normalization,

@@ -36,6 +36,7 @@ from sslseg.data.targets import (
     object_balance_weights,
     semantic_classes,
 )
+from sslseg.data.task_rules import task_rules
 from sslseg.errors import DataError
 
 if TYPE_CHECKING:
@@ -173,12 +174,13 @@ def load_samples(
     With `object_size_um` as well (any task, every sample) the objects' real diameter fixes each image's
     working scale instead: `object_size` × its pixel size / `object_size_um`, the pixel size being
     `pixel_size` (µm) when given, else the file's (`read_pixel_size`); a file without one is a DataError."""
-    if object_balance is not None and task != "instance":
+    rules = task_rules(task)
+    if object_balance is not None and not rules.balances_objects:
         raise ValueError(f"object_balance weighs instance objects, not '{task}' targets")
     if object_size_um is not None and object_size is None:
         raise ValueError("object_size_um needs object_size, the diameter in px the objects are brought to")
     if object_size is not None:
-        if task != "instance" and object_size_um is None:
+        if not rules.sizes_objects and object_size_um is None:
             raise ValueError(f"object_size applies to instance tasks, not '{task}'")
         if scale != 1.0:
             raise ValueError(f"object_size and scale ({scale}) both choose the working scale; give one")
@@ -196,7 +198,7 @@ def load_samples(
             labels = source.load(shape)
             if labels.shape != shape:
                 raise DataError(source.path, f"label size {labels.shape} differs from image size {shape}")
-            if task != "semantic" and labels.min(initial=0) < 0:
+            if not rules.labels_are_classes and labels.min(initial=0) < 0:
                 raise DataError(source.path, "instance labels must be ≥ 0 (0 = background)")
         image_scale = scale
         if object_size_um is not None:
@@ -208,7 +210,7 @@ def load_samples(
         image = prepare_image(raw, channels, normalization, image_scale, bright_objects)
         if labels is not None:
             work = rescale_labels(labels, image.shape[1:])
-            if task == "semantic":
+            if rules.labels_are_classes:
                 try:
                     labels = semantic_classes(labels, num_classes)
                 except ValueError as e:

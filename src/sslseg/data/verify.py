@@ -15,10 +15,12 @@ import numpy as np
 from sslseg.data.io import read_image, write_image, write_label
 from sslseg.data.layouts import LabelFile, MonusegXml, ObjectMaskFolder, Sample, find_samples, scan_samples
 from sslseg.data.layouts.pairs import PROPOSALS_FILE  # as labels arrive, verify shows the budget filling
+from sslseg.data.task_rules import TASK_RULES, InstanceRules, SemanticRules, task_rules
 from sslseg.errors import DataError
 
 Severity = Literal["error", "warning"]
-Task = Literal["semantic", "instance", "auto"]
+Task = Literal["semantic", "instance", "auto"]  # a task of TASK_RULES, or AUTO
+AUTO = "auto"  # not a task: verify_dataset decides the task from the labels
 _SHOW_VALUES = 8  # label values listed in a message
 _SHOW_NAMES = 3  # unlabeled images named in the report
 
@@ -117,8 +119,9 @@ def verify_dataset(
 ) -> VerifyReport:
     """Read every sample (the first `limit` with one) and collect all problems into a report. Images
     without a label are not problems: they are counted apart as the unlabeled pool."""
-    if task not in ("semantic", "instance", "auto"):
-        raise ValueError(f"task must be 'semantic', 'instance' or 'auto', got {task!r}")
+    if task != AUTO and task not in TASK_RULES:
+        names = ", ".join(f"'{name}'" for name in TASK_RULES)
+        raise ValueError(f"task must be {names} or '{AUTO}', got {task!r}")
     report = VerifyReport(Path(root), task=task)
     try:
         scan = scan_samples(root, layout, mask_suffix, images_dir, labels_dir, allow_unlabeled=True)
@@ -215,10 +218,13 @@ def _check_values(report: VerifyReport, labels: list[_LabelInfo], task: Task) ->
     """Flag label values that do not fit the task; with task 'auto', decide the task first and return it."""
     files = [info for info in labels if isinstance(info.sample.label, LabelFile)]
     binary = [info for info in files if _is_binary(info.values)]
-    if task == "auto":
+    mostly_binary = bool(files) and len(binary) * 2 >= len(files)
+    decided: str = task
+    if task == AUTO:
         # Object masks, polygons and COCO are instance labels; label files are binary masks when most are.
-        task = "semantic" if files and len(binary) * 2 >= len(files) else "instance"
-    expect_binary = task == "semantic" and bool(files) and len(binary) * 2 >= len(files)
+        decided = SemanticRules.name if mostly_binary else InstanceRules.name
+    # class maps in label files that are mostly binary masks should all be
+    expect_binary = task_rules(decided).labels_are_classes and mostly_binary
     for info in labels:
         values = info.values
         if values.size and values[0] < 0:
@@ -238,7 +244,7 @@ def _check_values(report: VerifyReport, labels: list[_LabelInfo], task: Task) ->
                 f"{len(full)} use {{0, 255}} (e.g. {full[0].path.name})"
             )
             report.add(report.root, msg, "warning")
-    return task
+    return decided
 
 
 def _report_mix(

@@ -37,7 +37,7 @@ from sslseg.segmentation.inference import (
     probabilities_to_labels,
     working_factor,
 )
-from sslseg.segmentation.tasks import task_named
+from sslseg.segmentation.tasks import INSTANCE, task_named
 from sslseg.segmentation.tiling import blend_window, tile_grid
 
 #: Side of a block's core in native pixels (the `--block-size` default).
@@ -143,7 +143,7 @@ def block_settings(
     object area that `postprocess.min_size_fraction` is a fraction of. With `data.object_size_um` the
     working scale comes from the pixel size (`pixel_size`, else the source's) instead of being measured."""
     h, w, _ = source.shape
-    run = network_runner(net, "instance")
+    run = network_runner(net, INSTANCE)
     channels = net_in_channels(run.net)
     post = cfg.postprocess
     d = cfg.data
@@ -161,11 +161,11 @@ def block_settings(
         factor, probs = working_factor(run, image, (sh, sw), cfg.inference, d.measured_object_size, head)
         scale *= factor
         if factor != 1.0:
-            probs = predict_at_scale(run, rescale_image(image, factor), "instance", (sh, sw), cfg.inference)
+            probs = predict_at_scale(run, rescale_image(image, factor), INSTANCE, (sh, sw), cfg.inference)
     else:
-        probs = predict_at_scale(run, image, "instance", (sh, sw), cfg.inference)
+        probs = predict_at_scale(run, image, INSTANCE, (sh, sw), cfg.inference)
     raw_post = post.model_copy(update={"min_size": 0, "min_size_fraction": 0.0})
-    labels = probabilities_to_labels(probs, "instance", raw_post, head)
+    labels = probabilities_to_labels(probs, INSTANCE, raw_post, head)
     areas = np.bincount(labels.ravel())[1:]
     areas = areas[areas > 0]
     diameter = None

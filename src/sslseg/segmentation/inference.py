@@ -14,7 +14,7 @@ from sslseg.data.scale import MIN_FACTOR, median_diameter, size_factor
 from sslseg.data.targets import DEFAULT_INSTANCE_HEAD
 from sslseg.segmentation.engines import NetworkRunner, network_runner
 from sslseg.segmentation.heads import instance_head
-from sslseg.segmentation.tasks import task_named
+from sslseg.segmentation.tasks import INSTANCE, task_named
 from sslseg.segmentation.tiling import sliding_window
 
 SIZING_SPECK_FRACTION = 0.1  # objects under a tenth of the typical object's area are not measured
@@ -92,8 +92,8 @@ def working_factor(
     """The resize factor that brings the objects of a prepared instance image to `object_size` px (1.0 when
     within RESCALE_TOLERANCE or nothing is found), with the first prediction it was measured on (native
     shape). Block-wise prediction measures it once on a sample of a large image and keeps it for all blocks."""
-    run = network_runner(net, "instance")
-    probs = _predict_once(run, image, "instance", native_shape, cfg)
+    run = network_runner(net, INSTANCE)
+    probs = _predict_once(run, image, INSTANCE, native_shape, cfg)
     diameter = _sizing_diameter(probs, head)
     factor = 1.0  # nothing found: no size to go by
     if diameter is not None:
@@ -140,7 +140,7 @@ def _whole_object_diameter(
     scale = 1.0
     while scale / 2 >= MIN_FACTOR:
         half = rescale_image(image, scale / 2)
-        measured = _sizing_diameter(_predict_once(run, half, "instance", half.shape[1:], cfg), head)
+        measured = _sizing_diameter(_predict_once(run, half, INSTANCE, half.shape[1:], cfg), head)
         # objects under half the target are whole ones seen small, whatever their size before
         if measured is None or measured < max(object_size / 2, FRAGMENT_SHRINK * diameter):
             break

@@ -2,7 +2,8 @@
 label maps and how those are scored, in one registry (`TASKS`) as `METHODS` is for SSL.
 
 A config names its task by string (`data.task: semantic | instance`); code that behaves differently by task
-asks the task object (`task_named(cfg.data.task)`) instead of comparing strings. The instance task learns and
+asks the task object (`task_named(cfg.data.task)`) instead of comparing strings. Each task is built on its
+label rules (`sslseg.data.task_rules`), which the ground floor asks by name before any network exists. The instance task learns and
 post-processes through the instance head the config chooses (`model.instance_head`,
 `sslseg.segmentation.heads.INSTANCE_HEADS`), so a new instance representation is one more head, not a task.
 """
@@ -19,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from sslseg.config import FinetuneConfig, PostprocessConfig
-from sslseg.data.targets import DEFAULT_INSTANCE_HEAD
+from sslseg.data.targets import DEFAULT_INSTANCE_HEAD, instance_target_layout
+from sslseg.data.task_rules import InstanceRules, SemanticRules, TaskRules, task_rules
 from sslseg.losses.consistency import class_consistency, map_consistency
 from sslseg.metrics import aji, instance_scores, semantic_scores
 from sslseg.objects import semantic_objects
@@ -31,20 +33,23 @@ Agreement = Callable[[np.ndarray, np.ndarray], float]
 _MULTICLASS_DICE = smp.losses.DiceLoss("multiclass", from_logits=True)
 
 
-class Task(ABC):
-    """One segmentation task; subclasses fill in the class attributes and the abstract methods."""
+class Task(TaskRules, ABC):
+    """One segmentation task on its label rules (`TaskRules`); subclasses fill in the class attributes and
+    the abstract methods."""
 
-    name: ClassVar[str]
     display_name: ClassVar[str]  # how reports name it
     primary_metric: ClassVar[str]  # the score that selects checkpoints, tunes thresholds and leads reports
     metrics: ClassVar[tuple[str, ...]]  # the scores a study analyses, the primary one first
-    labels_are_classes: ClassVar[bool]  # label maps hold class indices (else object ids)
-    sizes_objects: ClassVar[bool]  # objects have sizes: `data.object_size` can choose the working scale
     tunes_postprocessing: ClassVar[bool]  # post-processing thresholds are tuned on the validation split
+    activation: ClassVar[str]  # the function `activate` applies, by name (as exported files record it)
 
     @abstractmethod
     def output_channels(self, cfg: FinetuneConfig) -> int:
         """Channels of the U-Net's output."""
+
+    @abstractmethod
+    def output_names(self, cfg: FinetuneConfig) -> list[str]:
+        """The name of each output channel, as exported files list them."""
 
     @abstractmethod
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
@@ -89,23 +94,22 @@ class Task(ABC):
             return semantic_objects(labels)
         return labels, None
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
-
-class SemanticTask(Task):
+class SemanticTask(SemanticRules, Task):
     """One channel per class: softmax, cross-entropy + Dice, the argmax class map, per-image Dice/IoU."""
 
-    name = "semantic"
     display_name = "semantic segmentation"
     primary_metric = "dice"
     metrics = ("dice", "iou")
-    labels_are_classes = True
-    sizes_objects = False
     tunes_postprocessing = False
+    activation = "softmax"
 
     def output_channels(self, cfg: FinetuneConfig) -> int:
         return cfg.data.num_classes
+
+    def output_names(self, cfg: FinetuneConfig) -> list[str]:
+        """Background, then one name per foreground class."""
+        return ["background", *(f"class_{k}" for k in range(1, cfg.data.num_classes))]
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=1)
@@ -137,19 +141,21 @@ class SemanticTask(Task):
         return lambda ref, other: semantic_scores(other, ref, cfg.data.num_classes)["dice"]
 
 
-class InstanceTask(Task):
+class InstanceTask(InstanceRules, Task):
     """The maps of the chosen instance head: sigmoid, the head's loss and post-processing, instance metrics."""
 
-    name = "instance"
     display_name = "instance segmentation"
     primary_metric = "aji"
     metrics = ("aji", "aji_plus", "pq", "dsb_score", "f1@0.5")
-    labels_are_classes = False
-    sizes_objects = True
     tunes_postprocessing = True
+    activation = "sigmoid"
 
     def output_channels(self, cfg: FinetuneConfig) -> int:
         return instance_head(cfg.model.instance_head).channels
+
+    def output_names(self, cfg: FinetuneConfig) -> list[str]:
+        """The maps of the chosen instance head."""
+        return list(instance_target_layout(cfg.model.instance_head).channels)
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()
@@ -195,11 +201,10 @@ class InstanceTask(Task):
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (SemanticTask(), InstanceTask())}
+# the instance task's name, for code that serves instance predictions only (measuring object sizes)
+INSTANCE: str = InstanceTask.name
 
 
 def task_named(name: str) -> Task:
-    """The task registered under `name`; an unknown name is an error listing the valid ones."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task '{name}'; choose one of {', '.join(TASKS)}") from None
+    """The task registered under `name`; an unknown name is an error listing the valid ones (`task_rules`)."""
+    return TASKS[task_rules(name).name]
