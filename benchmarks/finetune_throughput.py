@@ -31,6 +31,7 @@ from sslseg.config import FinetuneConfig
 from sslseg.data.datasets import RandomCropDataset, load_samples
 from sslseg.data.layouts import find_samples
 from sslseg.finetune import finetune, resolve_splits
+from sslseg.optim import adamw
 from sslseg.segmentation.module import SegmentationModule
 from sslseg.segmentation.tasks import task_named
 
@@ -89,7 +90,7 @@ def bare_step_seconds(cfg: FinetuneConfig, warmup: int, steps: int) -> list[floa
     pairs = [crops[i] for i in range(cfg.train.batch_size)]
     images = torch.stack([p[0] for p in pairs]).to(device)
     targets = torch.stack([p[1] for p in pairs]).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    opt = adamw([{"params": list(net.parameters())}], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()

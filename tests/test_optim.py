@@ -9,7 +9,7 @@ from torch import nn
 
 from sslseg.config import OptimConfig, PretrainConfig
 from sslseg.methods import get_method
-from sslseg.optim import OPTIMIZERS, build_optimizer
+from sslseg.optim import OPTIMIZERS, adamw, build_optimizer, param_groups
 from sslseg.pretrain import build_method
 
 
@@ -69,3 +69,31 @@ def test_an_ssl_method_trains_with_lars():
     assert all(map(torch.isfinite, torch.tensor(losses)))
     assert losses[-1] < 0.5 * losses[0], losses
     assert not torch.equal(first_conv, start)  # the encoder itself learns, not only the heads
+
+
+def test_adamw_is_fused_on_the_cpu_and_steps_like_torchs_per_tensor_loop():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 1, 1))
+    twin = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 1, 1))
+    twin.load_state_dict(model.state_dict())
+    fused = adamw(param_groups(model, 0.05), lr=1e-2)
+    plain = torch.optim.AdamW(param_groups(twin, 0.05), lr=1e-2, foreach=False)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    # the same gradients for both: a gradient through the model would amplify rounding wherever it is ~0
+    grads = [torch.randn_like(p) for p in model.parameters()]
+    for _ in range(5):
+        for m, opt in ((model, fused), (twin, plain)):
+            for p, g in zip(m.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_adamw_falls_back_to_torchs_default_where_no_fused_kernel_applies():
+    p = nn.Parameter(torch.zeros(3, dtype=torch.complex64))
+    opt = adamw([{"params": [p]}], lr=1e-3)
+    assert not opt.defaults["fused"]
+    p.grad = torch.ones_like(p)
+    opt.step()  # torch's fused kernel would raise here
+    assert torch.all(p.real < 0)

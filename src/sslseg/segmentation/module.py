@@ -17,7 +17,7 @@ from sslseg.config import FinetuneConfig
 from sslseg.data.datasets import LoadedSample
 from sslseg.errors import TrainingDiverged
 from sslseg.nn.unet import build_unet, encoder_of, freeze
-from sslseg.optim import warmup_cosine
+from sslseg.optim import adamw, warmup_cosine
 from sslseg.segmentation.engines import NetworkRunner
 from sslseg.segmentation.inference import predict_probabilities, probabilities_to_labels
 from sslseg.segmentation.tasks import Task, task_named
@@ -206,7 +206,7 @@ class SegmentationModule(L.LightningModule):
         groups = [{"params": rest, "lr": lr}]
         if encoder:  # a frozen encoder has nothing to optimise
             groups.append({"params": encoder, "lr": lr * self.cfg.train.encoder_lr_scale})
-        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=self.cfg.train.weight_decay)
+        opt = adamw(groups, lr=lr, weight_decay=self.cfg.train.weight_decay)
         # optimiser steps of the whole run: under DDP each process takes its share of an epoch's crops
         total = int(self.trainer.estimated_stepping_batches)
         # one factor for every group, so the encoder keeps its scale; ends at 1e-6 for the default lr
