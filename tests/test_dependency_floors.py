@@ -105,7 +105,7 @@ FLOOR_SETTERS: list[tuple[str, str, str, Callable[[], bool]]] = [
         "bioimageio.spec",
         "0.5.14.3",
         "bioimage.io file entries (test tensors, weights) that serialise under the installed pydantic "
-        "(export.py, the `export` extra)",
+        "(export/bioimageio.py, the `export` extra)",
         _bioimageio_file_entries_serialise,
     ),
 ]

@@ -1,26 +1,29 @@
 """Typed settings for every run: one pydantic model per concern, loaded from YAML and `--set key=value`.
 
-Unknown or misspelt keys are errors that suggest the closest valid key; nothing is guessed.
+Unknown or misspelt keys are errors that suggest the closest valid key; nothing is guessed. This module holds
+the schemas; reading YAML, `--set` overrides and validation errors live in `sslseg.config.loading`, whose
+functions are importable from here too.
 """
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sslseg.config.loading import deep_merge as deep_merge
+from sslseg.config.loading import load_config as load_config
+from sslseg.config.loading import parse_overrides as parse_overrides
+from sslseg.config.loading import read_yaml_mapping as read_yaml_mapping
+from sslseg.config.loading import to_yaml as to_yaml
 from sslseg.data.splits import Validation
 from sslseg.data.targets import DEFAULT_INSTANCE_HEAD, ObjectBalance, instance_target_layout
 from sslseg.data.task_rules import task_rules
-from sslseg.errors import ConfigError
 
 # the names of sslseg.data.task_rules.TASK_RULES and sslseg.segmentation.tasks.TASKS, spelt out for pydantic
 # (tests/test_tasks.py keeps them equal)
 Task = Literal["semantic", "instance"]
-M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -402,97 +405,6 @@ class FinetuneConfig(_Strict):
                 f"'{self.data.task}' has none (set it to 0)"
             )
         return self
-
-
-def _suggest(loc: tuple[Any, ...], model: type[BaseModel]) -> str:
-    """Name the closest valid key for a misspelt one."""
-    cls: type[BaseModel] | None = model
-    for part in loc[:-1]:
-        field = cls.model_fields.get(str(part)) if cls else None
-        ann = field.annotation if field else None
-        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    if cls is None:
-        return ""
-    close = difflib.get_close_matches(str(loc[-1]), list(cls.model_fields), n=1, cutoff=0.6)
-    prefix = ".".join(str(p) for p in loc[:-1])
-    return f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
-
-
-def _format_errors(err: ValidationError, model: type[BaseModel], source: str) -> str:
-    lines = [f"invalid settings in {source}:"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  unknown key '{key}'{_suggest(e['loc'], model)}")
-        else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"cannot set '{dotted}': '{p}' is not a section")
-    node[parts[-1]] = value
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """Turn ['train.epochs=5', 'model.frozen=true'] into a nested dict (values parsed as YAML scalars)."""
-    tree: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"override '{pair}' must look like section.key=value")
-        key, raw = pair.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
-    return tree
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursively merge `update` into a copy of `base` (update wins)."""
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """A YAML file whose top level is a mapping; a missing file or bad YAML is a ConfigError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: {what} not found")
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    return loaded
-
-
-def load_config(
-    model: type[M],
-    path: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    source: str = "command-line settings",
-) -> M:
-    """Build a config from an optional YAML file plus overrides; errors name the key and the file."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = read_yaml_mapping(path)
-        source = str(path)
-    data = deep_merge(data, overrides or {})
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, model, source)) from None
-
-
-def to_yaml(config: BaseModel) -> str:
-    """The resolved config as YAML, for saving beside results."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
 ViewPreset = Literal["generic", "fluorescence", "brightfield", "he", "dermoscopy"]
