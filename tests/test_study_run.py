@@ -151,7 +151,8 @@ def test_quick_demo_ends_in_a_full_report(tmp_path):
     assert "report:" in out and "synthetic-nuclei" in out
     report = tmp_path / "demo" / "study" / "report"
     html, md = (report / "report.html").read_text(), (report / "report.md").read_text()
-    for section in ("Representation similarity", "How far fine-tuning moves", "Example predictions"):
+    sections = ("Representation similarity", "How far fine-tuning moves", "Example predictions")
+    for section in (*sections, "Chosen images against random draws"):
         assert section in html, section
     (verdict,) = _verdicts(md)
     assert verdict.startswith("synthetic-nuclei: ") and "not enough finished cells" not in verdict, verdict
@@ -159,7 +160,7 @@ def test_quick_demo_ends_in_a_full_report(tmp_path):
     # the uncertainty section: one row per pretraining, each with a measured mean uncertainty and error
     assert "<h3>Prediction uncertainty</h3>" in html
     rows = _md_table(_md_section(md, "### Prediction uncertainty"))
-    assert {r[0] for r in rows} == {"random", "simclr", "densecl", "semi"}, rows
+    assert {r[0] for r in rows} == {"random", "densecl", "semi", "typiclust"}, rows
     for name, uncertainty, error, *_ in rows:
         assert 0 <= float(uncertainty) <= 1 and 0 <= float(error) <= 1, (name, uncertainty, error)
     assert (tmp_path / "demo" / "study.yaml").is_file()  # the study the demo ran, to edit and rerun
@@ -167,4 +168,6 @@ def test_quick_demo_ends_in_a_full_report(tmp_path):
     cells = tmp_path / "demo" / "study" / "cells"
     assert len(list(cells.glob("**/result.json"))) == 16
     kept = sorted(str(p.parent.relative_to(cells)) for p in cells.glob("**/best.ckpt"))
-    assert kept == [f"synthetic-nuclei/{p}/finetuned/n2/s0" for p in ("densecl", "random", "semi", "simclr")]
+    assert kept == [
+        f"synthetic-nuclei/{p}/finetuned/n2/s0" for p in ("densecl", "random", "semi", "typiclust")
+    ]

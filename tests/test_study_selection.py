@@ -4,6 +4,7 @@ fine-tuning run takes exactly the images of its `data.labelled_list`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -136,4 +137,7 @@ def test_the_report_sets_chosen_images_against_the_random_draws(tmp_path):
         "| synth | typiclust (typiclust-descriptors) | 4 | 0.460 (5) | 0.400 [" in md
         and "| 80% | yes |" in md
     )
+    assert "Only 5 random draws" in md  # five draws: the report says they are too few to know the spread
+    ten = dataclasses.replace(c, draws=draws * 2)
+    assert "Only" not in render_markdown("t", [selection_section([ten])])  # ten draws: no such note
     assert selection_section([]) is None

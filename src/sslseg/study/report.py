@@ -467,6 +467,9 @@ def earlier_settings_section(rows: list[Any], superseded: list[dict[str, Any]]) 
     )
 
 
+ENOUGH_DRAWS = 10  # random draws (seeds) per budget before the chosen images' comparison means much
+
+
 def selection_section(compared: list[Any]) -> Section | None:
     """Chosen images against random draws (`selection_analysis.AgainstDraws`), with each proposal's contact
     sheet; None when the study chooses no images."""
@@ -505,6 +508,16 @@ def selection_section(compared: list[Any]) -> Section | None:
         note=True,
     )
     blocks: list[Block] = [note, Table(header, rows)]
+    fewest = min(len(c.draws) for c in compared)
+    if fewest < ENOUGH_DRAWS:
+        blocks.append(
+            Text(
+                f"Only {fewest} random draw{'s' if fewest != 1 else ''} at some budget: too few to know how far "
+                "draws spread, so these tests can show only large differences. Run at least "
+                f"{ENOUGH_DRAWS} seeds to compare chosen images with the draws a user could get.",
+                note=True,
+            )
+        )
     for c in compared:
         if c.contact_sheet is not None:
             blocks += [
