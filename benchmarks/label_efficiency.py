@@ -38,11 +38,12 @@ import numpy as np
 from _common import emit, hardware
 
 from sslseg.config import deep_merge, parse_overrides
-from sslseg.study.analyze import analyze_group, annotated_counts, reference_score, score_table, verdict
+from sslseg.study.analyze import analyze_group, annotated_counts, reference_score, score_table
 from sslseg.study.estimate import estimate_jobs
 from sslseg.study.runner import run_study, with_store
 from sslseg.study.spec import BASELINE, Job, StudyConfig, expand, load_study, select_jobs, study_dir
 from sslseg.study.store import JobRow, existing_backend, read_rows
+from sslseg.study.verdict import verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from sslseg.study.analyze import Analysis
+from sslseg.study.analysis_schema import Analysis
 from sslseg.study.sections import (
     Code,
     Figure,

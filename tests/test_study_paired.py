@@ -9,7 +9,8 @@ import pytest
 from scipy import stats as st
 from test_study import _rows, _study
 
-from sslseg.study.analyze import Cost, PretrainingResult, analyze
+from sslseg.study.analysis_schema import Cost, PretrainingResult
+from sslseg.study.analyze import analyze
 from sslseg.study.report import drawn_band, write_report
 from sslseg.study.stats import holm
 

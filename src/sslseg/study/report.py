@@ -19,16 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from sslseg.atomic import write_json, write_text
-from sslseg.study.analyze import (
-    PAIRED_MEANING,
-    Analysis,
-    DatasetAnalysis,
-    Group,
-    PairedTest,
-    PretrainingResult,
-    count_text,
-    format_p,
-)
+from sslseg.study.analysis_schema import Analysis, DatasetAnalysis, Group, PairedTest, PretrainingResult
 from sslseg.study.figures import file_base64, png_base64
 from sslseg.study.sections import (
     Block,
@@ -42,6 +33,7 @@ from sslseg.study.sections import (
     render_markdown,
 )
 from sslseg.study.spec import BASELINE
+from sslseg.study.verdict import PAIRED_MEANING, count_text, format_p
 
 
 def _fmt(x: Any, spec: str = ".3f") -> str:
