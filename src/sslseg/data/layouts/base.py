@@ -70,6 +70,12 @@ class LayoutIssue:
     sample: Sample | None = None  # for "missing_label": the image as an unlabeled sample
 
 
+def missing_label(sample_id: str, image: Path, message: str) -> LayoutIssue:
+    """The issue of an image without a label: it carries the image as an unlabeled sample, which
+    `scan_samples` keeps as one when unlabeled images are allowed."""
+    return LayoutIssue(image, "missing_label", message, image.name, Sample(sample_id, image, None))
+
+
 @dataclass(frozen=True)
 class ScanOptions:
     """What the user may say about a dataset's folders; each layout reads the options it `uses`."""

@@ -21,6 +21,7 @@ from sslseg.data.layouts.base import (
     id_dtype,
     index_by_stem,
     list_images,
+    missing_label,
     subdirs,
 )
 from sslseg.errors import DataError
@@ -104,8 +105,7 @@ def scan(root: Path, options: ScanOptions) -> Found:
             samples.append(Sample(folder.name, image, ObjectMaskFolder(mask_dir)))
         else:
             msg = "image has no object masks (masks/ is missing or empty)"
-            unlabeled = Sample(folder.name, image, None)
-            issues.append(LayoutIssue(image, "missing_label", msg, image.name, unlabeled))
+            issues.append(missing_label(folder.name, image, msg))
     return samples, issues
 
 

@@ -21,6 +21,7 @@ from sslseg.data.layouts.base import (
     id_dtype,
     index_by_stem,
     list_images,
+    missing_label,
     subdirs,
 )
 from sslseg.errors import DataError
@@ -107,7 +108,7 @@ def scan(root: Path, options: ScanOptions) -> Found:
             samples.append(Sample(stem, image, MonusegXml(xmls[stem], image)))
         else:
             msg = f"image has no annotation {stem}.xml beside it or in Annotations/"
-            issues.append(LayoutIssue(image, "missing_label", msg, image.name, Sample(stem, image, None)))
+            issues.append(missing_label(stem, image, msg))
     for stem, xml in xmls.items():
         if stem not in images:
             issues.append(

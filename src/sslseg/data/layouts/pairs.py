@@ -27,6 +27,7 @@ from sslseg.data.layouts.base import (
     given_dir,
     index_by_stem,
     list_images,
+    missing_label,
 )
 from sslseg.errors import DataError
 
@@ -103,7 +104,7 @@ def scan(root: Path, options: ScanOptions) -> Found:
             samples.append(Sample(stem, image, LabelFile(matched[stem])))
         else:
             msg = f"image has no label {stem}{suffix}.* in {lbl_dir.name}/"
-            issues.append(LayoutIssue(image, "missing_label", msg, image.name, Sample(stem, image, None)))
+            issues.append(missing_label(stem, image, msg))
     return samples, issues
 
 
