@@ -11,8 +11,8 @@ import tifffile
 from conftest import tiny_instance_checkpoint
 
 import sslseg.finetune as finetune_module
-import sslseg.predict as predict_module
 import sslseg.segmentation.blocks as blocks_module
+import sslseg.segmentation.segmenter as segmenter_module
 from sslseg.config import DataConfig, FinetuneConfig, load_config
 from sslseg.data.datasets import load_samples
 from sslseg.data.io import write_image, write_label
@@ -149,7 +149,7 @@ def test_prediction_scales_each_image_by_its_pixel_size_whole_and_block_wise(
     checkpoint, tmp_path, monkeypatch
 ):
     scales: list[float] = []
-    real_prepare = predict_module.prepare_image
+    real_prepare = segmenter_module.prepare_image
 
     def spy_prepare(raw, channels, normalization, scale, bright):
         scales.append(scale)
@@ -162,7 +162,7 @@ def test_prediction_scales_each_image_by_its_pixel_size_whole_and_block_wise(
         scales.append(settings.scale)
         return settings
 
-    monkeypatch.setattr(predict_module, "prepare_image", spy_prepare)
+    monkeypatch.setattr(segmenter_module, "prepare_image", spy_prepare)  # whole images are prepared there
     monkeypatch.setattr(blocks_module, "block_settings", spy_settings)
     rng = np.random.default_rng(0)
     images = tmp_path / "images"

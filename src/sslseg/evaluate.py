@@ -13,30 +13,18 @@ import sslseg
 from sslseg.atomic import write_json, write_text
 from sslseg.data.datasets import LoadedSample, load_heldout
 from sslseg.data.layouts import find_samples
-from sslseg.device import resolve_device
 from sslseg.errors import ConfigError, DataError
 from sslseg.metrics import mean_scores
 from sslseg.segmentation.module import SegmentationModule, score_labels
+from sslseg.segmentation.segmenter import load_module
 
 
 def load_model(checkpoint: str | Path, device: str = "auto", tta: bool | None = None) -> SegmentationModule:
     """Load a fine-tuned model from a Lightning checkpoint (or a run folder holding `best.ckpt`) onto
     `device` (see `sslseg.device.resolve_device`: auto = cuda > mps > cpu); `tta` overrides the test-time
-    augmentation setting it was trained with."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "best.ckpt"
-    if not path.is_file():
-        raise DataError(path, "checkpoint not found")
-    target = resolve_device(device)  # an unavailable device fails before the checkpoint is read
-    try:
-        module = SegmentationModule.load_from_checkpoint(path, map_location=target, load_init=False)
-    except (RuntimeError, EOFError, KeyError, OSError, ValueError) as e:
-        raise DataError(path, f"not a readable sslseg checkpoint (truncated or corrupt?): {e}") from None
-    if tta is not None:
-        inference = module.cfg.inference.model_copy(update={"tta": tta})
-        module.cfg = module.cfg.model_copy(update={"inference": inference})
-    return module.to(target).eval()
+    augmentation setting it was trained with. (`sslseg.segmentation.segmenter.load_module`, which
+    `Segmenter.from_checkpoint` builds on.)"""
+    return load_module(checkpoint, device=device, tta=tta)
 
 
 def evaluate_samples(

@@ -24,8 +24,6 @@ from tqdm.auto import tqdm
 
 import sslseg
 from sslseg.atomic import atomic_path
-from sslseg.config import InferenceConfig
-from sslseg.data.datasets import prepare_image
 from sslseg.data.io import (
     LABEL_TILE,
     ZARR_EXTENSION,
@@ -35,10 +33,7 @@ from sslseg.data.io import (
     write_label_tiles,
 )
 from sslseg.data.lazy import ImageSource, open_image, write_ome_zarr_labels
-from sslseg.data.scale import known_size_factor
-from sslseg.device import resolve_device
 from sslseg.errors import ConfigError, DataError, SslsegError
-from sslseg.evaluate import load_model
 from sslseg.objects import (
     RegionStream,
     _is_nan,
@@ -50,10 +45,9 @@ from sslseg.objects import (
     write_measurements_csv,
     write_roi_zip,
 )
-from sslseg.segmentation.blocks import BLOCKWISE_PIXELS, DEFAULT_BLOCK, BlockObjects, segment_blocks
-from sslseg.segmentation.engines import NetworkRunner, network_runner, require, resolve_engine
-from sslseg.segmentation.module import SegmentationModule
-from sslseg.segmentation.tasks import task_named
+from sslseg.segmentation.blocks import BLOCKWISE_PIXELS, DEFAULT_BLOCK, BlockObjects
+from sslseg.segmentation.segmenter import Segmenter
+from sslseg.segmentation.tasks import Task, as_task
 
 #: Output formats and the file each writes beside the image's name.
 OUTPUT_SUFFIXES = {
@@ -82,10 +76,11 @@ def display_rgb(raw: np.ndarray) -> np.ndarray:
     return (np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
 
 
-def overlay(raw: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
-    """Instance outlines (one colour per object) or tinted classes drawn over the image."""
+def overlay(raw: np.ndarray, labels: np.ndarray, task: str | Task) -> np.ndarray:
+    """Instance outlines (one colour per object) or tinted classes drawn over the image; `task` is a task
+    object (a `Segmenter`'s) or its name."""
     rgb = display_rgb(raw)
-    if task_named(task).labels_are_classes:
+    if as_task(task).labels_are_classes:
         out = rgb.astype(np.float32)
         for k in range(1, int(labels.max()) + 1):
             m = labels == k
@@ -232,7 +227,8 @@ def predict_files(
     settings; `part` ("i/n") predicts only the i-th of n shares of the sorted file list. Images over
     BLOCKWISE_PIXELS, or all with `block_size`, are segmented block-wise (`sslseg.segmentation.blocks`);
     `level`/`series` choose a pyramid level / TIFF series. `device` is where the network runs; `engine`
-    what runs it (torch, onnx: onnxruntime on the CPU, auto: see `sslseg.segmentation.engines`)."""
+    what runs it (torch, onnx: onnxruntime on the CPU, auto: see `sslseg.segmentation.engines`). The
+    checkpoint is resolved once into a `Segmenter` that every image is segmented by."""
     chosen = parse_formats(formats)
     if pixel_size is not None and not pixel_size > 0:
         raise ConfigError(f"--pixel-size must be a positive number of µm, got {pixel_size}")
@@ -241,20 +237,9 @@ def predict_files(
     share = parse_part(part)
     out = Path(out_dir)
     jobs = shard(named_images([Path(p) for p in inputs], out), share)
-    if engine.strip().lower() == "onnx" and device.strip().lower() == "auto":
-        device = "cpu"  # onnxruntime runs on the CPU: the network's weights need not go elsewhere
-    engine = resolve_engine(engine, resolve_device(device))
-    if engine == "onnx":  # a missing onnxruntime fails before the checkpoint is read
-        require("onnxruntime", "--engine onnx")
-    module = load_model(checkpoint, device=device, tta=tta)
-    runner = network_runner(module.net, module.cfg.data.task, engine)
-    updates = {k: v for k, v in (("tile_size", tile_size), ("batch_size", batch_size)) if v is not None}
-    if updates:
-        try:
-            inference = InferenceConfig.model_validate(module.cfg.inference.model_dump() | updates)
-        except ValueError as exc:
-            raise ConfigError(f"--tile-size/--batch-size: {exc}") from None
-        module.cfg = module.cfg.model_copy(update={"inference": inference})
+    segmenter = Segmenter.from_checkpoint(
+        checkpoint, engine=engine, device=device, tta=tta, tile_size=tile_size, batch_size=batch_size
+    )
     options = _Options(pixel_size, block_size, level, series, progress)
     report = PredictReport()
     bar = tqdm(jobs, desc="predicting", disable=not progress)
@@ -264,7 +249,7 @@ def predict_files(
             report.skipped.append(path)
             continue
         try:
-            _predict_one(module, runner, path, targets, options)
+            _predict_one(segmenter, path, targets, options)
         except Exception as exc:  # one bad image must not stop a batch of thousands; the reason is kept
             report.failed[path] = _reason(exc)
             bar.set_postfix(failed=len(report.failed))
@@ -298,32 +283,22 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).strip() or 'no message'}"
 
 
-def _predict_one(
-    module: SegmentationModule,
-    runner: NetworkRunner,
-    path: Path,
-    targets: dict[str, Path],
-    options: _Options,
-) -> None:
-    """Read, segment (the network run by `runner`) and write one image's outputs: whole, or block-wise
-    when it is large."""
+def _predict_one(segmenter: Segmenter, path: Path, targets: dict[str, Path], options: _Options) -> None:
+    """Read, segment (by `segmenter`) and write one image's outputs: whole, or block-wise when it is
+    large."""
     with open_image(path, options.level, options.series) as source:
         h, w, _ = source.shape
         size = (options.pixel_size,) * 2 if options.pixel_size is not None else source.pixel_size
         if options.block_size is not None or h * w > BLOCKWISE_PIXELS:
-            _predict_blocks(module, runner, source, targets, size, options)
+            _predict_blocks(segmenter, source, targets, size, options)
             return
         # a plain TIFF is read as it always was (the same checks); pyramid levels, series, Zarr and the
         # formats read whole anyway come from the source
         plain = source.lazy and options.level == 0 and options.series == 0
         raw = read_image(path) if plain and path.suffix.lower() != ZARR_EXTENSION else source.read_all()
-    cfg = module.cfg
-    d = cfg.data
-    scale = d.scale
-    if d.object_size_um is not None:  # the objects' real size and this image's pixel size fix its scale
-        scale = known_size_factor(d.object_size_um, d.object_size, size, path, hint="--pixel-size")
-    image = prepare_image(raw, module.hparams["in_channels"], d.normalization, scale, d.bright_objects)
-    labels = module.segment(image, raw.shape[:2], runner)
+    # with data.object_size_um, the objects' real size and this image's pixel size fix its scale
+    image = segmenter.prepare(raw, size, path)
+    labels = segmenter.segment(image, raw.shape[:2])
     if "tiff" in targets:
         write_label(targets["tiff"], labels, size)
     if "zarr" in targets:
@@ -331,11 +306,11 @@ def _predict_one(
             write_ome_zarr_labels(tmp, labels.shape, size, LABEL_TILE)[...] = labels
     if "overlay" in targets:
         with atomic_path(targets["overlay"]) as tmp:
-            Image.fromarray(overlay(raw, labels, cfg.data.task)).save(tmp, format="PNG")
+            Image.fromarray(overlay(raw, labels, segmenter.task)).save(tmp, format="PNG")
     if not _OBJECT_FORMATS & targets.keys():
         return
     # a semantic map's objects are the connected regions of each class, with the class as a property
-    instances, classes = task_named(cfg.data.task).objects(labels)
+    instances, classes = segmenter.objects(labels)
     table = measure_objects(instances, raw, size, classes)
     if "csv" in targets:
         write_measurements_csv(targets["csv"], table)
@@ -364,8 +339,7 @@ def _atomic_folder(path: Path) -> Iterator[Path]:
 
 
 def _predict_blocks(
-    module: SegmentationModule,
-    runner: NetworkRunner,
+    segmenter: Segmenter,
     source: ImageSource,
     targets: dict[str, Path],
     pixel_size: tuple[float, float] | None,
@@ -373,10 +347,9 @@ def _predict_blocks(
 ) -> None:
     """Segment a large image block by block, writing its label map (tiled BigTIFF, OME-Zarr) band by band
     and its objects block by block, so that memory does not grow with the image."""
-    cfg = module.cfg
     h, w, _ = source.shape
     objects = _OBJECT_FORMATS & targets.keys()
-    classes = task_named(cfg.data.task).labels_are_classes
+    classes = segmenter.task.labels_are_classes
     step = max(1, math.ceil(max(h, w) / OVERLAY_SIDE))
     thumb = np.zeros((-(-h // step), -(-w // step)), np.uint32) if "overlay" in targets else None
     zarr_array = None
@@ -393,10 +366,8 @@ def _predict_blocks(
                     BlockObjects(ids, source.read(y0, y0 + len(ids), 0, w), (y0, 0), of_class)
                 )
             )
-        bands = segment_blocks(
-            runner,
+        bands = segmenter.segment_blocks(
             source,
-            cfg,
             block=options.block_size or DEFAULT_BLOCK,
             band_rows=LABEL_TILE,
             on_objects=writer.add if writer is not None and not classes else None,
@@ -426,7 +397,7 @@ def _predict_blocks(
     if thumb is not None:
         raw = _thumbnail(source, step)
         with atomic_path(targets["overlay"]) as tmp:
-            Image.fromarray(overlay(raw, thumb.astype(np.int64), cfg.data.task)).save(tmp, format="PNG")
+            Image.fromarray(overlay(raw, thumb.astype(np.int64), segmenter.task)).save(tmp, format="PNG")
 
 
 def _thumbnail(source: ImageSource, step: int) -> np.ndarray:

@@ -37,7 +37,7 @@ from sslseg.segmentation.inference import (
     probabilities_to_labels,
     working_factor,
 )
-from sslseg.segmentation.tasks import INSTANCE, task_named
+from sslseg.segmentation.tasks import INSTANCE, TASKS, Task, as_task
 from sslseg.segmentation.tiling import blend_window, tile_grid
 
 #: Side of a block's core in native pixels (the `--block-size` default).
@@ -136,14 +136,17 @@ def block_settings(
     cfg: FinetuneConfig,
     halo: int | None = None,
     pixel_size: tuple[float, float] | None = None,
+    task: Task | None = None,
 ) -> BlockSettings:
     """Working scale, halo and speck limit of an image, measured on its central SAMPLE_WINDOW² window: the
     object-size factor (`data.object_size`), the median and 99th-percentile object diameters (halo = twice
     the median, at least the 99th percentile and MIN_HALO, plus the smoothing's reach) and the typical
     object area that `postprocess.min_size_fraction` is a fraction of. With `data.object_size_um` the
-    working scale comes from the pixel size (`pixel_size`, else the source's) instead of being measured."""
+    working scale comes from the pixel size (`pixel_size`, else the source's) instead of being measured.
+    `task` is the config's task object when the caller has it (a `Segmenter`), else it is looked up."""
     h, w, _ = source.shape
-    run = network_runner(net, INSTANCE)
+    instance = TASKS[INSTANCE]  # the sample window is measured as instance maps, whatever the task
+    run = network_runner(net, instance)
     channels = net_in_channels(run.net)
     post = cfg.postprocess
     d = cfg.data
@@ -151,7 +154,7 @@ def block_settings(
     if d.object_size_um is not None:
         size = pixel_size if pixel_size is not None else source.pixel_size
         scale = known_size_factor(d.object_size_um, d.object_size, size, source.path, hint="--pixel-size")
-    if task_named(cfg.data.task).labels_are_classes:
+    if (task if task is not None else as_task(cfg.data.task)).labels_are_classes:
         return BlockSettings(scale, halo if halo is not None else MIN_HALO * 2, post, None)
     sh, sw = min(h, SAMPLE_WINDOW), min(w, SAMPLE_WINDOW)
     y0, x0 = (h - sh) // 2, (w - sw) // 2
@@ -161,11 +164,11 @@ def block_settings(
         factor, probs = working_factor(run, image, (sh, sw), cfg.inference, d.measured_object_size, head)
         scale *= factor
         if factor != 1.0:
-            probs = predict_at_scale(run, rescale_image(image, factor), INSTANCE, (sh, sw), cfg.inference)
+            probs = predict_at_scale(run, rescale_image(image, factor), instance, (sh, sw), cfg.inference)
     else:
-        probs = predict_at_scale(run, image, INSTANCE, (sh, sw), cfg.inference)
+        probs = predict_at_scale(run, image, instance, (sh, sw), cfg.inference)
     raw_post = post.model_copy(update={"min_size": 0, "min_size_fraction": 0.0})
-    labels = probabilities_to_labels(probs, INSTANCE, raw_post, head)
+    labels = probabilities_to_labels(probs, instance, raw_post, head)
     areas = np.bincount(labels.ravel())[1:]
     areas = areas[areas > 0]
     diameter = None
@@ -267,23 +270,25 @@ def segment_blocks(
     report: BlockReport | None = None,
     progress: bool = True,
     pixel_size: tuple[float, float] | None = None,
+    task: Task | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Segment a large image block by block; yields (first row, rows × W uint32 labels) bands in order,
     each a whole number of `band_rows` rows except the last. The halo (`halo`, else from `block_settings`)
     is capped at the block side; objects larger than it are counted in `report.cut_objects`. Instance labels are stitched (one global id per
     object, 1..N in the order blocks keep them); semantic maps are class indices. `on_objects` receives each
     block's kept objects (instance tasks). `pixel_size` (y, x µm) overrides the source's (for
-    `data.object_size_um`). `net` is a network or a `NetworkRunner` (`sslseg.segmentation.engines`)."""
+    `data.object_size_um`). `net` is a network or a `NetworkRunner` (`sslseg.segmentation.engines`); `task`
+    the config's task object when the caller has it (a `Segmenter`), else it is looked up once here."""
     if block < 1 or band_rows < 1:
         raise ValueError(f"block ({block}) and band_rows ({band_rows}) must be positive")
-    task = cfg.data.task
-    classes = task_named(task).labels_are_classes
+    task = task if task is not None else as_task(cfg.data.task)
+    classes = task.labels_are_classes
     h, w, _ = source.shape
     run = network_runner(net, task)
     channels = net_in_channels(run.net)
     if stats is None:
         stats = image_statistics(source, channels, cfg.data.normalization, cfg.data.bright_objects, block)
-    settings = block_settings(run, source, stats, cfg, halo, pixel_size)
+    settings = block_settings(run, source, stats, cfg, halo, pixel_size, task)
     report = report if report is not None else BlockReport()
     report.settings = settings
     head = cfg.model.instance_head

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sslseg.errors import ConfigError
-from sslseg.segmentation.tasks import task_named
+from sslseg.segmentation.tasks import Task, as_task
 
 #: What `sslseg predict --engine` accepts.
 ENGINES = ("auto", "torch", "onnx")
@@ -44,15 +44,16 @@ class NetworkRunner(ABC):
 
 class ActivatedNet(nn.Module):
     """A segmentation network followed by its task's activation (softmax over classes, sigmoid for
-    instance maps): what every engine and every exported file computes."""
+    instance maps): what every engine and every exported file computes. `task` is a task object or name,
+    resolved here once."""
 
-    def __init__(self, net: nn.Module, task: str) -> None:
+    def __init__(self, net: nn.Module, task: str | Task) -> None:
         super().__init__()
         self.net = net
-        self.task = task
+        self.task = as_task(task)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return task_named(self.task).activate(self.net(x))
+        return self.task.activate(self.net(x))
 
 
 class TorchRunner(NetworkRunner):
@@ -60,14 +61,14 @@ class TorchRunner(NetworkRunner):
 
     name = "torch"
 
-    def __init__(self, net: nn.Module, task: str) -> None:
+    def __init__(self, net: nn.Module, task: str | Task) -> None:
         self.net = net
-        self.task = task
+        self.task = as_task(task)  # resolved once, not per batch
         self.device = next(net.parameters()).device
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            return task_named(self.task).activate(self.net(batch))
+            return self.task.activate(self.net(batch))
 
 
 class OnnxRunner(NetworkRunner):
@@ -76,16 +77,16 @@ class OnnxRunner(NetworkRunner):
 
     name = "onnx"
 
-    def __init__(self, net: nn.Module, task: str, threads: int | None = None) -> None:
+    def __init__(self, net: nn.Module, task: str | Task, threads: int | None = None) -> None:
         ort = require("onnxruntime", "--engine onnx")
         self.net = net
-        self.task = task
+        self.task = as_task(task)
         self.device = torch.device("cpu")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.enable_cpu_mem_arena = False  # peak memory ~1400 MiB, not 1615, no slower (RESULTS.md)
-        model = _onnx_model(net, task)
+        model = _onnx_model(net, self.task)
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
@@ -97,11 +98,11 @@ class OnnxRunner(NetworkRunner):
 _EXPORTED: dict[str, bytes] = {}  # the last network exported in this process, by what determines it
 
 
-def _onnx_model(net: nn.Module, task: str) -> bytes:
+def _onnx_model(net: nn.Module, task: Task) -> bytes:
     """`net` with its task's activation as an in-memory ONNX model, exported once per process: a network
     with the same architecture, weights and task (e.g. the same checkpoint predicted again through the
     Python API) reuses the last export."""
-    digest = hashlib.blake2b(f"{task}|{net!r}".encode(), digest_size=16)
+    digest = hashlib.blake2b(f"{task.name}|{net!r}".encode(), digest_size=16)
     for name, value in net.state_dict().items():
         digest.update(name.encode())
         digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
@@ -188,9 +189,9 @@ def resolve_engine(engine: str, device: torch.device | str) -> str:
     return engine
 
 
-def network_runner(net: nn.Module | NetworkRunner, task: str, engine: str = "torch") -> NetworkRunner:
+def network_runner(net: nn.Module | NetworkRunner, task: str | Task, engine: str = "torch") -> NetworkRunner:
     """The runner of a network by `engine` (torch, onnx or auto, see `resolve_engine`); a runner is
-    returned as it is, so inference functions take either."""
+    returned as it is (its task not looked up), so inference functions take either."""
     if isinstance(net, NetworkRunner):
         return net
     device = next(net.parameters()).device

@@ -14,7 +14,7 @@ from sslseg.data.scale import MIN_FACTOR, median_diameter, size_factor
 from sslseg.data.targets import DEFAULT_INSTANCE_HEAD
 from sslseg.segmentation.engines import NetworkRunner, network_runner
 from sslseg.segmentation.heads import instance_head
-from sslseg.segmentation.tasks import INSTANCE, task_named
+from sslseg.segmentation.tasks import INSTANCE, TASKS, Task, as_task
 from sslseg.segmentation.tiling import sliding_window
 
 SIZING_SPECK_FRACTION = 0.1  # objects under a tenth of the typical object's area are not measured
@@ -24,9 +24,9 @@ SIZING_SPECK_FRACTION = 0.1  # objects under a tenth of the typical object's are
 FRAGMENT_SHRINK = 0.75
 
 
-def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
+def activate(logits: torch.Tensor, task: str | Task) -> torch.Tensor:
     """Logits → probabilities, as the task activates them (softmax over classes, sigmoid for instance maps)."""
-    return task_named(task).activate(logits)
+    return as_task(task).activate(logits)
 
 
 D4_SIZE = 8  # the flips and quarter turns of a square: the test-time augmentations
@@ -55,25 +55,27 @@ RESCALE_TOLERANCE = 1.25  # a size estimate this close to the target is not wort
 def predict_probabilities(
     net: nn.Module | NetworkRunner,
     image: np.ndarray,
-    task: str,
+    task: str | Task,
     native_shape: tuple[int, int],
     cfg: InferenceConfig | None = None,
     object_size: float | None = None,
     head: str = DEFAULT_INSTANCE_HEAD,
 ) -> torch.Tensor:
     """Tiled forward pass over a C×h×w image; probabilities resized to the native H×W (K×H×W, CPU).
-    With `cfg.tta` the mean over the 8 flips/quarter turns, each mapped back before averaging. `net` is a
-    network (run by PyTorch) or the `NetworkRunner` of another engine (`sslseg.segmentation.engines`).
+        With `cfg.tta` the mean over the 8 flips/quarter turns, each mapped back before averaging. `net` is a
+        network (run by PyTorch) or the `NetworkRunner` of another engine (`sslseg.segmentation.engines`).
 
-    With `object_size` (instance tasks) the objects of a first prediction give the image's median object
-    diameter (with `cfg.check_fragments`, checked for fragments by `_whole_object_diameter`); when it is
-    off the target by more than RESCALE_TOLERANCE, the image is resized so objects become `object_size` px
-    across (as in training) and predicted again. The size estimate takes one orientation even with
-    `cfg.tta`: a median over objects does not need eight. `head` names the instance representation the
-    network predicts (`model.instance_head`), which the size estimate segments with."""
+        With `object_size` (instance tasks) the objects of a first prediction give the image's median object
+        diameter (with `cfg.check_fragments`, checked for fragments by `_whole_object_diameter`); when it is
+        off the target by more than RESCALE_TOLERANCE, the image is resized so objects become `object_size` px
+        across (as in training) and predicted again. The size estimate takes one orientation even with
+        `cfg.tta`: a median over objects does not need eight. `head` names the instance representation the
+        network predicts (`model.instance_head`), which the size estimate segments with. `task` is a task object
+    (from a `Segmenter`, not looked up again) or its name."""
     cfg = cfg or InferenceConfig()
+    task = as_task(task)
     run = network_runner(net, task)
-    if object_size is None or not task_named(task).sizes_objects:
+    if object_size is None or not task.sizes_objects:
         return _predict_oriented(run, image, task, native_shape, cfg)
     factor, probs = working_factor(run, image, native_shape, cfg, object_size, head)
     if factor == 1.0:
@@ -92,7 +94,7 @@ def working_factor(
     """The resize factor that brings the objects of a prepared instance image to `object_size` px (1.0 when
     within RESCALE_TOLERANCE or nothing is found), with the first prediction it was measured on (native
     shape). Block-wise prediction measures it once on a sample of a large image and keeps it for all blocks."""
-    run = network_runner(net, INSTANCE)
+    run = network_runner(net, TASKS[INSTANCE])
     probs = _predict_once(run, image, INSTANCE, native_shape, cfg)
     diameter = _sizing_diameter(probs, head)
     factor = 1.0  # nothing found: no size to go by
@@ -109,7 +111,7 @@ def working_factor(
 def predict_at_scale(
     net: nn.Module | NetworkRunner,
     image: np.ndarray,
-    task: str,
+    task: str | Task,
     native_shape: tuple[int, int],
     cfg: InferenceConfig,
 ) -> torch.Tensor:
@@ -151,7 +153,7 @@ def _whole_object_diameter(
 def _predict_oriented(
     run: NetworkRunner,
     image: np.ndarray,
-    task: str,
+    task: str | Task,
     native_shape: tuple[int, int],
     cfg: InferenceConfig,
     identity: torch.Tensor | None = None,
@@ -172,7 +174,11 @@ def _predict_oriented(
 
 
 def _predict_once(
-    run: NetworkRunner, image: np.ndarray, task: str, native_shape: tuple[int, int], cfg: InferenceConfig
+    run: NetworkRunner,
+    image: np.ndarray,
+    task: str | Task,
+    native_shape: tuple[int, int],
+    cfg: InferenceConfig,
 ) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(image)).to(run.device)
     probs = sliding_window(run, x, cfg.tile_size, cfg.overlap, cfg.batch_size)
@@ -182,7 +188,11 @@ def _predict_once(
 
 
 def probabilities_to_labels(
-    probs: torch.Tensor, task: str, post: PostprocessConfig | None = None, head: str = DEFAULT_INSTANCE_HEAD
+    probs: torch.Tensor,
+    task: str | Task,
+    post: PostprocessConfig | None = None,
+    head: str = DEFAULT_INSTANCE_HEAD,
 ) -> np.ndarray:
-    """Probabilities → class map (semantic) or instance map (instance, by the instance `head`)."""
-    return task_named(task).to_labels(probs.numpy(), post, head)
+    """Probabilities → class map (semantic) or instance map (instance, by the instance `head`); `task` is a
+    task object or its name."""
+    return as_task(task).to_labels(probs.numpy(), post, head)

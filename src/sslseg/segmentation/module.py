@@ -101,7 +101,7 @@ class SegmentationModule(L.LightningModule):
         return predict_probabilities(
             runner if runner is not None else self.net,
             image,
-            cfg.data.task,
+            self.task,
             native_shape,
             cfg.inference,
             cfg.data.measured_object_size,  # with object_size_um the image comes at its working scale
@@ -115,7 +115,7 @@ class SegmentationModule(L.LightningModule):
         checkpoint's post-processing."""
         cfg = self.cfg
         probs = self.probabilities(image, native_shape, runner)
-        return probabilities_to_labels(probs, cfg.data.task, cfg.postprocess, cfg.model.instance_head)
+        return probabilities_to_labels(probs, self.task, cfg.postprocess, cfg.model.instance_head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

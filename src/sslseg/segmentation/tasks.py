@@ -208,3 +208,9 @@ INSTANCE: str = InstanceTask.name
 def task_named(name: str) -> Task:
     """The task registered under `name`; an unknown name is an error listing the valid ones (`task_rules`)."""
     return TASKS[task_rules(name).name]
+
+
+def as_task(task: str | Task) -> Task:
+    """A task object as it is, or the task registered under a name: lets inference take the object a
+    `Segmenter` resolved once (no lookup) or, from older callers, a name (one lookup)."""
+    return task if isinstance(task, Task) else task_named(task)
