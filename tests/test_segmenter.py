@@ -1,6 +1,6 @@
 """The Segmenter: a checkpoint resolved once into what turns images into labels. Prediction, whole and
-block-wise, looks the task up once (when the checkpoint's module is built) and never again below it, and
-the segmenter's labels are those of the module it was built from."""
+block-wise, and evaluation look the task up once (when the checkpoint's module is built) and never again
+below it, and the segmenter's labels are those of the module it was built from."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_instance_checkpoint
 
 from sslseg.data.io import write_image
-from sslseg.evaluate import load_model
+from sslseg.evaluate import evaluate_checkpoint, load_model
 from sslseg.predict import predict_files
 from sslseg.segmentation import tasks
 from sslseg.segmentation.segmenter import Segmenter
@@ -26,6 +26,7 @@ _MODULES = (
     "sslseg.segmentation.inference",
     "sslseg.segmentation.blocks",
     "sslseg.predict",
+    "sslseg.evaluate",
 )
 
 
@@ -83,3 +84,11 @@ def test_segmenter_labels_are_the_modules(checkpoint):
     assert segmenter.task is tasks.TASKS["instance"] and segmenter.head is not None
     assert segmenter.in_channels == module.hparams["in_channels"]
     np.testing.assert_array_equal(segmenter.segment(image, (56, 60)), module.segment(image, (56, 60)))
+
+
+def test_evaluation_resolves_the_task_once(checkpoint, monkeypatch):
+    data = checkpoint.parents[1] / "data"  # the tiny model's synthetic training set
+    calls = _count_lookups(monkeypatch)
+    mean = evaluate_checkpoint(checkpoint, data, progress=False, device="cpu")
+    assert 0.0 <= mean["aji"] <= 1.0
+    assert calls == ["instance"]

@@ -15,8 +15,8 @@ from sslseg.data.datasets import LoadedSample, load_heldout
 from sslseg.data.layouts import find_samples
 from sslseg.errors import ConfigError, DataError
 from sslseg.metrics import mean_scores
-from sslseg.segmentation.module import SegmentationModule, score_labels
-from sslseg.segmentation.segmenter import load_module
+from sslseg.segmentation.module import SegmentationModule
+from sslseg.segmentation.segmenter import Segmenter, load_module
 
 
 def load_model(checkpoint: str | Path, device: str = "auto", tta: bool | None = None) -> SegmentationModule:
@@ -28,16 +28,19 @@ def load_model(checkpoint: str | Path, device: str = "auto", tta: bool | None = 
 
 
 def evaluate_samples(
-    module: SegmentationModule, samples: list[LoadedSample], progress: bool = True
+    module: SegmentationModule | Segmenter, samples: list[LoadedSample], progress: bool = True
 ) -> list[dict[str, Any]]:
-    """Predict every sample with the full inference path and score it; one row per image."""
-    cfg = module.cfg
+    """Predict every sample with the full inference path and score it by the task's metrics; one row per
+    image. `module` is a loaded model or the `Segmenter` built from one (its task resolved once)."""
+    segmenter = module if isinstance(module, Segmenter) else Segmenter.from_module(module)
+    cfg = segmenter.cfg
     rows = []
-    module.eval()
+    segmenter.module.eval()
     for s in tqdm(samples, desc="evaluating", disable=not progress, leave=False):
         if s.labels is None:
             raise DataError(Path(s.id), "cannot evaluate an image without labels")
-        rows.append({"id": s.id, **score_labels(module.segment(s.image, s.native_shape), s.labels, cfg)})
+        pred = segmenter.segment(s.image, s.native_shape)
+        rows.append({"id": s.id, **segmenter.task.scores(pred, s.labels, cfg)})
     return rows
 
 
@@ -73,14 +76,14 @@ def evaluate_checkpoint(
     described its training images, so it is not applied to this dataset."""
     if pixel_size is not None and not pixel_size > 0:
         raise ConfigError(f"--pixel-size must be a positive number of µm, got {pixel_size}")
-    module = load_model(checkpoint, device=device, tta=tta)
-    cfg = module.cfg
+    segmenter = Segmenter.from_checkpoint(checkpoint, engine="torch", device=device, tta=tta)
+    cfg = segmenter.cfg
     samples = find_samples(data, layout=layout, mask_suffix=mask_suffix)
     if any(s.label is None for s in samples):
         raise DataError(Path(data), "evaluation needs labels, but this dataset has images without labels")
     data_cfg = cfg.data.model_copy(update={"pixel_size": pixel_size})
-    loaded = load_heldout(samples, data_cfg, module.hparams["in_channels"], progress)
-    rows = evaluate_samples(module, loaded, progress)
+    loaded = load_heldout(samples, data_cfg, segmenter.in_channels, progress)
+    rows = evaluate_samples(segmenter, loaded, progress)
     mean = summarize(rows)
     if out_dir is not None:
         out = Path(out_dir)
