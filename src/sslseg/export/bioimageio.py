@@ -35,6 +35,7 @@ from sslseg.export.torchscript import export_torchscript
 from sslseg.predict import display_rgb, overlay
 from sslseg.segmentation.engines import ONNX_OPSET
 from sslseg.segmentation.module import SegmentationModule
+from sslseg.segmentation.tasks import Task
 
 STATE_DICT = "model.state_dict.pt"
 PACKAGE_SAMPLE_SIZE = 256  # the synthetic test image of a package, when no --sample is given
@@ -148,7 +149,7 @@ def _readme(settings: dict[str, Any], name: str) -> str:
     return "\n".join(lines)
 
 
-def _cover(path: Path, raw: np.ndarray, labels: np.ndarray, task: str) -> None:
+def _cover(path: Path, raw: np.ndarray, labels: np.ndarray, task: str | Task) -> None:
     """The test image beside its segmentation (2:1), as the package's cover."""
     left = display_rgb(raw)
     right = overlay(raw, labels, task)
@@ -188,7 +189,7 @@ def write_package(
         np.save(stage / "test_input.npy", test_input)
         np.save(stage / "test_output.npy", test_output)
         labels = labels_from_probabilities(test_output[0], load_sidecar(result.out / SIDECAR))
-        _cover(stage / "cover.png", raw, labels, cfg.data.task)
+        _cover(stage / "cover.png", raw, labels, module.task)
         (stage / "README.md").write_text(_readme(settings, name))
         shutil.copy(result.out / SIDECAR, stage / SIDECAR)
         torch.save(net.state_dict(), stage / STATE_DICT)

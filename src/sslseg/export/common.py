@@ -40,10 +40,10 @@ class ProbabilityNet(ActivatedNet):
         task: str,
     ) -> None:
         try:
-            task_named(task)
+            resolved = task_named(task)  # the one lookup: the activation keeps the object
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        super().__init__(build_unet(encoder, in_channels, out_channels, tuple(decoder_channels)), task)
+        super().__init__(build_unet(encoder, in_channels, out_channels, tuple(decoder_channels)), resolved)
         self.stride = 2 ** len(decoder_channels)
 
 
@@ -53,7 +53,7 @@ def architecture_kwargs(module: SegmentationModule) -> dict[str, Any]:
     return {
         "encoder": cfg.model.encoder,
         "in_channels": int(module.hparams["in_channels"]),
-        "out_channels": task_named(cfg.data.task).output_channels(cfg),
+        "out_channels": module.task.output_channels(cfg),  # the task the module resolved when built
         "decoder_channels": [int(c) for c in cfg.model.decoder_channels],
         "task": cfg.data.task,
     }

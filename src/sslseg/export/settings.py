@@ -17,7 +17,6 @@ from sslseg.config import PostprocessConfig
 from sslseg.errors import DataError
 from sslseg.segmentation.inference import probabilities_to_labels
 from sslseg.segmentation.module import SegmentationModule
-from sslseg.segmentation.tasks import task_named
 
 SIDECAR = "sslseg.yaml"
 
@@ -27,7 +26,7 @@ def sidecar(module: SegmentationModule, checkpoint: str | Path) -> dict[str, Any
     and the post-processing (with the checkpoint's tuned thresholds) that turns probabilities into labels."""
     cfg = module.cfg
     d = cfg.data
-    task = task_named(d.task)
+    task = module.task  # resolved once when the module was built
     classes = task.labels_are_classes
     return {
         "sslseg_version": sslseg.__version__,
