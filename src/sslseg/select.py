@@ -15,16 +15,16 @@ from tqdm.auto import tqdm
 
 import sslseg
 from sslseg.config import HeldoutImages
-from sslseg.data.datasets import LoadedSample, prepare_image, rescale_image
+from sslseg.data.datasets import LoadedSample, rescale_image
 from sslseg.data.heldout import drop_heldout, heldout_index
 from sslseg.data.io import IMAGE_EXTENSIONS, read_pixel_size
 from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.lazy import ImageSource, open_image
-from sslseg.data.scale import known_size_factor
+from sslseg.data.scale import PIXEL_SIZE_HINT
 from sslseg.errors import ConfigError, DataError
-from sslseg.evaluate import load_model
 from sslseg.metrics.uncertainty import inverted_agreement
 from sslseg.segmentation.blocks import BLOCKWISE_PIXELS, ImageStats, image_statistics
+from sslseg.segmentation.segmenter import Segmenter
 from sslseg.segmentation.tta import agreement_metric, tta_predictions
 from sslseg.selection.features import DESCRIPTORS, Embedder, feature_space, image_descriptors, load_embedder
 from sslseg.selection.outputs import (
@@ -253,25 +253,26 @@ def _feature_matrix(
 def _uncertainty(model: str | Path, items: Sequence[Item], device: str, progress: bool) -> np.ndarray:
     """Per item, a fine-tuned model's doubt: the inverted agreement of its label maps under the 8 D4
     test-time augmentations (`sslseg.metrics.uncertainty.inverted_agreement`, under the task's own
-    agreement: AJI or foreground Dice), each image prepared as the checkpoint's run prepares images.
+    agreement: AJI or foreground Dice), each image prepared by the checkpoint's `Segmenter` as its run
+    prepares images (a region normalised by its whole image's statistics, as block-wise prediction does).
     Annotated items, never chosen, are not predicted (NaN)."""
-    module = load_model(model, device)
-    d = module.cfg.data
-    channels = int(module.hparams["in_channels"])
+    segmenter = Segmenter.from_checkpoint(model, engine="torch", device=device)
+    module = segmenter.module  # the TTA predictions run the torch network with its settings
+    d = segmenter.data
+    channels = segmenter.in_channels
     metric = agreement_metric(module)
     out = np.full(len(items), np.nan)
     todo = [k for k, it in enumerate(items) if not it.annotated]
     index = {id(items[k]): k for k in todo}
     bar = tqdm(total=len(todo), desc="model uncertainty (TTA)", disable=not progress)
     for item, raw, stats in _pixels([items[k] for k in todo], (channels, d.normalization, d.bright_objects)):
-        scale = d.scale
-        if d.object_size_um is not None:  # the objects' real size and the file's pixel size fix the scale
-            size = read_pixel_size(item.sample.image)
-            scale = known_size_factor(d.object_size_um, d.object_size, size, item.sample.image)
+        path = item.sample.image
+        # with data.object_size_um, the objects' real size and the file's pixel size fix the scale
+        size = read_pixel_size(path) if segmenter.needs_pixel_size else None
         if stats is not None:
-            image = rescale_image(stats.apply(raw, channels), scale)
+            image = rescale_image(stats.apply(raw, channels), segmenter.scale(size, path, PIXEL_SIZE_HINT))
         else:
-            image = prepare_image(raw, channels, d.normalization, scale, d.bright_objects)
+            image = segmenter.prepare(raw, size, path, PIXEL_SIZE_HINT)
         predictions = tta_predictions(module, LoadedSample(item.name, image, None, None, raw.shape[:2]))
         out[index[id(item)]] = inverted_agreement(predictions, metric)
         bar.update()

@@ -44,12 +44,16 @@ def size_factor(diameter: float, object_size: float) -> float:
     return float(np.clip(object_size / diameter, MIN_FACTOR, MAX_FACTOR))
 
 
+# where a missing pixel size can be given, as the error names it unless a caller knows better
+PIXEL_SIZE_HINT = "data.pixel_size (evaluate: --pixel-size)"
+
+
 def known_size_factor(
     object_size_um: float,
     object_size: float,
     pixel_size: tuple[float, float] | None,
     path: str | Path,
-    hint: str = "data.pixel_size (evaluate: --pixel-size)",
+    hint: str = PIXEL_SIZE_HINT,
 ) -> float:
     """The resize factor that brings objects of a known real diameter (`object_size_um`, µm) to
     `object_size` px in an image of `pixel_size` (y, x µm; their geometric mean when anisotropic), clamped

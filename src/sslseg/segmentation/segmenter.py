@@ -120,18 +120,27 @@ class Segmenter:
         """The instance head, or None for a task whose labels are classes."""
         return None if self.task.labels_are_classes else instance_head(self.head_name)
 
-    def scale(self, pixel_size: tuple[float, float] | None, path: Path) -> float:
+    @property
+    def needs_pixel_size(self) -> bool:
+        """Whether an image's working scale depends on its pixel size (`data.object_size_um` is set), so
+        callers read the pixel size only when `scale` uses it."""
+        return self.cfg.data.object_size_um is not None
+
+    def scale(self, pixel_size: tuple[float, float] | None, path: Path, hint: str = "--pixel-size") -> float:
         """The working scale of an image: `data.scale`, or the factor the objects' real size
-        (`data.object_size_um`) and the image's `pixel_size` fix (a missing one is a DataError on `path`)."""
+        (`data.object_size_um`) and the image's `pixel_size` fix (a missing one is a DataError on `path`
+        that names `hint`, where the caller takes a pixel size)."""
         d = self.cfg.data
         if d.object_size_um is None:
             return d.scale
-        return known_size_factor(d.object_size_um, d.object_size, pixel_size, path, hint="--pixel-size")
+        return known_size_factor(d.object_size_um, d.object_size, pixel_size, path, hint=hint)
 
-    def prepare(self, raw: np.ndarray, pixel_size: tuple[float, float] | None, path: Path) -> np.ndarray:
-        """A raw H×W×C image → the normalised C×h×w network input at its working scale."""
+    def prepare(
+        self, raw: np.ndarray, pixel_size: tuple[float, float] | None, path: Path, hint: str = "--pixel-size"
+    ) -> np.ndarray:
+        """A raw H×W×C image → the normalised C×h×w network input at its working scale (see `scale`)."""
         d = self.cfg.data
-        scale = self.scale(pixel_size, path)
+        scale = self.scale(pixel_size, path, hint)
         return prepare_image(raw, self.in_channels, d.normalization, scale, d.bright_objects)
 
     def probabilities(self, image: np.ndarray, native_shape: tuple[int, int]) -> torch.Tensor:
