@@ -69,6 +69,31 @@ def tiny_instance_checkpoint(root: Path, **settings: Any) -> Path:
     return finetune(cfg, progress=False).best_checkpoint
 
 
+def semi_instance_config(
+    data: Path, out: Path, semi: dict[str, Any], steps_per_epoch: int = 3
+) -> FinetuneConfig:
+    """The small semi-supervised instance run the self-training and semi-supervised tests fine-tune: `data`
+    split 60/20/20 with a third of the training images labelled, 64 px crops and tiles, `steps_per_epoch`
+    steps of one epoch, no post-processing tuning (fast), and the `semi` settings as given."""
+    return FinetuneConfig.model_validate(
+        {
+            "data": {
+                "train": data,
+                "task": "instance",
+                "val_fraction": 0.2,
+                "test_fraction": 0.2,
+                "label_fraction": 0.34,
+            },
+            "model": {"encoder": "resnet18", "decoder_channels": [32, 16, 16, 8, 8]},
+            "train": {"epochs": 1, "steps_per_epoch": steps_per_epoch, "batch_size": 2, "crop_size": 64},
+            "postprocess": {"tune": False},
+            "inference": {"tile_size": 64},
+            "semi": semi,
+            "output": out,
+        }
+    )
+
+
 def small_instance_config(root: Path, **settings: Any) -> FinetuneConfig:
     """An end-to-end instance run on 8 synthetic 80 px images (2 steps, 64 px crops) with the default head;
     `settings` are merged over it, e.g. loss={"object_balance": 1.0}."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import semi_instance_config
 
 import sslseg.finetune as ft
 from sslseg.config import FinetuneConfig
@@ -74,22 +75,9 @@ def nuclei(tmp_path_factory):
 
 
 def _cfg(data, out, **semi) -> FinetuneConfig:
-    return FinetuneConfig.model_validate(
-        {
-            "data": {
-                "train": data,
-                "task": "instance",
-                "val_fraction": 0.2,
-                "test_fraction": 0.2,
-                "label_fraction": 0.34,
-            },
-            "model": {"encoder": "resnet18", "decoder_channels": [32, 16, 16, 8, 8]},
-            "train": {"epochs": 1, "steps_per_epoch": 4, "batch_size": 2, "crop_size": 64},
-            "postprocess": {"tune": False},
-            "inference": {"tile_size": 64},
-            "semi": {"enabled": True, "method": "self_training", **semi},
-            "output": out,
-        }
+    """The shared small semi-supervised run (`semi_instance_config`), 4 steps, by self-training."""
+    return semi_instance_config(
+        data, out, {"enabled": True, "method": "self_training", **semi}, steps_per_epoch=4
     )
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import semi_instance_config
 
 from sslseg.augment.segmentation import cutmix
-from sslseg.config import FinetuneConfig
 from sslseg.data.synth import write_synthetic_dataset
 from sslseg.finetune import finetune
 from sslseg.losses.consistency import class_consistency, map_consistency
@@ -62,26 +62,6 @@ def nuclei(tmp_path_factory):
     return write_synthetic_dataset(tmp_path_factory.mktemp("semi"), n_images=10, size=80, seed=3)
 
 
-def _cfg(data, out, semi: dict) -> FinetuneConfig:
-    return FinetuneConfig.model_validate(
-        {
-            "data": {
-                "train": data,
-                "task": "instance",
-                "val_fraction": 0.2,
-                "test_fraction": 0.2,
-                "label_fraction": 0.34,
-            },
-            "model": {"encoder": "resnet18", "decoder_channels": [32, 16, 16, 8, 8]},
-            "train": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 2, "crop_size": 64},
-            "postprocess": {"tune": False},
-            "inference": {"tile_size": 64},
-            "semi": semi,
-            "output": out,
-        }
-    )
-
-
 def test_semi_supervised_run_learns_from_the_unlabeled_training_images(nuclei, tmp_path, monkeypatch):
     drawn = []
     original = SegmentationModule._next_unlabeled
@@ -92,7 +72,9 @@ def test_semi_supervised_run_learns_from_the_unlabeled_training_images(nuclei, t
         return batch
 
     monkeypatch.setattr(SegmentationModule, "_next_unlabeled", spy)
-    res = finetune(_cfg(nuclei, tmp_path / "semi", {"enabled": True, "rampup": 0.0}), progress=False)
+    res = finetune(
+        semi_instance_config(nuclei, tmp_path / "semi", {"enabled": True, "rampup": 0.0}), progress=False
+    )
     split = json.loads((res.output / "split.json").read_text())
     n_unlabeled = len(split["unlabeled"])  # the training images outside the labelled budget
     assert n_unlabeled > 0 and res.summary["n_unlabeled_used"] == n_unlabeled
@@ -117,7 +99,7 @@ def test_unlabeled_pool_never_holds_validation_or_test_images(nuclei, tmp_path, 
         return original(samples, *args, with_labels=with_labels, **kwargs)
 
     monkeypatch.setattr(ft, "load_samples", spy)
-    res = finetune(_cfg(nuclei, tmp_path / "run", {"enabled": True}), progress=False)
+    res = finetune(semi_instance_config(nuclei, tmp_path / "run", {"enabled": True}), progress=False)
     split = json.loads((res.output / "split.json").read_text())
     held_out = set(split["val"]) | set(split["test"])
     assert seen["pool"] and not held_out & set(seen["pool"])
@@ -126,7 +108,7 @@ def test_unlabeled_pool_never_holds_validation_or_test_images(nuclei, tmp_path, 
 
 def test_supervised_runs_draw_no_unlabeled_images(nuclei, tmp_path, monkeypatch):
     monkeypatch.setattr(SegmentationModule, "_next_unlabeled", lambda self: pytest.fail("drew unlabeled"))
-    res = finetune(_cfg(nuclei, tmp_path / "sup", {"enabled": False}), progress=False)
+    res = finetune(semi_instance_config(nuclei, tmp_path / "sup", {"enabled": False}), progress=False)
     assert res.summary["n_unlabeled_used"] == 0
     assert np.isfinite(res.test["aji"])
 
@@ -187,7 +169,7 @@ def test_semi_supervised_run_with_cutmix_and_dice(nuclei, tmp_path, monkeypatch)
     monkeypatch.setattr(module, "cutmix", spy)
     # confidence 0.5 keeps every pixel, so that the loss is not zero by an unsure untrained teacher
     semi = {"enabled": True, "rampup": 0.0, "cutmix": True, "dice": True, "confidence": 0.5}
-    res = finetune(_cfg(nuclei, tmp_path / "mix", semi), progress=False)
+    res = finetune(semi_instance_config(nuclei, tmp_path / "mix", semi), progress=False)
     assert len(calls) == 3 and calls[0][0][0] == calls[0][1][0] == 2
     rows = list(csv.DictReader((res.output / "logs" / "metrics.csv").open()))
     logged = [float(r["train/unlabeled_loss"]) for r in rows if r.get("train/unlabeled_loss")]
@@ -210,7 +192,9 @@ def test_copies_of_test_images_never_reach_the_unlabeled_pool(tmp_path, monkeypa
     from sslseg.data.layouts import find_samples
 
     data = write_synthetic_dataset(tmp_path / "data", n_images=8, size=48, seed=5)
-    cfg = _cfg(data, tmp_path / "run", {"enabled": True, "method": method, "unlabeled": tmp_path / "more"})
+    cfg = semi_instance_config(
+        data, tmp_path / "run", {"enabled": True, "method": method, "unlabeled": tmp_path / "more"}
+    )
     cfg.data.test_fraction = 0.25
     # the test images are drawn among the labelled images only: images added without labels keep them
     test = ft.resolve_splits(cfg, find_samples(data)).test
@@ -263,7 +247,7 @@ def test_a_separate_test_set_guards_the_unlabeled_pool_too(tmp_path, monkeypatch
         for p in (test / sub).iterdir():
             p.rename(p.with_name("t" + p.name))
     write_image(data / "images" / "extra.tif", read_image(test / "images" / "tsynth_0005.tif"))  # unlabeled
-    cfg = _cfg(data, tmp_path / "run", {"enabled": True})
+    cfg = semi_instance_config(data, tmp_path / "run", {"enabled": True})
     cfg.data.test, cfg.data.test_fraction = test, 0.0
     seen = {}
 
