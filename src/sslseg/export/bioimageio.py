@@ -20,6 +20,7 @@ from sslseg.atomic import atomic_path
 from sslseg.data.io import read_image
 from sslseg.data.normalize import harmonise_channels, normalize
 from sslseg.data.synth import generate_sample
+from sslseg.data.task_rules import task_rules
 from sslseg.errors import DataError, ExportCheckFailed
 from sslseg.export.common import (
     FILE_NAMES,
@@ -125,7 +126,7 @@ def _readme(settings: dict[str, Any], name: str) -> str:
         "",
         "## Post-processing",
     ]
-    if settings["task"] == "semantic":
+    if task_rules(settings["task"]).labels_are_classes:
         lines.append("The class of each pixel is the channel of highest probability.")
     else:
         lines.append(
