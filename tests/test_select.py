@@ -301,3 +301,16 @@ def test_bad_input_is_one_clear_line(pool, tmp_path):
         select(pool, 2, pool / "proposal", progress=False)
     with pytest.raises(ConfigError, match="needs a fine-tuned|weighs a model"):
         select(pool, 2, tmp_path / "o4", strategy="uncertainty", progress=False)
+
+
+def test_a_model_with_real_object_sizes_takes_the_pixel_size_from_the_command(pool, tmp_path):
+    # trained with data.object_size_um, the model needs each image's pixel size; the pool's files have none
+    checkpoint = tiny_instance_checkpoint(
+        tmp_path / "model", data={"object_size": 24, "object_size_um": 6, "pixel_size": 0.5}
+    )
+    with pytest.raises(DataError, match=r"synth_\d+\.tif.*give it with --pixel-size"):
+        select(pool, 2, tmp_path / "missing", model=checkpoint, progress=False)
+    with pytest.raises(ConfigError, match="--pixel-size must be a positive"):
+        select(pool, 2, tmp_path / "bad", model=checkpoint, pixel_size=-1, progress=False)
+    result = select(pool, 2, tmp_path / "given", model=checkpoint, pixel_size=0.5, progress=False)
+    assert len(result.rows) == 2

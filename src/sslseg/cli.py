@@ -466,6 +466,12 @@ def select_command(
         float | None, typer.Option(help="working scale for encoder features (default: the encoder's run)")
     ] = None,
     device: DeviceOption = "auto",
+    pixel_size: Annotated[
+        float | None,
+        typer.Option(
+            help="pixel size in µm of the images, for a --model with data.object_size_um (default: each file's own)"
+        ),
+    ] = None,
 ) -> None:
     """Propose which images of POOL to annotate next (images that have a label already are never proposed):
     writes OUT/images, an empty OUT/labels to fill, to_annotate.csv and contact_sheet.png."""
@@ -487,6 +493,7 @@ def select_command(
         mask_suffix=mask_suffix,
         scale=scale,
         device=device,
+        pixel_size=pixel_size,
     )
     typer.echo(
         f"proposed {len(result.rows)} of {result.candidates} unannotated {'regions' if region else 'images'} "

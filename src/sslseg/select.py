@@ -20,7 +20,6 @@ from sslseg.data.heldout import drop_heldout, heldout_index
 from sslseg.data.io import IMAGE_EXTENSIONS, read_pixel_size
 from sslseg.data.layouts import Sample, find_samples
 from sslseg.data.lazy import ImageSource, open_image
-from sslseg.data.scale import PIXEL_SIZE_HINT
 from sslseg.errors import ConfigError, DataError
 from sslseg.metrics.uncertainty import inverted_agreement
 from sslseg.segmentation.blocks import BLOCKWISE_PIXELS, ImageStats, image_statistics
@@ -84,6 +83,7 @@ def select(
     device: str = "auto",
     batch_size: int = 16,
     progress: bool = True,
+    pixel_size: float | None = None,
 ) -> Selection:
     """Propose `budget` images of `pool` (a dataset folder in any layout sslseg reads, or its samples) to
     annotate next, and write them into `out`: images/ (the files, or crops with `region`), an empty
@@ -98,8 +98,10 @@ def select(
     read a band at a time). `annotated`: folders (earlier proposals) whose labelled images count as
     annotated too, matched by name (a pool image's id, or a region's `<id>__y<top>_x<left>`). `heldout`:
     test-set folders; pool images that are copies of their images (same id or same pixels, as pretraining
-    and semi-supervised fine-tuning check) are left out with a warning naming both. Deterministic for a
-    `seed`."""
+    and semi-supervised fine-tuning check) are left out with a warning naming both. `pixel_size` (µm) stands
+    for each image's own where `model` was trained with data.object_size_um. Deterministic for a `seed`."""
+    if pixel_size is not None and not pixel_size > 0:
+        raise ConfigError(f"--pixel-size must be a positive number of µm, got {pixel_size}")
     name = strategy or ("uncertainty" if model is not None else "typiclust")
     chosen_strategy = strategy_named(name)
     if chosen_strategy.needs_uncertainty and model is None:
@@ -143,7 +145,7 @@ def select(
         )
     embedder = None if features == "descriptors" else load_embedder(features, encoder, seed, scale, device)
     matrix = _feature_matrix(items, embedder, batch_size, progress)
-    uncertainty = _uncertainty(model, items, device, progress) if model is not None else None
+    uncertainty = _uncertainty(model, items, device, progress, pixel_size) if model is not None else None
     x = feature_space(matrix, "descriptors" if embedder is None else "embedding")
     choices = chosen_strategy.choose(x, is_annotated, budget, seed, uncertainty)
     return _write(out, items, choices, candidates, int(is_annotated.sum()))
@@ -250,7 +252,9 @@ def _feature_matrix(
     return matrix
 
 
-def _uncertainty(model: str | Path, items: Sequence[Item], device: str, progress: bool) -> np.ndarray:
+def _uncertainty(
+    model: str | Path, items: Sequence[Item], device: str, progress: bool, pixel_size: float | None = None
+) -> np.ndarray:
     """Per item, a fine-tuned model's doubt: the inverted agreement of its label maps under the 8 D4
     test-time augmentations (`sslseg.metrics.uncertainty.inverted_agreement`, under the task's own
     agreement: AJI or foreground Dice), each image prepared by the checkpoint's `Segmenter` as its run
@@ -268,11 +272,13 @@ def _uncertainty(model: str | Path, items: Sequence[Item], device: str, progress
     for item, raw, stats in _pixels([items[k] for k in todo], (channels, d.normalization, d.bright_objects)):
         path = item.sample.image
         # with data.object_size_um, the objects' real size and the file's pixel size fix the scale
-        size = read_pixel_size(path) if segmenter.needs_pixel_size else None
+        size = None
+        if segmenter.needs_pixel_size:
+            size = (pixel_size, pixel_size) if pixel_size is not None else read_pixel_size(path)
         if stats is not None:
-            image = rescale_image(stats.apply(raw, channels), segmenter.scale(size, path, PIXEL_SIZE_HINT))
+            image = rescale_image(stats.apply(raw, channels), segmenter.scale(size, path, "--pixel-size"))
         else:
-            image = segmenter.prepare(raw, size, path, PIXEL_SIZE_HINT)
+            image = segmenter.prepare(raw, size, path, "--pixel-size")
         predictions = tta_predictions(module, LoadedSample(item.name, image, None, None, raw.shape[:2]))
         out[index[id(item)]] = inverted_agreement(predictions, metric)
         bar.update()
