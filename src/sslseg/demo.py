@@ -84,8 +84,8 @@ def demo_study(out: Path, quick: bool = False) -> dict[str, Any]:
 
 def demo_workers() -> int | None:
     """Two CPU workers of one thread each where there are two cores: the demo's small U-Nets barely use a
-    second thread, so two cells side by side finish ~1.7x sooner than one after another with two threads
-    each. On a GPU the runner's default (one worker per GPU)."""
+    second thread, so two cells side by side finish about 1.3x sooner than one after another with two
+    threads each (measured on the demo, RESULTS.md). On a GPU the runner's default (one worker per GPU)."""
     if torch.cuda.is_available():
         return None
     return min(2, os.cpu_count() or 1)

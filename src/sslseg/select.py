@@ -276,9 +276,9 @@ def _uncertainty(
         if segmenter.needs_pixel_size:
             size = (pixel_size, pixel_size) if pixel_size is not None else read_pixel_size(path)
         if stats is not None:
-            image = rescale_image(stats.apply(raw, channels), segmenter.scale(size, path, "--pixel-size"))
+            image = rescale_image(stats.apply(raw, channels), segmenter.scale(size, path))
         else:
-            image = segmenter.prepare(raw, size, path, "--pixel-size")
+            image = segmenter.prepare(raw, size, path)
         predictions = tta_predictions(module, LoadedSample(item.name, image, None, None, raw.shape[:2]))
         out[index[id(item)]] = inverted_agreement(predictions, metric)
         bar.update()

@@ -126,21 +126,19 @@ class Segmenter:
         callers read the pixel size only when `scale` uses it."""
         return self.cfg.data.object_size_um is not None
 
-    def scale(self, pixel_size: tuple[float, float] | None, path: Path, hint: str = "--pixel-size") -> float:
+    def scale(self, pixel_size: tuple[float, float] | None, path: Path) -> float:
         """The working scale of an image: `data.scale`, or the factor the objects' real size
         (`data.object_size_um`) and the image's `pixel_size` fix (a missing one is a DataError on `path`
-        that names `hint`, where the caller takes a pixel size)."""
+        that names --pixel-size, which predict and select take)."""
         d = self.cfg.data
         if d.object_size_um is None:
             return d.scale
-        return known_size_factor(d.object_size_um, d.object_size, pixel_size, path, hint=hint)
+        return known_size_factor(d.object_size_um, d.object_size, pixel_size, path, hint="--pixel-size")
 
-    def prepare(
-        self, raw: np.ndarray, pixel_size: tuple[float, float] | None, path: Path, hint: str = "--pixel-size"
-    ) -> np.ndarray:
+    def prepare(self, raw: np.ndarray, pixel_size: tuple[float, float] | None, path: Path) -> np.ndarray:
         """A raw H×W×C image → the normalised C×h×w network input at its working scale (see `scale`)."""
         d = self.cfg.data
-        scale = self.scale(pixel_size, path, hint)
+        scale = self.scale(pixel_size, path)
         return prepare_image(raw, self.in_channels, d.normalization, scale, d.bright_objects)
 
     def probabilities(self, image: np.ndarray, native_shape: tuple[int, int]) -> torch.Tensor:

@@ -66,7 +66,7 @@ class PretrainingResult:
     labels_saved: list[float | None]
     random_needs: list[float | None]
     cost: Cost
-    labels_saved_reading: list[str] | None = None  # per budget, one of analyze.SAVED_READINGS
+    labels_saved_reading: list[str] | None = None  # per budget, analyze.saved_reading
     # the comparisons with random init: none for random init itself, and no budget tests without it
     test: PairedTest | None = None
     budget_tests: list[PairedTest] | None = None

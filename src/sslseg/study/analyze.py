@@ -235,10 +235,6 @@ def baseline_rises(base_mean: np.ndarray) -> bool:
     return bool(len(m) >= 2 and np.isfinite(m).all() and np.all(np.diff(m) > 0))
 
 
-# How to read one point estimate of labels saved (see `saved_reading`).
-SAVED_READINGS = ("saved", "beyond_range", "not_better", "baseline_flat", "unknown")
-
-
 def saved_reading(rises: bool, mean: float, base_mean: float, saved: float) -> str:
     """How a pretraining's labels-saved point estimate at one budget reads: "saved" (a share, with the
     images random init needs), "beyond_range" (random init never reaches that score within the studied
