@@ -34,13 +34,15 @@ from sslseg.finetune import finetune, resolve_splits
 from sslseg.optim import adamw
 from sslseg.segmentation.module import SegmentationModule
 from sslseg.segmentation.tasks import task_named
+from sslseg.trainer import resolve_precision
 
 RATIO_BAR = 0.9  # issue 26: fine-tuning end to end ≥ 0.9 × the bare loop
 
 
-def config(train: Path, out: Path, args: argparse.Namespace) -> FinetuneConfig:
+def config(train: Path, out: Path, args: argparse.Namespace, **train_settings: object) -> FinetuneConfig:
     """The fine-tuning run both sides share: `--images` labelled images (none validates below 4, so the
-    timed epoch is training alone), one epoch of warm-up + timed steps."""
+    timed epoch is training alone), one epoch of warm-up + timed steps; `train_settings` override the
+    `train` defaults (e.g. precision, channels_last)."""
     return FinetuneConfig.model_validate(
         {
             "data": {
@@ -55,6 +57,7 @@ def config(train: Path, out: Path, args: argparse.Namespace) -> FinetuneConfig:
                 "steps_per_epoch": args.warmup + args.steps,
                 "batch_size": args.batch,
                 "crop_size": args.crop,
+                **train_settings,
             },
             "output": out,
         }
@@ -81,6 +84,8 @@ def bare_step_seconds(cfg: FinetuneConfig, warmup: int, steps: int) -> list[floa
     device = "cuda" if gpu else "cpu"
     module = SegmentationModule(cfg.model_dump(mode="json"), channels)
     net = module.net.to(device).train()
+    if cfg.train.channels_last:  # the precision and memory format the end-to-end run uses
+        net = net.to(memory_format=torch.channels_last)
     crops = RandomCropDataset(
         train_set,
         cfg.train.crop_size,
@@ -91,10 +96,14 @@ def bare_step_seconds(cfg: FinetuneConfig, warmup: int, steps: int) -> list[floa
     images = torch.stack([p[0] for p in pairs]).to(device)
     targets = torch.stack([p[1] for p in pairs]).to(device)
     opt = adamw([{"params": list(net.parameters())}], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    if cfg.train.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    bf16 = resolve_precision(cfg.train.precision, cfg.train.accelerator) == "bf16-mixed"
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=gpu):
+        with autocast:
             loss = module.loss(net(images), targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()

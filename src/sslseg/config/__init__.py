@@ -234,7 +234,13 @@ class TrainConfig(_NodesChecked):
     num_nodes: int = Field(1, ge=1, description=NUM_NODES)
     strategy: str = Field("auto", description="Lightning strategy, e.g. 'ddp' for several processes")
     sync_batchnorm: bool = Field(False, description="BatchNorm statistics over all processes (GPU only)")
-    precision: str = Field("auto", description="'auto' = bf16-mixed on GPU, 32 on CPU")
+    precision: str = Field(
+        "auto",
+        description="'auto' = bf16-mixed on a GPU or a CPU with native bfloat16 (AVX512-BF16, AMX), else 32",
+    )
+    channels_last: bool = Field(
+        True, description="NHWC convolutions: faster on CPUs (oneDNN) and tensor-core GPUs (RESULTS.md)"
+    )
     deterministic: bool = False
     val_max_images: int | None = Field(None, ge=1, description="cap validation images per epoch")
 
@@ -458,9 +464,14 @@ class PretrainTrainConfig(_NodesChecked):
     devices: int | str = Field("auto", description="devices (processes) per node")
     num_nodes: int = Field(1, ge=1, description=NUM_NODES)
     strategy: str = "auto"
-    precision: str = Field("auto", description="'auto' = bf16-mixed on GPU, 32 on CPU")
+    precision: str = Field(
+        "auto",
+        description="'auto' = bf16-mixed on a GPU or a CPU with native bfloat16 (AVX512-BF16, AMX), else 32",
+    )
     sync_batchnorm: bool = False
-    channels_last: bool = False
+    channels_last: bool = Field(
+        True, description="NHWC convolutions: faster on CPUs (oneDNN) and tensor-core GPUs (RESULTS.md)"
+    )
     compile: bool = Field(
         False,
         description="torch.compile the encoder: views have one fixed size, so it compiles once; the first "

@@ -121,14 +121,17 @@ class SegmentationModule(L.LightningModule):
         return self.net(x)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The task's loss: Dice + cross-entropy (semantic) or the instance head's loss."""
-        return self.task.loss(logits, target, self.cfg)
+        """The task's loss: Dice + cross-entropy (semantic) or the instance head's loss, in float32 even
+        under bf16 autocast (its sums over many pixels need the mantissa)."""
+        return self.task.loss(logits.float(), target, self.cfg)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         train = self.cfg.train
         images, targets = augment_batch(
             *batch, gamma=train.gamma_jitter, shuffle_channels=train.shuffle_channels
         )
+        if train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         loss = self.loss(self(images), targets)
         if self.cfg.semi.enabled and self.unlabeled_loader is not None:
             loss = loss + self._unlabeled_loss(images.shape[0])
@@ -166,14 +169,18 @@ class SegmentationModule(L.LightningModule):
         if semi.cutmix:  # the teacher labels whole crops; the student sees them mixed
             weak, teacher_probs = cutmix(weak, teacher_probs)
         strong = photometric(weak, semi.strong_intensity, semi.strong_noise, semi.strong_gamma)
-        student = self(strong)
-        loss, used = self.task.consistency(student, teacher_probs, self.cfg)
+        student = self(strong).float()  # float32 consistency, as the supervised loss
+        loss, used = self.task.consistency(student, teacher_probs.float(), self.cfg)
         if self._rampup_steps is None:  # the trainer's step estimate is not free: read it once
             self._rampup_steps = max(semi.rampup * int(self.trainer.estimated_stepping_batches), 1.0)
         ramp = min(1.0, self.global_step / self._rampup_steps)
         self.log("train/unlabeled_loss", loss, batch_size=batch_size)
         self.log("train/confident_share", used, batch_size=batch_size)
         return semi.weight * ramp * loss
+
+    def on_fit_start(self) -> None:
+        if self.cfg.train.channels_last:  # NHWC convolutions: faster on recent CPUs and tensor-core GPUs
+            self.net.to(memory_format=torch.channels_last)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not (self.cfg.semi.enabled and self._teacher):

@@ -8,7 +8,6 @@ shape go through the network in batches."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from torch import nn
 
 from sslseg.data.datasets import rescale_image
 from sslseg.data.normalize import Normalization, brighten_objects, harmonise_channels, normalize
-from sslseg.device import resolve_device
+from sslseg.device import fast_autocast, resolve_device
 from sslseg.errors import ConfigError, DataError
 from sslseg.evaluate import load_model
 from sslseg.nn.unet import build_encoder, build_unet, encoder_of
@@ -121,7 +120,7 @@ class Embedder:
         more, and it halves the time on such CPUs)."""
         device = next(self.encoder.parameters()).device
         self.encoder.eval().to(memory_format=torch.channels_last)
-        with _fast_precision(device):
+        with fast_autocast(device):
             return self._embed(images, device)
 
     def _embed(self, images: list[np.ndarray], device: torch.device) -> np.ndarray:
@@ -154,19 +153,6 @@ class Embedder:
                 area += n
         assert total is not None
         return total / area
-
-
-def _fast_precision(device: torch.device) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on CUDA and on CPUs with native bfloat16 (AVX512-BF16, AMX), else nothing."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    native = (
-        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    )
-    if device.type == "cpu" and native:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _seeded_random_encoder(name: str, channels: int, seed: int) -> nn.Module:
