@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sslseg.data.datasets import load_unlabeled, prepare_image, scale_unit
 from sslseg.data.layouts import find_samples
@@ -53,4 +54,43 @@ def test_pretraining_reads_with_the_same_setting(tmp_path) -> None:
     Image.fromarray(255 - bright[..., 0]).save(tmp_path / "dark.png")
     images, channels = load_unlabeled(find_samples(tmp_path), progress=False, bright_objects=True)
     assert channels == 1
-    np.testing.assert_allclose(images[0].astype(np.float32), scale_unit(bright).astype(np.float32), atol=2e-3)
+    np.testing.assert_allclose(
+        np.asarray(images[0], np.float32), scale_unit(bright).astype(np.float32), atol=3e-3
+    )
+
+
+def test_the_pretraining_pool_is_held_compactly_and_reads_back_as_float(tmp_path) -> None:
+    """8-bit images stay uint8, 16-bit ones uint16, a gray image among colour ones is one plane, and a crop
+    reads back as the float16 [0, 1] values of the percentile mapping, within the quantisation step."""
+    import tifffile
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    gray8 = rng.integers(0, 256, (40, 50), dtype=np.uint8)
+    rgb8 = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    gray16 = rng.integers(0, 4096, (40, 50), dtype=np.uint16)
+    Image.fromarray(gray8).save(tmp_path / "a_gray8.png")
+    Image.fromarray(rgb8).save(tmp_path / "b_rgb8.png")
+    tifffile.imwrite(tmp_path / "c_gray16.tif", gray16)
+    samples = find_samples(tmp_path, allow_unlabeled=True)
+    raws = [np.asarray(Image.open(tmp_path / "a_gray8.png"))[..., None], rgb8, gray16[..., None]]
+    with pytest.warns(UserWarning, match="gray used as 3 equal channels"):
+        images, channels = load_unlabeled(samples, progress=False, raws=raws)
+    assert channels == 3 and raws == []  # the decoded images were let go as they were converted
+    assert [im.data.dtype for im in images] == [np.uint8, np.uint8, np.uint16]
+    assert [im.data.shape[0] for im in images] == [1, 3, 1]  # gray: one plane for three channels
+    assert all(im.shape == (3, 40, 50) and im.dtype == np.float16 for im in images)
+    for im, source, step in zip(
+        images,
+        (np.repeat(gray8[..., None], 3, 2), rgb8, np.repeat(gray16[..., None], 3, 2)),
+        (1 / 255, 1 / 255, 1 / 65535),
+        strict=True,
+    ):
+        expected = scale_unit(source).astype(np.float32)
+        crop = im[:, 5:25, 10:30]
+        assert crop.dtype == np.float16 and crop.shape == (3, 20, 20)
+        # half a quantisation step, plus float16's own rounding near 1
+        np.testing.assert_allclose(crop.astype(np.float32), expected[:, 5:25, 10:30], atol=step / 2 + 5e-4)
+        np.testing.assert_array_equal(im[1:2, :, :], im[:, :, :][1:2])  # a channel slice
+    float16_bytes = sum(2 * int(np.prod(im.shape)) for im in images)
+    assert sum(im.nbytes for im in images) <= float16_bytes / 2.5
