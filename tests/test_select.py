@@ -184,6 +184,25 @@ def test_same_seed_same_proposal(pool, tmp_path):
     assert len(draws) > 1  # the seed matters
 
 
+def test_several_budgets_share_one_feature_pass_and_equal_separate_calls(pool, tmp_path, monkeypatch):
+    import sslseg.select as select_mod
+
+    passes = []
+    matrix = select_mod._feature_matrix
+    monkeypatch.setattr(select_mod, "_feature_matrix", lambda *a, **k: passes.append(1) or matrix(*a, **k))
+    two = select(
+        pool, 2, tmp_path / "b2", features="random", seed=3, progress=False, also={4: tmp_path / "b4"}
+    )
+    assert len(passes) == 1  # the embeddings are computed once for both budgets
+    for budget, together in ((2, two.rows), (4, _rows(tmp_path / "b4"))):
+        alone = select(pool, budget, tmp_path / f"alone{budget}", features="random", seed=3, progress=False)
+        names = [r.name if hasattr(r, "name") else r["name"] for r in together]
+        assert names == [r.name for r in alone.rows]
+    with pytest.raises(ConfigError, match="already holds a proposal"):  # every folder is checked first
+        select(pool, 1, tmp_path / "new", progress=False, also={2: tmp_path / "b4"})
+    assert not (tmp_path / "new").exists()
+
+
 def test_proposal_folder_reads_back_and_verify_counts_the_budget(pool, tmp_path):
     out = tmp_path / "next"
     result = select(pool, 3, out, progress=False)

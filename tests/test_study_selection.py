@@ -118,6 +118,7 @@ def test_the_report_sets_chosen_images_against_the_random_draws(tmp_path):
             status="done",
             config={"data": {"labelled_images": 4}},
             metrics={"aji": score},
+            seconds={"total": 10.0},
         )
         for name, scores in (("random", draws), ("typiclust", chosen))
         for seed, score in enumerate(scores)
@@ -138,6 +139,17 @@ def test_the_report_sets_chosen_images_against_the_random_draws(tmp_path):
         and "| 80% | yes |" in md
     )
     assert "Only 5 random draws" in md  # five draws: the report says they are too few to know the spread
+    # the verdict compares initialisations seed by seed; a row that chooses other images is not one
+    from sslseg.study.analyze import analyze
+
+    at_two = [  # budget 2 finished too, so that every row has a label-efficiency integral
+        JobRow(
+            **{**r.__dict__, "key": r.key.replace("/n4/", "/n2/"), "config": {"data": {"labelled_images": 2}}}
+        )
+        for r in rows
+    ]
+    v = analyze(study, rows + at_two)["datasets"]["synth"]["verdict"]
+    assert v["best"] is None and "choosing the images to annotate" in v["text"], v["text"]
     ten = dataclasses.replace(c, draws=draws * 2)
     assert "Only" not in render_markdown("t", [selection_section([ten])])  # ten draws: no such note
     assert selection_section([]) is None

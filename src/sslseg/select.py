@@ -6,7 +6,7 @@ the choice (as covered, as near, as filling their cluster), but their labels are
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +84,7 @@ def select(
     batch_size: int = 16,
     progress: bool = True,
     pixel_size: float | None = None,
+    also: Mapping[int, str | Path] | None = None,
 ) -> Selection:
     """Propose `budget` images of `pool` (a dataset folder in any layout sslseg reads, or its samples) to
     annotate next, and write them into `out`: images/ (the files, or crops with `region`), an empty
@@ -99,7 +100,9 @@ def select(
     annotated too, matched by name (a pool image's id, or a region's `<id>__y<top>_x<left>`). `heldout`:
     test-set folders; pool images that are copies of their images (same id or same pixels, as pretraining
     and semi-supervised fine-tuning check) are left out with a warning naming both. `pixel_size` (µm) stands
-    for each image's own where `model` was trained with data.object_size_um. Deterministic for a `seed`."""
+    for each image's own where `model` was trained with data.object_size_um. Deterministic for a `seed`.
+    `also`: further budgets, each with its own folder, chosen from the same features (computed once, as a
+    study's `selection:` rows need for every budget); the Selection returned is `budget`'s."""
     if pixel_size is not None and not pixel_size > 0:
         raise ConfigError(f"--pixel-size must be a positive number of µm, got {pixel_size}")
     name = strategy or ("uncertainty" if model is not None else "typiclust")
@@ -112,14 +115,17 @@ def select(
         raise ConfigError(
             f"--model is weighed in by the 'uncertainty' strategy, not '{name}'; leave out --strategy or --model"
         )
-    if budget < 1:
-        raise ConfigError(f"--budget must be at least 1, got {budget}")
+    outs = {budget: Path(out), **{b: Path(o) for b, o in (also or {}).items()}}
+    for b in outs:
+        if b < 1:
+            raise ConfigError(f"--budget must be at least 1, got {b}")
     if region is not None and region < MIN_REGION:
         raise ConfigError(f"--region must be at least {MIN_REGION} px, got {region}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    out = Path(out)
-    samples = _pool_samples(pool, layout, mask_suffix, out)
+    for o in outs.values():
+        _check_out(pool, o)
+    samples = _pool_samples(pool, layout, mask_suffix)
     where = Path(pool) if isinstance(pool, str | Path) else Path(".")
     if heldout:  # the one leak guard of pretraining and semi-supervised fine-tuning
         index = heldout_index([HeldoutImages(path=Path(h)) for h in heldout], progress)
@@ -138,17 +144,26 @@ def select(
             f"every one of the {len(items)} {unit} in the pool is annotated; nothing to propose (with "
             "--layout unlabeled every image counts as unannotated)",
         )
-    if budget > candidates:
+    if max(outs) > candidates:
         raise ConfigError(
-            f"--budget {budget} is larger than the {candidates} unannotated {unit} in {where}; ask for at most "
-            f"{candidates}"
+            f"--budget {max(outs)} is larger than the {candidates} unannotated {unit} in {where}; ask for at "
+            f"most {candidates}"
         )
     embedder = None if features == "descriptors" else load_embedder(features, encoder, seed, scale, device)
     matrix = _feature_matrix(items, embedder, batch_size, progress)
     uncertainty = _uncertainty(model, items, device, progress, pixel_size) if model is not None else None
     x = feature_space(matrix, "descriptors" if embedder is None else "embedding")
-    choices = chosen_strategy.choose(x, is_annotated, budget, seed, uncertainty)
-    return _write(out, items, choices, candidates, int(is_annotated.sum()))
+    written = {
+        b: _write(
+            o,
+            items,
+            chosen_strategy.choose(x, is_annotated, b, seed, uncertainty),
+            candidates,
+            int(is_annotated.sum()),
+        )
+        for b, o in outs.items()
+    }
+    return written[budget]
 
 
 def _annotated_names(folders: Sequence[str | Path]) -> set[str]:
@@ -159,22 +174,23 @@ def _annotated_names(folders: Sequence[str | Path]) -> set[str]:
     return names
 
 
-def _pool_samples(
-    pool: str | Path | Sequence[Sample], layout: str, mask_suffix: str | None, out: Path
-) -> list[Sample]:
-    """The pool's samples (labelled or not); the output folder may not lie inside the pool, where the
-    next round would take the proposals for pool images."""
+def _check_out(pool: str | Path | Sequence[Sample], out: Path) -> None:
+    """An output folder must be new, and may not lie inside the pool, where the next round would take the
+    proposals for pool images."""
     if (out / PROPOSALS_FILE).exists():
         raise ConfigError(f"{out}: already holds a proposal ({PROPOSALS_FILE}); choose another --out")
+    if isinstance(pool, str | Path) and out.resolve().is_relative_to(Path(pool).resolve()):
+        raise ConfigError(f"{out}: --out lies inside the pool {pool}; choose a folder outside it")
+
+
+def _pool_samples(pool: str | Path | Sequence[Sample], layout: str, mask_suffix: str | None) -> list[Sample]:
+    """The pool's samples (labelled or not)."""
     if not isinstance(pool, str | Path):
         samples = list(pool)
         if not samples:
             raise DataError(Path("."), "empty pool: no images to choose from")
         return samples
-    root = Path(pool)
-    if out.resolve().is_relative_to(root.resolve()):
-        raise ConfigError(f"{out}: --out lies inside the pool {root}; choose a folder outside it")
-    return find_samples(root, layout=layout, mask_suffix=mask_suffix, allow_unlabeled=True)
+    return find_samples(Path(pool), layout=layout, mask_suffix=mask_suffix, allow_unlabeled=True)
 
 
 def _items(samples: Sequence[Sample], region: int | None) -> list[Item]:

@@ -132,31 +132,40 @@ def write_selections(study: StudyConfig) -> list[Path]:
         pool = [replace(s, label=None) for s in samples if s.id in allowed and s.label is not None]
         for p in rows:
             assert p.selection is not None
-            for budget in study.budgets:
-                target = selection_path(study, ds, p, budget)
-                if target.is_file():
-                    continue
-                tmp = target.parent.with_name(f".{target.parent.name}.{uuid.uuid4().hex[:8]}")
-                print(
-                    f"choosing {int(budget)} images of {ds.name} by {p.selection.tag}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                select(
-                    pool,
-                    int(budget),
-                    tmp,
-                    strategy=p.selection.strategy,
-                    features=p.selection.features,
-                    encoder=p.selection.encoder or study.encoder,
-                    heldout=[ds.test] if ds.test is not None else [],
-                    seed=0,
-                    progress=False,
-                )
+            targets = {
+                int(b): selection_path(study, ds, p, b)
+                for b in study.budgets
+                if not selection_path(study, ds, p, b).is_file()
+            }
+            if not targets:
+                continue
+            # each budget into a temporary folder renamed into place; the features are computed once
+            tmps = {
+                b: t.parent.with_name(f".{t.parent.name}.{uuid.uuid4().hex[:8]}") for b, t in targets.items()
+            }
+            print(
+                f"choosing {', '.join(map(str, targets))} images of {ds.name} by {p.selection.tag}",
+                file=sys.stderr,
+                flush=True,
+            )
+            first, *rest = targets
+            select(
+                pool,
+                first,
+                tmps[first],
+                strategy=p.selection.strategy,
+                features=p.selection.features,
+                encoder=p.selection.encoder or study.encoder,
+                heldout=[ds.test] if ds.test is not None else [],
+                seed=0,
+                progress=False,
+                also={b: tmps[b] for b in rest},
+            )
+            for b, target in targets.items():
                 try:
-                    os.rename(tmp, target.parent)
+                    os.rename(tmps[b], target.parent)
                 except OSError:  # another runner wrote it first: keep that one
-                    shutil.rmtree(tmp, ignore_errors=True)
+                    shutil.rmtree(tmps[b], ignore_errors=True)
                 written.append(target)
     return written
 

@@ -81,11 +81,22 @@ def verdict(
     significant after Holm correction, and annotation saved only as far as the paired tests at the smallest
     budget reach (see `analyze._add_tests`)."""
     entries = group["pretrainings"]
-    candidates = [(n, e) for n, e in entries.items() if n != BASELINE and np.isfinite(e["integral_mean"])]
+    # rows that choose their images train on other images than random init's seed by seed: not a paired
+    # comparison of initialisations; the selection section sets them against the random draws instead
+    choosing = {p.name for p in study.pretrainings if p.selection is not None}
+    candidates = [
+        (n, e)
+        for n, e in entries.items()
+        if n != BASELINE and n not in choosing and np.isfinite(e["integral_mean"])
+    ]
     base = entries.get(BASELINE)
     if not candidates or base is None or not np.isfinite(base["integral_mean"]):
+        only_choosing = base is not None and not [n for n in entries if n != BASELINE and n not in choosing]
         return {
-            "text": f"{dataset}: not enough finished cells to compare pretrainings yet.",
+            "text": f"{dataset}: this study compares ways of choosing the images to annotate, not pretrainings: "
+            "see the section on chosen images against random draws."
+            if only_choosing
+            else f"{dataset}: not enough finished cells to compare pretrainings yet.",
             "best": None,
             "significant": False,
             "labels_saved_claim": None,
