@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", help="schedules by arm name, e.g. random,steps2000 (default: all)")
     ap.add_argument("--tolerance", type=float, default=0.01, help="relative gap to the best validation score")
     ap.add_argument("--summary-only", action="store_true", help="no training: the figures so far")
+    ap.add_argument("--workers", type=int, default=1, help="parallel workers sharing the cores (one thread each)")
     ap.add_argument("--smoke", type=Path, help="run the preset's shape on tiny synthetic data in this folder")
     args = ap.parse_args(argv)
     study = smoke_study(args.smoke) if args.smoke else load_study(PRESET)
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"no cell of the study matches {pick}")
     emit(benchmark="label_curve", machine=hardware(), cells=len(cells), study=str(study_dir(study)))
     if not args.summary_only:
-        run_study(study, progress=False, only=cells)
+        run_study(study, workers=args.workers, progress=False, only=cells)
     folder = study_dir(study)
     rows = [] if existing_backend(folder) is None else read_rows(folder, None, with_store(study).store)
     for line in summary([JobRow.from_row(r) for r in rows], args.tolerance):
