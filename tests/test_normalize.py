@@ -94,3 +94,29 @@ def test_the_pretraining_pool_is_held_compactly_and_reads_back_as_float(tmp_path
         np.testing.assert_array_equal(im[1:2, :, :], im[:, :, :][1:2])  # a channel slice
     float16_bytes = sum(2 * int(np.prod(im.shape)) for im in images)
     assert sum(im.nbytes for im in images) <= float16_bytes / 2.5
+
+
+def test_a_compact_pool_of_fine_tuning_images_reads_back_what_the_float_copy_held(tmp_path) -> None:
+    """`load_samples(compact=True)`: the per-image normalised 8-bit pixels are an affine map of at most 256
+    levels, so uint8 with the channel's low and step gives them back up to float rounding; the semi-
+    supervised pool is built that way."""
+    from PIL import Image
+
+    from sslseg.data.datasets import CompactImage, load_samples
+
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (30, 40), dtype=np.uint8)).save(tmp_path / "gray.png")
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
+    samples = find_samples(tmp_path, allow_unlabeled=True)
+    with pytest.warns(UserWarning, match="gray used"):
+        floats, _ = load_samples(samples, "instance", with_labels=False, progress=False)
+    with pytest.warns(UserWarning, match="gray used"):
+        compact, channels = load_samples(samples, "instance", with_labels=False, progress=False, compact=True)
+    assert channels == 3
+    for f, c in zip(floats, compact, strict=True):
+        assert isinstance(c.image, CompactImage) and c.image.data.dtype == np.uint8
+        crop = c.image[:, 3:20, 5:25]
+        assert crop.dtype == np.float32 and crop.shape == (3, 17, 20)
+        np.testing.assert_allclose(crop, f.image[:, 3:20, 5:25], atol=1e-4)
+    assert [c.image.data.shape[0] for c in compact] == [1, 3]  # gray: one plane for three channels
+    assert sum(c.image.nbytes for c in compact) * 6 <= sum(f.image.nbytes for f in floats)  # 1/12 and 1/4

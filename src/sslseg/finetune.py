@@ -23,6 +23,7 @@ import sslseg
 from sslseg.atomic import atomic_path, write_json, write_text
 from sslseg.config import FinetuneConfig, load_config, to_yaml
 from sslseg.data.datasets import (
+    CompactImage,
     LoadedSample,
     RandomBaseCrops,
     RandomCropDataset,
@@ -447,8 +448,9 @@ def _unlabeled_pool(
     channels: int,
     train_set: list[LoadedSample],
     progress: bool,
-) -> list[np.ndarray]:
-    """The mean teacher's unlabeled `samples` (`_unlabeled_samples`), prepared as training images are. With
+) -> list[CompactImage]:
+    """The mean teacher's unlabeled `samples` (`_unlabeled_samples`), prepared as training images are and
+    held compactly (`CompactImage`: the pool may hold thousands of images). With
     `data.object_size` they are resized by the median factor of the labelled images (unlabeled images have no objects to measure), with
     `data.object_size_um` by their own pixel size."""
     d = cfg.data
@@ -471,8 +473,9 @@ def _unlabeled_pool(
         object_size=d.object_size if known else None,
         object_size_um=d.object_size_um,
         pixel_size=d.pixel_size,
+        compact=True,
     )
-    return [s.image for s in pool]
+    return [s.image for s in pool]  # type: ignore[misc]  # compact: every image is a CompactImage
 
 
 def tune_checkpoint(checkpoint: Path, val_set: list) -> dict[str, Any]:

@@ -48,7 +48,7 @@ class LoadedSample:
     """One image ready for the network, with its training target and its native-resolution labels."""
 
     id: str
-    image: np.ndarray  # float32 C×h×w at the working scale
+    image: np.ndarray | CompactImage  # float32 C×h×w at the working scale (compact: see load_samples)
     target: np.ndarray | None  # semantic: int64 h×w; instance: float32 K×h×w (the head's maps [+ weight - 1])
     labels: np.ndarray | None  # native-resolution class map or instance map, for honest evaluation
     native_shape: tuple[int, int]
@@ -164,6 +164,7 @@ def load_samples(
     object_balance: ObjectBalance | None = None,
     object_size_um: float | None = None,
     pixel_size: float | None = None,
+    compact: bool = False,
 ) -> tuple[list[LoadedSample], int]:
     """Decode, harmonise and normalise every sample once; returns the samples and the channel count used.
     Instance targets are the maps of `instance_head` (`sslseg.data.targets.INSTANCE_TARGETS`); with
@@ -178,7 +179,10 @@ def load_samples(
 
     With `object_size_um` as well (any task, every sample) the objects' real diameter fixes each image's
     working scale instead: `object_size` × its pixel size / `object_size_um`, the pixel size being
-    `pixel_size` (µm) when given, else the file's (`read_pixel_size`); a file without one is a DataError."""
+    `pixel_size` (µm) when given, else the file's (`read_pixel_size`); a file without one is a DataError.
+
+    With `compact` each image is a `CompactImage` (float32 crops) and its decoded copy goes as soon as it is
+    prepared: for pools of unlabeled images, whose float32 copies would not fit in memory."""
     rules = task_rules(task)
     if object_balance is not None and not rules.balances_objects:
         raise ValueError(f"object_balance weighs instance objects, not '{task}' targets")
@@ -195,7 +199,10 @@ def load_samples(
         raws.append(read_image(s.image))
     raws, channels = harmonise_dataset(raws, [s.image for s in samples], channels)
     out = []
-    for s, raw in zip(samples, raws, strict=True):
+    for i, s in enumerate(samples):
+        raw = raws[i]
+        if compact:
+            raws[i] = None  # the decoded copy goes once the compact one exists
         shape = raw.shape[:2]
         source = s.label if with_labels else None
         labels = target = None
@@ -226,7 +233,8 @@ def load_samples(
                 if object_balance is not None:
                     extra = object_balance_weights(work, image, object_balance) - 1.0
                     target = np.concatenate([target, extra[None]])
-        out.append(LoadedSample(s.id, image, target, labels, shape))
+        held = CompactImage(image, _eight_bit(raw)) if compact else image
+        out.append(LoadedSample(s.id, held, target, labels, shape))
     return out, channels
 
 
@@ -336,22 +344,25 @@ def read_images(samples: Sequence[Sample], progress: bool = True) -> list[np.nda
     ]
 
 
-class UnitImage:
-    """A C×H×W image in [0, 1] held as compactly as its source allows, for SSL pretraining's in-memory pool:
-    8-bit sources as uint8, others as uint16 (quantised after the [0, 1] mapping, finer than float16), and a
-    gray image that fills all C channels as one plane. Slicing it like an array (`image[:, y0:y1, x0:x1]`)
-    gives float16 in [0, 1] with every channel, so crops cost the conversion and the pool costs a quarter
-    (a third for gray among colour) of the float16 copy it replaces (RESULTS.md)."""
+class CompactImage:
+    """A C×H×W float image held as small integers, for the in-memory pools of SSL pretraining and of
+    semi-supervised fine-tuning: per channel, value = low + step·q with q uint8 (8-bit sources) or uint16
+    (others: 65,536 levels between the channel's extremes), and an image whose channels are all equal (gray
+    repeated) as one plane. Slicing it like an array (`image[:, y0:y1, x0:x1]`) gives `dtype` values with
+    every channel, so a crop costs its conversion and the pool an eighth to a half of a float32 copy."""
 
-    dtype = np.dtype(np.float16)  # what slicing it gives
-
-    def __init__(self, unit: np.ndarray, channels: int, eight_bit: bool) -> None:
-        if unit.shape[0] not in (1, channels):
-            raise ValueError(f"a {unit.shape[0]}-plane image cannot fill {channels} channels")
-        self.top = 255 if eight_bit else 65535
-        dtype = np.uint8 if eight_bit else np.uint16
-        self.data = np.round(np.asarray(unit, np.float32) * self.top).astype(dtype)
-        self.channels = channels
+    def __init__(self, image: np.ndarray, eight_bit: bool = False, dtype: type = np.float32) -> None:
+        x = np.asarray(image, np.float32)
+        self.channels = x.shape[0]
+        if self.channels > 1 and all(np.array_equal(x[0], x[c]) for c in range(1, self.channels)):
+            x = x[:1]
+        levels = 255 if eight_bit else 65535
+        self.low = x.min(axis=(1, 2))
+        high = x.max(axis=(1, 2))
+        self.step = np.where(high > self.low, (high - self.low) / levels, 1.0).astype(np.float32)
+        q = np.round((x - self.low[:, None, None]) / self.step[:, None, None])
+        self.data = q.astype(np.uint8 if eight_bit else np.uint16)
+        self.dtype = np.dtype(dtype)  # what slicing it gives
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -363,11 +374,15 @@ class UnitImage:
 
     def __getitem__(self, key: object) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
-        part = self.data[(slice(None), *key[1:])]
-        if part.shape[0] != self.channels:  # one gray plane shared by every channel
-            part = np.broadcast_to(part, (self.channels, *part.shape[1:]))
-        part = part[key[0]] if key else part
-        return (part.astype(np.float32) / self.top).astype(np.float16)
+        q, low, step = self.data[(slice(None), *key[1:])], self.low, self.step
+        if q.shape[0] != self.channels:  # one gray plane shared by every channel
+            q = np.broadcast_to(q, (self.channels, *q.shape[1:]))
+            low = np.broadcast_to(low, (self.channels,))
+            step = np.broadcast_to(step, (self.channels,))
+        if key:
+            q, low, step = q[key[0]], low[key[0]], step[key[0]]
+        values = q.astype(np.float32) * step[..., None, None] + low[..., None, None]
+        return values.astype(self.dtype, copy=False)
 
     def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
         whole = self[:, :, :]
@@ -381,26 +396,29 @@ def load_unlabeled(
     bright_objects: bool = False,
     scale: float = 1.0,
     raws: list[np.ndarray] | None = None,
-) -> tuple[list[UnitImage], int]:
-    """Decode every image once into a compact [0, 1] `UnitImage` at the working `scale`; returns them and
+) -> tuple[list[CompactImage], int]:
+    """Decode every image once into [0, 1] at the working `scale`, held compactly; returns them and
     the channel count (`bright_objects`: dark-on-bright images inverted first, as fine-tuning does with the
     same setting). `raws`: the samples' images already decoded by `read_images`, not read again; the list is
-    emptied as they are converted, so that the decoded and the compact pool are never both whole in memory."""
+    emptied as they are converted, so that the decoded and the compact pool are never both whole in memory.
+    Each image is a `CompactImage` giving float16 [0, 1] crops."""
     raws = read_images(samples, progress) if raws is None else raws
     channels = dataset_channels(raws) if channels is None else channels
-    kinds = [effective_channels(r) for r in raws]
-    eight_bit = [r.dtype in (np.uint8, np.int8, np.bool_) for r in raws]
+    eight_bit = [_eight_bit(r) for r in raws]
     images = []
     for i, image in enumerate(iter_harmonised(raws, [s.image for s in samples], channels)):
         raws[i] = None  # type: ignore[call-overload]  # the decoded copy goes as soon as it is converted
-        if kinds[i] == 1 and channels > 1:  # gray repeated: one plane is the whole picture
-            image = image[..., :1]
         unit = scale_unit(brighten_objects(image) if bright_objects else image)
         if scale != 1.0:  # resized after the [0, 1] mapping: bilinear weights keep values in [0, 1]
             unit = rescale_image(unit.astype(np.float32), scale)
-        images.append(UnitImage(unit, channels, eight_bit[i]))
+        images.append(CompactImage(unit, eight_bit[i], np.float16))
     raws.clear()
     return images, channels
+
+
+def _eight_bit(raw: np.ndarray) -> bool:
+    """Whether an image's values have at most 256 levels (8-bit or boolean pixels), so uint8 holds them."""
+    return raw.dtype in (np.uint8, np.int8, np.bool_)
 
 
 class RandomBaseCrops(Dataset):
