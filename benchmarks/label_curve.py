@@ -5,7 +5,9 @@ images, trained for 400, 1000, 2000 and 4000 steps, three draws of the annotated
 validated each epoch on one fixed protocol-validation slice of stage1_train that no cell ever annotates.
 
 The schedule is chosen on that slice alone: per budget, the shortest schedule whose mean validation score
-over the draws is within `--tolerance` (1 %) of the best schedule's. Then, and only then, the test score
+at its last epoch (what the schedule gives without validation, as the presets train it; the best of its
+epochs would favour long schedules, which have more noisy epochs to pick from) over the draws is within
+`--tolerance` (1 %) of the best schedule's. Then, and only then, the test score
 (AJI on the 65 stage1_test images) is read at the chosen schedule: the label curve, and what 8 → 64
 annotated images buy there. Resumable, in pieces:
 
@@ -20,6 +22,7 @@ budget the chosen schedule, and the curve at it.
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,23 @@ def steps_of(row: JobRow) -> int:
     return int(train["epochs"]) * int(train["steps_per_epoch"])
 
 
+def last_val_score(row: JobRow) -> float | None:
+    """The validation score of a cell's last epoch: recorded by the run (`last_val_score`), or for cells run
+    before it was, read from the run's own per-epoch log (`logs/**/metrics.csv`, resumed parts included)."""
+    info = row.info or {}
+    if info.get("last_val_score") is not None:
+        return float(info["last_val_score"])
+    folder = Path(str((row.config or {}).get("output", "")))
+    last: tuple[int, float] | None = None
+    for log in folder.glob("logs/**/metrics.csv") if folder.name else []:
+        for line in csv.DictReader(log.read_text().splitlines()):
+            if line.get("val/score"):
+                epoch = int(float(line["epoch"]))
+                if last is None or epoch >= last[0]:
+                    last = (epoch, float(line["val/score"]))
+    return None if last is None else last[1]
+
+
 def choose_schedule(val_means: dict[int, float], tolerance: float = 0.01) -> int:
     """The shortest schedule whose mean validation score is within `tolerance` (relative) of the best one's."""
     if not val_means:
@@ -57,7 +77,9 @@ def summary(rows: list[JobRow], tolerance: float = 0.01, metric: str = METRIC) -
     table: dict[int, dict[int, list[tuple[float, float, int]]]] = {}
     for r in done:
         n = int((r.info or {}).get("n_labelled_train") or 0)
-        val = (r.info or {}).get("best_val_score")
+        val = last_val_score(
+            r
+        )  # the best epoch's would favour long schedules: more epochs, more noise to pick
         test = r.metrics.get(metric)
         if val is None or test is None:
             continue
@@ -72,7 +94,7 @@ def summary(rows: list[JobRow], tolerance: float = 0.01, metric: str = METRIC) -
                     "annotated_train": n,
                     "steps": steps,
                     "draws": sorted(c[2] for c in cells),
-                    "val_mean": round(float(np.mean([c[0] for c in cells])), 4),
+                    "val_last_epoch_mean": round(float(np.mean([c[0] for c in cells])), 4),
                     "test_mean_not_used_for_choice": round(float(np.mean([c[1] for c in cells])), 4),
                 }
             )
@@ -137,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", help="schedules by arm name, e.g. random,steps2000 (default: all)")
     ap.add_argument("--tolerance", type=float, default=0.01, help="relative gap to the best validation score")
     ap.add_argument("--summary-only", action="store_true", help="no training: the figures so far")
-    ap.add_argument("--workers", type=int, default=1, help="parallel workers sharing the cores (one thread each)")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="parallel workers sharing the cores (one thread each)"
+    )
     ap.add_argument("--smoke", type=Path, help="run the preset's shape on tiny synthetic data in this folder")
     args = ap.parse_args(argv)
     study = smoke_study(args.smoke) if args.smoke else load_study(PRESET)

@@ -53,6 +53,7 @@ def test_instance_run_writes_every_output_and_scores_the_test_split(nuclei, tmp_
     assert "optimizer_states" in last and "optimizer_states" not in best and "state_dict" in best
     assert (out / "best.ckpt").stat().st_size < 0.5 * (out / "checkpoints" / "last.ckpt").stat().st_size
     assert res.summary["n_test"] == 2 and res.summary["n_val"] == 2 and res.summary["n_labelled_train"] == 6
+    assert 0.0 <= res.summary["last_val_score"] <= res.summary["best_val_score"]  # the last epoch's, not best
     for key in ("aji", "aji_plus", "pq", "dsb_score", "f1@0.5"):
         assert 0.0 <= res.test[key] <= 1.0
     # post-processing was tuned on the validation split and stored in the checkpoint that predict uses

@@ -147,9 +147,7 @@ def test_pretraining_images_are_loaded_at_the_working_scale(folders):
     small = np.asarray(half[0], np.float32)
     assert half[0].dtype == np.float16 and float(small.min()) >= 0 and float(small.max()) <= 1
     # the same picture, smaller: its mean brightness is kept
-    assert float(small.mean()) == pytest.approx(
-        float(np.asarray(native[0], np.float32).mean()), abs=0.01
-    )
+    assert float(small.mean()) == pytest.approx(float(np.asarray(native[0], np.float32).mean()), abs=0.01)
 
 
 def _study(tmp_path, **changes):

@@ -29,7 +29,7 @@ def _row(n: int, epochs: int, seed: int, val: float, test: float) -> JobRow:
         status="done",
         config={"train": {"epochs": epochs, "steps_per_epoch": 100}},
         metrics={"aji": test},
-        info={"n_labelled_train": n, "best_val_score": val},
+        info={"n_labelled_train": n, "best_val_score": 1.0, "last_val_score": val},  # the last epoch decides
     )
 
 
@@ -53,3 +53,17 @@ def test_the_curve_reads_test_scores_only_at_the_schedule_validation_chose():
     assert chosen[64]["steps"] == 400 and chosen[64]["test_sd"] == pytest.approx(0.0141, abs=1e-4)
     (gain,) = [line["gain_8_to_64"] for line in lines if "gain_8_to_64" in line]
     assert gain == pytest.approx(0.54 / 0.42 - 1, abs=1e-4)
+
+
+def test_cells_run_before_the_last_score_was_recorded_read_it_from_their_epoch_log(tmp_path):
+    logs = tmp_path / "cell" / "logs"
+    (logs / "resumed-1").mkdir(parents=True)
+    (logs / "metrics.csv").write_text("epoch,step,val/score,train/loss\n0,99,0.40,\n0,99,,0.9\n1,199,0.65,\n")
+    (logs / "resumed-1" / "metrics.csv").write_text("epoch,step,val/score\n2,299,0.55\n")
+    row = JobRow(
+        key="k", kind="finetune", dataset="d", pretraining="p", config={"output": str(tmp_path / "cell")}
+    )
+    assert lc.last_val_score(row) == pytest.approx(0.55)  # the last epoch's, not the best (0.65)
+    recorded = JobRow(**{**row.__dict__, "info": {"last_val_score": 0.6}})
+    assert lc.last_val_score(recorded) == pytest.approx(0.6)
+    assert lc.last_val_score(JobRow(key="k", kind="finetune", dataset="d", pretraining="p")) is None

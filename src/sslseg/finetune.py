@@ -307,6 +307,10 @@ def finetune(
         "n_test": len(test_samples),
         "checkpoint": "best validation score" if val_set else "last epoch (no validation images)",
         "best_val_score": float(best_cb.best_model_score) if best_cb.best_model_score is not None else None,
+        # the last epoch's: what the schedule gives without validation (the best of many epochs is biased up)
+        "last_val_score": float(trainer.callback_metrics["val/score"])
+        if "val/score" in trainer.callback_metrics
+        else None,
         "epochs_run": trainer.current_epoch,
         "fit_seconds": fit_s,
         "test_seconds": time.perf_counter() - t1,
