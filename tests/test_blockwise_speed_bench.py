@@ -14,6 +14,9 @@ def test_smoke_run_prints_both_sides_their_ratio_and_equal_labels(tmp_path):
     ratio = line["blocks_mpx_per_s"] / line["whole_mpx_per_s"]
     assert line["blocks_over_whole"] == pytest.approx(ratio, rel=0.01)  # Mpx/s are rounded
     assert line["bar"] == 0.9 and line["passes"] == (ratio >= 0.9)
+    assert line["blocks_over_whole_cpu_time"] == pytest.approx(
+        line["whole_cpu_seconds"] / line["blocks_cpu_seconds"], rel=0.02
+    )
     assert line["whole_peak_rss_gib"] > 0.1 and line["blocks_peak_rss_gib"] > 0.1
     # scale 1, no TTA, an image within one sample window: the block-wise map is the whole one, renumbered
     assert line["labels_equal_up_to_renumbering"] and line["objects_split_or_merged"] == 0
