@@ -97,6 +97,39 @@ def test_blockwise_labels_equal_whole_image_labels_across_block_borders(tmp_path
         assert len(spans) >= 2
 
 
+class _CountingNet(nn.Module):
+    """A network that counts the tiles it is given (batch items), around another."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.tiles = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.tiles += x.shape[0]
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("window", [96, 2048])  # a part of the image, or all of it
+def test_each_network_tile_is_evaluated_once_sample_window_included(tmp_path, monkeypatch, window):
+    from sslseg.segmentation import blocks as blocks_module
+    from sslseg.segmentation.tiling import tile_grid
+
+    monkeypatch.setattr(blocks_module, "SAMPLE_WINDOW", window)
+    raw, centres = _blobs((200, 180))
+    tifffile.imwrite(tmp_path / "big.tif", raw, tile=(32, 32), compression="zlib")
+    net, cfg = _CountingNet(_pixel_net(raw)), _cfg()
+    stats = whole_image_stats(raw[:, :, None], 1, "per_image", False)
+    probs = predict_probabilities(
+        net.inner, stats.apply(raw[:, :, None], 1), "instance", raw.shape, cfg.inference
+    )
+    whole = probabilities_to_labels(probs, "instance", cfg.postprocess, cfg.model.instance_head)
+    with open_image(tmp_path / "big.tif") as source:
+        blocks = np.concatenate([b for _, b in segment_blocks(net, source, cfg, block=BLOCK, band_rows=16)])
+    assert net.tiles == len(tile_grid(*raw.shape, cfg.inference.tile_size, cfg.inference.overlap)[1])
+    _same_up_to_relabelling(whole, blocks.astype(np.int64))
+
+
 def test_semantic_blocks_equal_the_whole_image_argmax(tmp_path):
     raw, _ = _blobs((150, 140), seed=1)
     tifffile.imwrite(tmp_path / "big.tif", raw)

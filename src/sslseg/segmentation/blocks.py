@@ -12,7 +12,9 @@ every block evaluates the network tiles of the whole image's sliding-window grid
 blocks in a cache), so the blended probabilities in a core are those of a whole-image pass; otherwise each
 block with its halo is predicted as an image of its own. The working scale (`data.scale`, or the factor
 `data.object_size` asks for, measured once on a sample window) and the speck limit of
-`postprocess.min_size_fraction` are fixed for the whole image from the same sample window."""
+`postprocess.min_size_fraction` are fixed for the whole image from the same sample window; when the scale
+is 1 without measuring and there is no TTA, the window is measured on the whole image's tiles, which stay
+in the cache for the blocks, so no network tile is evaluated twice."""
 
 from __future__ import annotations
 
@@ -137,13 +139,16 @@ def block_settings(
     halo: int | None = None,
     pixel_size: tuple[float, float] | None = None,
     task: Task | None = None,
+    tiles: _TileCache | None = None,
 ) -> BlockSettings:
     """Working scale, halo and speck limit of an image, measured on its central SAMPLE_WINDOW² window: the
     object-size factor (`data.object_size`), the median and 99th-percentile object diameters (halo = twice
     the median, at least the 99th percentile and MIN_HALO, plus the smoothing's reach) and the typical
     object area that `postprocess.min_size_fraction` is a fraction of. With `data.object_size_um` the
     working scale comes from the pixel size (`pixel_size`, else the source's) instead of being measured.
-    `task` is the config's task object when the caller has it (a `Segmenter`), else it is looked up."""
+    `task` is the config's task object when the caller has it (a `Segmenter`), else it is looked up. With
+    `tiles` (the whole image's tile cache) and a scale of 1 known without measuring, the window is measured
+    on the whole image's network tiles, which stay in the cache for the blocks: no tile is evaluated twice."""
     h, w, _ = source.shape
     instance = TASKS[INSTANCE]  # the sample window is measured as instance maps, whatever the task
     run = network_runner(net, instance)
@@ -158,14 +163,19 @@ def block_settings(
         return BlockSettings(scale, halo if halo is not None else MIN_HALO * 2, post, None)
     sh, sw = min(h, SAMPLE_WINDOW), min(w, SAMPLE_WINDOW)
     y0, x0 = (h - sh) // 2, (w - sw) // 2
-    image = rescale_image(stats.apply(source.read(y0, y0 + sh, x0, x0 + sw), channels), scale)
     head = cfg.model.instance_head
-    if d.measured_object_size is not None:
+    if tiles is not None and scale == 1.0 and d.measured_object_size is None:
+        probs = tiles.probabilities(
+            (y0, y0 + sh, x0, x0 + sw), lambda a, b, c, e: stats.apply(source.read(a, b, c, e), channels)
+        )
+    elif d.measured_object_size is not None:
+        image = rescale_image(stats.apply(source.read(y0, y0 + sh, x0, x0 + sw), channels), scale)
         factor, probs = working_factor(run, image, (sh, sw), cfg.inference, d.measured_object_size, head)
         scale *= factor
         if factor != 1.0:
             probs = predict_at_scale(run, rescale_image(image, factor), instance, (sh, sw), cfg.inference)
     else:
+        image = rescale_image(stats.apply(source.read(y0, y0 + sh, x0, x0 + sw), channels), scale)
         probs = predict_at_scale(run, image, instance, (sh, sw), cfg.inference)
     raw_post = post.model_copy(update={"min_size": 0, "min_size_fraction": 0.0})
     labels = probabilities_to_labels(probs, instance, raw_post, head)
@@ -288,13 +298,14 @@ def segment_blocks(
     channels = net_in_channels(run.net)
     if stats is None:
         stats = image_statistics(source, channels, cfg.data.normalization, cfg.data.bright_objects, block)
-    settings = block_settings(run, source, stats, cfg, halo, pixel_size, task)
+    tile = tile_grid(h, w, cfg.inference.tile_size, cfg.inference.overlap)[0]
+    # at scale 1 without TTA the blocks blend the whole image's tiles; the sample window may start them
+    tiles = _TileCache(run, (h, w), cfg) if not cfg.inference.tta and min(h, w) >= tile else None
+    settings = block_settings(run, source, stats, cfg, halo, pixel_size, task, tiles)
     report = report if report is not None else BlockReport()
     report.settings = settings
     head = cfg.model.instance_head
-    tile = tile_grid(h, w, cfg.inference.tile_size, cfg.inference.overlap)[0]
-    exact = settings.scale == 1.0 and not cfg.inference.tta and min(h, w) >= tile
-    cache = _TileCache(run, (h, w), cfg) if exact else None
+    cache = tiles if settings.scale == 1.0 else None
 
     def prepared(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return stats.apply(source.read(y0, y1, x0, x1), channels)
