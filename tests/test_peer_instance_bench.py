@@ -1,0 +1,68 @@
+"""benchmarks/peer_instance.py: without its peers it stops at once with one line naming the `[peers]`
+extra; with them (pip install '.[peers]') its smoke run trains, predicts and scores every tool."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import BENCHMARKS, run_benchmark_script
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+METRICS = ("aji", "aji_plus", "pq", "ap@0.5", "dsb_score")
+
+
+def _without(tmp_path: Path, module: str) -> dict[str, str]:
+    """An environment in which `import module` fails as it does where the package is not installed,
+    whether or not this interpreter has it (a module of that name first on the path raises ImportError)."""
+    shadow = tmp_path / "shadow" / module
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(f'raise ImportError("No module named {module!r}")\n')
+    path = os.pathsep.join([str(shadow.parent), str(SRC), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path}
+
+
+@pytest.mark.parametrize(("tool", "module"), [("stardist", "stardist"), ("cellpose", "cellpose")])
+def test_a_missing_peer_stops_the_script_with_one_line_naming_the_extra(
+    tmp_path: Path, tool: str, module: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "peer_instance.py"), "--smoke", "--tools", f"sslseg,{tool}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=_without(tmp_path, module),
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stdout == ""  # nothing trained, nothing printed
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "pip install '.[peers]'" in lines[0] and f"--tools {tool}" in lines[0]
+    assert not (tmp_path / "runs").exists()  # it stopped before writing anything
+
+
+def test_the_smoke_run_scores_every_tool_and_compares_sslseg_with_each_peer(tmp_path: Path) -> None:
+    pytest.importorskip("stardist")
+    pytest.importorskip("cellpose")
+    lines = run_benchmark_script("peer_instance.py", "--smoke", "--setting", "8", cwd=tmp_path, timeout=900)
+    rows = {line["tool"]: line for line in lines if "tool" in line}
+    assert set(rows) == {"sslseg", "stardist", "cellpose"}
+    for tool, row in rows.items():
+        assert row["benchmark"] == f"peer_instance/8/{tool}" and row["smoke"] is True
+        for metric in METRICS:
+            assert 0.0 <= row[metric] <= 1.0, (tool, metric, row[metric])
+        # the same 8 images for every tool: 7 train and 1 validates (protocol budget), 3 test images
+        assert (row["n_train"], row["n_val"], row["n_test"]) == (7, 1, 3)
+        assert row["train_seconds"] > 0 and row["predict_seconds"] > 0
+    (comparison,) = [line for line in lines if line["benchmark"] == "peer_instance/8/comparison"]
+    assert set(comparison["peers"]) == {"stardist", "cellpose"}
+    for peer, verdict in comparison["peers"].items():
+        diff = verdict["difference"]
+        assert diff["aji"] == pytest.approx(rows["sslseg"]["aji"] - rows[peer]["aji"], abs=2e-4)
+        expected = all(rows["sslseg"][m] >= rows[peer][m] for m in ("aji", "ap@0.5"))
+        assert verdict["meets_bar"] is expected
+    assert comparison["meets_bar"] is all(v["meets_bar"] for v in comparison["peers"].values())
