@@ -32,6 +32,8 @@ class _Strict(BaseModel):
 
 # Lightning strategies that run one process only: they cannot span several nodes
 SINGLE_PROCESS_STRATEGIES = ("single_device", "single_xla", "dp")
+PRECISION = "'auto' = bf16-mixed on a GPU or a CPU with native bfloat16 (AVX512-BF16, AMX), else 32"
+CHANNELS_LAST = "NHWC convolutions: faster on CPUs (oneDNN) and tensor-core GPUs (RESULTS.md)"
 NUM_NODES = (
     "machines the run spans (Lightning's num_nodes), each running `devices` processes: under SLURM one task "
     "per GPU (see `sslseg pretrain-slurm`); more than 1 needs a distributed strategy ('auto' or 'ddp')"
@@ -234,13 +236,8 @@ class TrainConfig(_NodesChecked):
     num_nodes: int = Field(1, ge=1, description=NUM_NODES)
     strategy: str = Field("auto", description="Lightning strategy, e.g. 'ddp' for several processes")
     sync_batchnorm: bool = Field(False, description="BatchNorm statistics over all processes (GPU only)")
-    precision: str = Field(
-        "auto",
-        description="'auto' = bf16-mixed on a GPU or a CPU with native bfloat16 (AVX512-BF16, AMX), else 32",
-    )
-    channels_last: bool = Field(
-        True, description="NHWC convolutions: faster on CPUs (oneDNN) and tensor-core GPUs (RESULTS.md)"
-    )
+    precision: str = Field("auto", description=PRECISION)
+    channels_last: bool = Field(True, description=CHANNELS_LAST)
     deterministic: bool = False
     val_max_images: int | None = Field(None, ge=1, description="cap validation images per epoch")
 
@@ -464,14 +461,9 @@ class PretrainTrainConfig(_NodesChecked):
     devices: int | str = Field("auto", description="devices (processes) per node")
     num_nodes: int = Field(1, ge=1, description=NUM_NODES)
     strategy: str = "auto"
-    precision: str = Field(
-        "auto",
-        description="'auto' = bf16-mixed on a GPU or a CPU with native bfloat16 (AVX512-BF16, AMX), else 32",
-    )
+    precision: str = Field("auto", description=PRECISION)
     sync_batchnorm: bool = False
-    channels_last: bool = Field(
-        True, description="NHWC convolutions: faster on CPUs (oneDNN) and tensor-core GPUs (RESULTS.md)"
-    )
+    channels_last: bool = Field(True, description=CHANNELS_LAST)
     compile: bool = Field(
         False,
         description="torch.compile the encoder: views have one fixed size, so it compiles once; the first "

@@ -379,8 +379,7 @@ class CompactImage:
             q = np.broadcast_to(q, (self.channels, *q.shape[1:]))
             low = np.broadcast_to(low, (self.channels,))
             step = np.broadcast_to(step, (self.channels,))
-        if key:
-            q, low, step = q[key[0]], low[key[0]], step[key[0]]
+        q, low, step = q[key[0]], low[key[0]], step[key[0]]
         values = q.astype(np.float32) * step[..., None, None] + low[..., None, None]
         return values.astype(self.dtype, copy=False)
 

@@ -164,19 +164,22 @@ def block_settings(
     sh, sw = min(h, SAMPLE_WINDOW), min(w, SAMPLE_WINDOW)
     y0, x0 = (h - sh) // 2, (w - sw) // 2
     head = cfg.model.instance_head
+
+    def window() -> np.ndarray:  # the sample window, normalised as the whole image, at the working scale
+        return rescale_image(stats.apply(source.read(y0, y0 + sh, x0, x0 + sw), channels), scale)
+
     if tiles is not None and scale == 1.0 and d.measured_object_size is None:
         probs = tiles.probabilities(
             (y0, y0 + sh, x0, x0 + sw), lambda a, b, c, e: stats.apply(source.read(a, b, c, e), channels)
         )
     elif d.measured_object_size is not None:
-        image = rescale_image(stats.apply(source.read(y0, y0 + sh, x0, x0 + sw), channels), scale)
+        image = window()
         factor, probs = working_factor(run, image, (sh, sw), cfg.inference, d.measured_object_size, head)
         scale *= factor
         if factor != 1.0:
             probs = predict_at_scale(run, rescale_image(image, factor), instance, (sh, sw), cfg.inference)
     else:
-        image = rescale_image(stats.apply(source.read(y0, y0 + sh, x0, x0 + sw), channels), scale)
-        probs = predict_at_scale(run, image, instance, (sh, sw), cfg.inference)
+        probs = predict_at_scale(run, window(), instance, (sh, sw), cfg.inference)
     raw_post = post.model_copy(update={"min_size": 0, "min_size_fraction": 0.0})
     labels = probabilities_to_labels(probs, instance, raw_post, head)
     areas = np.bincount(labels.ravel())[1:]
