@@ -5,8 +5,9 @@ Runs the study presets `studies/label_efficiency_dsb2018.yaml` (instance, AJI on
 images (every mask a run sees, validation included), five seeds, and six arms — random init, the two best
 SSL pretrainings of RESULTS.md (masked image modelling and SimCLR, 400 steps), semi-supervised (mean-teacher)
 fine-tuning from random init, the same with CutMix and a Dice term in its unlabeled loss (`semi_mix`), and
-masked pretraining + semi-supervised fine-tuning. Each seed fixes one labelled subset for every arm, so
-every arm is compared with random init seed by seed.
+masked pretraining + semi-supervised fine-tuning, and typiclust-chosen images (issue 28). Each seed fixes
+one labelled subset for every drawing arm, so those arms are compared with random init seed by seed; an arm
+that chooses its images keeps them for every seed and is set against random init's draws instead.
 
 The study is resumable: a run does the cells not done yet (of the chosen subset) and stops cleanly when
 killed, so the evidence can be gathered over several sessions, e.g.
@@ -15,13 +16,18 @@ killed, so the evidence can be gathered over several sessions, e.g.
     python benchmarks/label_efficiency.py --dataset dsb2018 --dry-run        # cells left, minutes per arm
     python benchmarks/label_efficiency.py --dataset all --summary-only       # the figures so far, no training
     python benchmarks/label_efficiency.py --smoke                            # tiny synthetic data, seconds
+    python benchmarks/label_efficiency.py --summary-only --out runs/a --against runs/b   # same draws, paired
 
 Every run ends with JSON lines over all the cells stored so far: per dataset, arm and budget the mean
 score, the paired difference to random init with its bootstrap CI and one-sided paired t and Wilcoxon
 p-values (sslseg.study.stats via sslseg.study.analyze, Holm-corrected across the arms at each budget), the
 wall time of each arm against its limits (pretraining ≤ 60 min, a fine-tuning ≤ 15 min), the study's
 verdict, and whether the bar is met: on DSB2018 with 8 or 16 annotated images, one arm ≥ +10 % relative
-AJI over random init with a paired p < 0.05 (Holm) over ≥ 5 seeds. `sslseg report <study folder>` draws
+AJI over random init with a paired p < 0.05 (Holm) over ≥ 5 seeds. For an arm that chooses its images:
+its scores against the random draws (one-sided Welch and Mann–Whitney p, the share of draws beaten, its worst
+seed against their median) and issue 28's bar (≥ +10 % over the mean of ≥ 10 draws, Welch p < 0.05, no
+training seed below the draws' median). `--against FOLDER` pairs each cell with the same cell (same seed,
+so the same images) of another study folder, e.g. another schedule. `sslseg report <study folder>` draws
 the full report of the same cells.
 """
 
@@ -38,7 +44,7 @@ import numpy as np
 from _common import emit, hardware
 
 from sslseg.config import deep_merge, parse_overrides
-from sslseg.study.analyze import analyze_group, annotated_counts, reference_score, score_table
+from sslseg.study.analyze import analyze_group, annotated_counts, cell_budget, reference_score, score_table
 from sslseg.study.estimate import estimate_jobs
 from sslseg.study.runner import run_study, with_store
 from sslseg.study.spec import BASELINE, Job, StudyConfig, expand, load_study, select_jobs, study_dir
@@ -207,6 +213,7 @@ def budget_lines(study: StudyConfig, rows: list[JobRow], metric: str) -> list[di
     group = analyze_group(study, rows, ds, STATE, metric, ref, axis)
     tables = score_table(study, rows, ds, STATE, metric)
     base = tables.get(BASELINE)
+    choosing = {p.name for p in study.pretrainings if p.selection is not None}
     out = []
     for arm, entry in group["pretrainings"].items():
         table = tables[arm]
@@ -223,7 +230,9 @@ def budget_lines(study: StudyConfig, rows: list[JobRow], metric: str) -> list[di
                 "n_seeds": int(np.isfinite(scores).sum()),
                 "per_seed": dict(zip(map(str, study.seeds), _round(scores.tolist()), strict=True)),
             }
-            if arm != BASELINE and base is not None:
+            if arm in choosing:  # other images than random init's seed by seed: set against the draws instead
+                line["compared_with"] = "the random draws (its selection line)"
+            elif arm != BASELINE and base is not None:
                 test = entry["budget_tests"][j]
                 paired = np.isfinite(scores) & np.isfinite(base[:, j])
                 rel = (
@@ -249,6 +258,142 @@ def budget_lines(study: StudyConfig, rows: list[JobRow], metric: str) -> list[di
         "verdict": verdict(study, ds, group, metric, STATE)["text"],
     }
     return [*out, line]
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionBar:
+    """Issue 28's bar for chosen images: their mean over training seeds is ≥ `gain` relative above the mean of
+    ≥ `min_draws` random draws (random init, each seed another draw) at one of `budgets`, one-sided Welch
+    p < `alpha`, and their worst training seed is at or above the draws' median (no bad draw)."""
+
+    dataset: str = "dsb2018"
+    metric: str = "aji"
+    budgets: tuple[int, ...] = (8, 16)
+    gain: float = 0.10
+    alpha: float = 0.05
+    min_draws: int = 10
+
+    def text(self) -> str:
+        return (
+            f"{self.dataset}: chosen images ≥ +{self.gain:.0%} relative {self.metric} over the mean of "
+            f"≥ {self.min_draws} random draws at {' or '.join(map(str, self.budgets))} annotated images, "
+            f"one-sided Welch p < {self.alpha:g}, worst training seed at or above the draws' median"
+        )
+
+
+def selection_lines(study: StudyConfig, rows: list[JobRow]) -> list[dict[str, Any]]:
+    """Per selection row and budget: the chosen images' scores over training seeds against the random
+    draws (sslseg.study.selection_analysis, as the report shows them)."""
+    from sslseg.study.selection_analysis import selection_against_draws
+
+    out = []
+    for c in selection_against_draws(study, rows):
+        mean, lo, hi = c.draws_ci
+        out.append(
+            {
+                "benchmark": "label_efficiency",
+                "dataset": c.dataset,
+                "arm": c.row,
+                "selection": c.selection,
+                "labelled_images": c.budget,
+                "metric": c.metric,
+                "chosen_per_seed": _round(c.scores),
+                "chosen_mean": _round(c.mean),
+                "draws": _round(c.draws),
+                "n_draws": len(c.draws),
+                "draws_mean_ci": _round([mean, lo, hi]),
+                "draws_median": _round(float(np.median(c.draws))),
+                "relative_gain_over_draws": _round(c.mean / mean - 1) if mean > 0 else None,
+                "welch_p": _round(c.welch_p),
+                "mann_whitney_p": _round(c.mann_whitney_p),
+                "share_of_draws_beaten": _round(c.share_beaten),
+                "worst_seed_at_draws_median": c.worst_at_median,
+            }
+        )
+    return out
+
+
+def against_lines(
+    study: StudyConfig, rows: list[JobRow], other: list[JobRow], other_folder: Path
+) -> list[dict[str, Any]]:
+    """Per arm and budget, the same cells (same seed, so the same draw of images) in another study folder —
+    another schedule, precision or code — paired seed by seed: this run's score minus the other's, with its
+    CI and one-sided p that this run scores higher."""
+    from sslseg.segmentation.tasks import task_named
+    from sslseg.study.stats import paired_diff_ci, paired_t_greater, wilcoxon_greater
+
+    ds = study.datasets[0]
+    metric = task_named(ds.task).primary_metric
+    theirs = {r.key: r for r in other if r.status == "done" and r.metrics and metric in r.metrics}
+    pairs: dict[tuple[str, int], list[tuple[int, float, float]]] = {}
+    for r in rows:
+        o = theirs.get(r.key)
+        if r.kind != "finetune" or r.status != "done" or r.state != STATE or o is None or not r.metrics:
+            continue
+        budget = cell_budget(study, r)
+        pairs.setdefault((r.pretraining, int(budget or 0)), []).append(
+            (r.seed, float(r.metrics[metric]), float(o.metrics[metric]))  # type: ignore[index]
+        )
+    out = []
+    for (arm, budget), cells in sorted(pairs.items()):
+        cells.sort()
+        mine = np.array([c[1] for c in cells])
+        base = np.array([c[2] for c in cells])
+        lo, hi = paired_diff_ci(mine, base) if len(cells) > 1 else (np.nan, np.nan)
+        out.append(
+            {
+                "benchmark": "label_efficiency",
+                "dataset": ds.name,
+                "arm": arm,
+                "labelled_images": budget,
+                "metric": metric,
+                "against": str(other_folder),
+                "seeds": [c[0] for c in cells],
+                "this_run": _round(mine.tolist()),
+                "other_run": _round(base.tolist()),
+                "difference": _round(float((mine - base).mean())),
+                "difference_ci": _round([lo, hi]),
+                "relative": _round(float(mine.mean() / base.mean() - 1)) if base.mean() > 0 else None,
+                "paired_t_p_greater": _round(paired_t_greater(mine, base)) if len(cells) > 1 else None,
+                "wilcoxon_p_greater": _round(wilcoxon_greater(mine, base)) if len(cells) > 1 else None,
+            }
+        )
+    return out
+
+
+def selection_bar_result(bar: SelectionBar, lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether a selection line meets `bar`, naming the best candidate and why not when none does."""
+    out: dict[str, Any] = {"benchmark": "label_efficiency", "selection_bar": bar.text()}
+    measured = [
+        x
+        for x in lines
+        if x.get("dataset") == bar.dataset
+        and x.get("metric") == bar.metric
+        and x.get("labelled_images") in bar.budgets
+        and x.get("relative_gain_over_draws") is not None
+    ]
+    if not measured:
+        return {**out, "met": False, "reason": "not measured yet: no chosen images beside random draws here"}
+
+    def failures(x: dict[str, Any]) -> list[str]:
+        why = []
+        if x["n_draws"] < bar.min_draws:
+            why.append(f"{x['n_draws']} random draws (≥ {bar.min_draws} needed)")
+        if x["relative_gain_over_draws"] < bar.gain:
+            why.append(f"gain {x['relative_gain_over_draws']:+.1%} (≥ +{bar.gain:.0%} needed)")
+        if not x["welch_p"] < bar.alpha:
+            why.append(f"Welch p {x['welch_p']:.3g} (< {bar.alpha:g} needed)")
+        if not x["worst_seed_at_draws_median"]:
+            why.append("a training seed below the draws' median")
+        return why
+
+    passing = [x for x in measured if not failures(x)]
+    best = max(passing or measured, key=lambda x: x["relative_gain_over_draws"])
+    keys = ("arm", "selection", "labelled_images", "relative_gain_over_draws", "n_draws", "welch_p")
+    out.update(met=bool(passing), best={k: best.get(k) for k in keys})
+    if not passing:
+        out["reason"] = "; ".join(failures(best))
+    return out
 
 
 def bar_result(bar: Bar, lines: list[dict[str, Any]]) -> dict[str, Any]:
@@ -351,6 +496,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--summary-only", action="store_true", help="the figures of the stored cells; no training"
     )
+    ap.add_argument(
+        "--against",
+        type=Path,
+        help="another study folder: pair its cells with this one's, seed by seed (e.g. another schedule)",
+    )
     ap.add_argument("--smoke", action="store_true", help="the presets' arms on tiny synthetic data (seconds)")
     args = ap.parse_args(argv)
 
@@ -361,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             StudyConfig.model_validate(deep_merge(smoke_study(out).model_dump(mode="json"), overrides))
         ]
         bar = Bar(dataset="synthetic", budgets=(4, 8), min_seeds=3)
+        selection_bar = SelectionBar(dataset="synthetic", budgets=(4, 8), min_draws=3)
     else:
         names = list(PRESETS) if args.dataset == "all" else [args.dataset]
         if args.out is not None and len(names) > 1:
@@ -368,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is not None:
             overrides = {**overrides, "output": str(args.out)}
         studies = [load_study(PRESETS[n], overrides) for n in names]
-        bar = Bar()
+        bar, selection_bar = Bar(), SelectionBar()
 
     for study in studies:
         from sslseg.segmentation.tasks import task_named
@@ -409,8 +560,19 @@ def main(argv: list[str] | None = None) -> int:
             emit(**line)
         for line in time_lines(study, rows):
             emit(**line)
+        if args.against is not None:
+            if existing_backend(args.against) is None:
+                sys.exit(f"--against {args.against}: no study results there (results.sqlite or store/)")
+            other = [JobRow.from_row(r) for r in read_rows(args.against)]
+            for line in against_lines(study, rows, other, args.against):
+                emit(**line)
+        chosen = selection_lines(study, rows)
+        for line in chosen:
+            emit(**line)
         if ds.name == bar.dataset:
             emit(**bar_result(bar, lines))
+        if chosen and ds.name == selection_bar.dataset:
+            emit(**selection_bar_result(selection_bar, chosen))
     return 0
 
 

@@ -114,3 +114,73 @@ def test_bar_needs_gain_significance_and_seeds():
     none = bench.bar_result(bar, [])
     assert none["met"] is False and "not measured" in none["reason"]
     assert math.isclose(bar.gain, 0.10) and bar.budgets == (8, 16) and bar.min_seeds == 5
+
+
+def _row(arm: str, budget: int, seed: int, score: float):
+    from sslseg.study.store import JobRow
+
+    return JobRow(
+        key=f"synthetic/{arm}/finetuned/n{budget}/s{seed}",
+        kind="finetune",
+        dataset="synthetic",
+        pretraining=arm,
+        state="finetuned",
+        seed=seed,
+        status="done",
+        config={"data": {"labelled_images": budget}},
+        metrics={"aji": score},
+        seconds={"total": 1.0},
+    )
+
+
+def test_selection_lines_and_their_bar(tmp_path):
+    bench = benchmark_module("label_efficiency")
+    study = bench.smoke_study(tmp_path).model_copy(update={"seeds": list(range(10))})
+    draws = [0.30, 0.50, 0.40, 0.45, 0.35, 0.42, 0.38, 0.44, 0.41, 0.39]  # random init, a draw per seed
+    chosen = [0.47, 0.48, 0.49]  # typiclust's images, three training seeds
+    rows = [_row("random", 4, s, x) for s, x in enumerate(draws)]
+    rows += [_row("typiclust", 4, s, x) for s, x in enumerate(chosen)]
+    (drawn, picked) = [x for x in bench.budget_lines(study, rows, "aji") if x.get("labelled_images") == 4][:2]
+    assert (
+        picked["arm"] == "typiclust" and "relative_gain" not in picked
+    )  # not paired seed by seed with draws
+    assert "the random draws" in picked["compared_with"]
+    (line,) = bench.selection_lines(study, rows)
+    assert line["n_draws"] == 10 and line["chosen_mean"] == pytest.approx(0.48)
+    assert line["relative_gain_over_draws"] == pytest.approx(0.48 / np.mean(draws) - 1, abs=1e-4)
+    assert line["welch_p"] == pytest.approx(
+        stats.ttest_ind(chosen, draws, equal_var=False, alternative="greater").pvalue, abs=1e-4
+    )
+    assert line["worst_seed_at_draws_median"] is True and line["share_of_draws_beaten"] == pytest.approx(0.9)
+
+    bar = bench.SelectionBar(dataset="synthetic", budgets=(4,))
+    assert bench.selection_bar_result(bar, [line])["met"] is True
+    # one bad training seed, too few draws, or too small a gain: each alone fails, and is named
+    bad = bench.selection_bar_result(bar, [{**line, "worst_seed_at_draws_median": False}])
+    assert bad["met"] is False and "below the draws' median" in bad["reason"]
+    few = bench.selection_bar_result(bar, [{**line, "n_draws": 9}])
+    assert few["met"] is False and "9 random draws" in few["reason"]
+    small = bench.selection_bar_result(bar, [{**line, "relative_gain_over_draws": 0.09}])
+    assert small["met"] is False and "gain" in small["reason"]
+    weak = bench.selection_bar_result(bar, [{**line, "welch_p": 0.06}])
+    assert weak["met"] is False and "Welch" in weak["reason"]
+    assert bench.selection_bar_result(bench.SelectionBar(), [line])["met"] is False  # another dataset
+    assert "not measured" in bench.selection_bar_result(bar, [])["reason"]
+
+
+def test_against_pairs_the_same_cells_of_another_study(tmp_path):
+    bench = benchmark_module("label_efficiency")
+    study = bench.smoke_study(tmp_path)
+    mine = [0.50, 0.55, 0.45]
+    theirs = [0.40, 0.50, 0.44]
+    rows = [_row("random", 4, s, x) for s, x in enumerate(mine)]
+    other = [_row("random", 4, s, x) for s, x in enumerate(theirs)]
+    other.append(_row("random", 8, 0, 0.9))  # no cell of this study to pair with: left out
+    (line,) = bench.against_lines(study, rows, other, tmp_path / "other")
+    assert (line["arm"], line["labelled_images"], line["seeds"]) == ("random", 4, [0, 1, 2])
+    d = np.array(mine) - np.array(theirs)
+    assert line["difference"] == pytest.approx(d.mean(), abs=1e-4)
+    assert line["paired_t_p_greater"] == pytest.approx(
+        stats.ttest_1samp(d, 0, alternative="greater").pvalue, abs=1e-4
+    )
+    assert line["relative"] == pytest.approx(np.mean(mine) / np.mean(theirs) - 1, abs=1e-4)
