@@ -21,6 +21,24 @@ from sslseg.finetune import finetune
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+def finished_cell(dataset: str, row: str, budget: int, seed: int, aji: float):
+    """A study's finished fine-tuning cell of `budget` labelled images, as the store gives it back."""
+    from sslseg.study.store import JobRow
+
+    return JobRow(
+        key=f"{dataset}/{row}/finetuned/n{budget}/s{seed}",
+        kind="finetune",
+        dataset=dataset,
+        pretraining=row,
+        state="finetuned",
+        seed=seed,
+        status="done",
+        config={"data": {"labelled_images": budget}},
+        metrics={"aji": aji},
+        seconds={"total": 10.0},
+    )
+
+
 def benchmark_module(name: str) -> ModuleType:
     """A script of benchmarks/ imported as a module (its own imports of `_common` resolve there too)."""
     sys.path.insert(0, str(BENCHMARKS))

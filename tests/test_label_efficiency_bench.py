@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BENCHMARKS, benchmark_module
+from conftest import BENCHMARKS, benchmark_module, finished_cell
 from scipy import stats
 
 SCRIPT = BENCHMARKS / "label_efficiency.py"
@@ -116,30 +116,13 @@ def test_bar_needs_gain_significance_and_seeds():
     assert math.isclose(bar.gain, 0.10) and bar.budgets == (8, 16) and bar.min_seeds == 5
 
 
-def _row(arm: str, budget: int, seed: int, score: float):
-    from sslseg.study.store import JobRow
-
-    return JobRow(
-        key=f"synthetic/{arm}/finetuned/n{budget}/s{seed}",
-        kind="finetune",
-        dataset="synthetic",
-        pretraining=arm,
-        state="finetuned",
-        seed=seed,
-        status="done",
-        config={"data": {"labelled_images": budget}},
-        metrics={"aji": score},
-        seconds={"total": 1.0},
-    )
-
-
 def test_selection_lines_and_their_bar(tmp_path):
     bench = benchmark_module("label_efficiency")
     study = bench.smoke_study(tmp_path).model_copy(update={"seeds": list(range(10))})
     draws = [0.30, 0.50, 0.40, 0.45, 0.35, 0.42, 0.38, 0.44, 0.41, 0.39]  # random init, a draw per seed
     chosen = [0.47, 0.48, 0.49]  # typiclust's images, three training seeds
-    rows = [_row("random", 4, s, x) for s, x in enumerate(draws)]
-    rows += [_row("typiclust", 4, s, x) for s, x in enumerate(chosen)]
+    rows = [finished_cell("synthetic", "random", 4, s, x) for s, x in enumerate(draws)]
+    rows += [finished_cell("synthetic", "typiclust", 4, s, x) for s, x in enumerate(chosen)]
     (drawn, picked) = [x for x in bench.budget_lines(study, rows, "aji") if x.get("labelled_images") == 4][:2]
     assert (
         picked["arm"] == "typiclust" and "relative_gain" not in picked
@@ -173,9 +156,11 @@ def test_against_pairs_the_same_cells_of_another_study(tmp_path):
     study = bench.smoke_study(tmp_path)
     mine = [0.50, 0.55, 0.45]
     theirs = [0.40, 0.50, 0.44]
-    rows = [_row("random", 4, s, x) for s, x in enumerate(mine)]
-    other = [_row("random", 4, s, x) for s, x in enumerate(theirs)]
-    other.append(_row("random", 8, 0, 0.9))  # no cell of this study to pair with: left out
+    rows = [finished_cell("synthetic", "random", 4, s, x) for s, x in enumerate(mine)]
+    other = [finished_cell("synthetic", "random", 4, s, x) for s, x in enumerate(theirs)]
+    other.append(
+        finished_cell("synthetic", "random", 8, 0, 0.9)
+    )  # no cell of this study to pair with: left out
     (line,) = bench.against_lines(study, rows, other, tmp_path / "other")
     assert (line["arm"], line["labelled_images"], line["seeds"]) == ("random", 4, [0, 1, 2])
     d = np.array(mine) - np.array(theirs)

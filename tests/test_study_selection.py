@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import finished_cell
 
 from sslseg.config import FinetuneConfig
 from sslseg.data.splits import read_labelled_list
@@ -108,18 +109,7 @@ def test_the_report_sets_chosen_images_against_the_random_draws(tmp_path):
     draws = [0.30, 0.50, 0.40, 0.45, 0.35]  # random init: each seed another draw of 4 images
     chosen = [0.46, 0.44, 0.48, 0.47, 0.45]  # the chosen 4 images, seeds vary the training only
     rows = [
-        JobRow(
-            key=f"synth/{name}/finetuned/n4/s{seed}",
-            kind="finetune",
-            dataset="synth",
-            pretraining=name,
-            state="finetuned",
-            seed=seed,
-            status="done",
-            config={"data": {"labelled_images": 4}},
-            metrics={"aji": score},
-            seconds={"total": 10.0},
-        )
+        finished_cell("synth", name, 4, seed, score)
         for name, scores in (("random", draws), ("typiclust", chosen))
         for seed, score in enumerate(scores)
     ]
