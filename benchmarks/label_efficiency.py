@@ -28,7 +28,8 @@ its scores against the random draws (one-sided Welch and Mann–Whitney p, the s
 seed against their median) and issue 28's bar (≥ +10 % over the mean of ≥ 10 draws, Welch p < 0.05, no
 training seed below the draws' median). `--against FOLDER` pairs each cell with the same cell (same seed,
 so the same images) of another study folder, e.g. another schedule. `sslseg report <study folder>` draws
-the full report of the same cells.
+the full report of the same cells. Where the test set mixes gray and colour images (DSB2018: 53 and 12),
+each arm's scores are also given over each kind apart.
 """
 
 from __future__ import annotations
@@ -361,6 +362,57 @@ def against_lines(
     return out
 
 
+def test_groups(study: StudyConfig) -> dict[str, str]:
+    """The study's test images as gray or colour (their effective channels), where its test set mixes the
+    two (DSB2018: 53 gray fluorescence, 12 stained colour); otherwise none."""
+    from sslseg.data.io import read_image
+    from sslseg.data.layouts import find_samples
+    from sslseg.data.normalize import effective_channels
+
+    ds = study.datasets[0]
+    if ds.test is None:
+        return {}
+    samples = find_samples(ds.test, layout=ds.test_layout)
+    group = {s.id: "colour" if effective_channels(read_image(s.image)) >= 3 else "gray" for s in samples}
+    return group if len(set(group.values())) > 1 else {}
+
+
+def modality_lines(
+    study: StudyConfig, rows: list[JobRow], metric: str, group: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Per arm and budget, the mean test score over the gray and over the colour test images apart, per seed
+    (from each cell's test_per_image.csv): where a mixed test set's variance comes from."""
+    import csv
+
+    cells: dict[tuple[str, int], dict[int, dict[str, float]]] = {}
+    for r in rows:
+        if r.kind != "finetune" or r.status != "done" or r.state != STATE:
+            continue
+        path = study_dir(study) / "cells" / r.key / "test_per_image.csv"
+        if not path.is_file():
+            continue
+        with path.open(newline="") as f:
+            scores = [(group.get(x["id"]), float(x[metric])) for x in csv.DictReader(f)]
+        by = {g: float(np.mean([v for k, v in scores if k == g])) for g in sorted(set(group.values()))}
+        cells.setdefault((r.pretraining, int(cell_budget(study, r) or 0)), {})[int(r.seed or 0)] = by
+    out = []
+    for (arm, budget), seeds in sorted(cells.items()):
+        line: dict[str, Any] = {
+            "benchmark": "label_efficiency",
+            "dataset": study.datasets[0].name,
+            "arm": arm,
+            "labelled_images": budget,
+            "metric": metric,
+            "test_images": {g: sum(v == g for v in group.values()) for g in sorted(set(group.values()))},
+        }
+        for g in sorted(set(group.values())):
+            per = {str(k): _round(v[g]) for k, v in sorted(seeds.items())}
+            line[f"{g}_per_seed"] = per
+            line[f"{g}_mean"] = _round(float(np.mean([v[g] for v in seeds.values()])))
+        out.append(line)
+    return out
+
+
 def selection_bar_result(bar: SelectionBar, lines: list[dict[str, Any]]) -> dict[str, Any]:
     """Whether a selection line meets `bar`, naming the best candidate and why not when none does."""
     out: dict[str, Any] = {"benchmark": "label_efficiency", "selection_bar": bar.text()}
@@ -566,6 +618,9 @@ def main(argv: list[str] | None = None) -> int:
             other = [JobRow.from_row(r) for r in read_rows(args.against)]
             for line in against_lines(study, rows, other, args.against):
                 emit(**line)
+        group = test_groups(study)
+        for line in modality_lines(study, rows, metric, group) if group else []:
+            emit(**line)
         chosen = selection_lines(study, rows)
         for line in chosen:
             emit(**line)

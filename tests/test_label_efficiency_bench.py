@@ -169,3 +169,26 @@ def test_against_pairs_the_same_cells_of_another_study(tmp_path):
         stats.ttest_1samp(d, 0, alternative="greater").pvalue, abs=1e-4
     )
     assert line["relative"] == pytest.approx(np.mean(mine) / np.mean(theirs) - 1, abs=1e-4)
+
+
+def test_modality_lines_split_each_cell_by_gray_and_colour_test_images(tmp_path):
+    from sslseg.study.spec import study_dir
+
+    bench = benchmark_module("label_efficiency")
+    study = bench.smoke_study(tmp_path)
+    assert bench.test_groups(study) == {}  # no separate test set: nothing to split
+    group = {"a": "gray", "b": "gray", "c": "colour"}
+    per_image = {0: {"a": 0.6, "b": 0.4, "c": 0.1}, 1: {"a": 0.7, "b": 0.5, "c": 0.3}}
+    rows = []
+    for seed, scores in per_image.items():
+        rows.append(finished_cell("synthetic", "random", 4, seed, 0.0))
+        cell = study_dir(study) / "cells" / rows[-1].key
+        cell.mkdir(parents=True)
+        (cell / "test_per_image.csv").write_text(
+            "id,aji\n" + "".join(f"{k},{v}\n" for k, v in scores.items())
+        )
+    rows.append(finished_cell("synthetic", "random", 4, 2, 0.0))  # no per-image file: left out
+    (line,) = bench.modality_lines(study, rows, "aji", group)
+    assert line["test_images"] == {"colour": 1, "gray": 2}
+    assert line["gray_per_seed"] == {"0": 0.5, "1": 0.6} and line["colour_per_seed"] == {"0": 0.1, "1": 0.3}
+    assert line["gray_mean"] == pytest.approx(0.55) and line["colour_mean"] == pytest.approx(0.2)
