@@ -4,6 +4,7 @@ analysis on constructed results with known answers, and the report."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,44 @@ def test_a_dataset_setting_for_dark_on_bright_images_reaches_pretraining_and_fin
     jobs = expand(_study(tmp_path, datasets=datasets))
     assert {j.config["data"]["bright_objects"] for j in jobs} == {True}
     assert {j.config["data"]["bright_objects"] for j in expand(_study(tmp_path))} == {False}
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"finetune": {"data": {"bright_objects": True}}}, "finetune sets data.bright_objects"),
+        ({"finetune": {"train": {"seed": 3, "epochs": 2}}}, "finetune sets train.seed"),
+        (
+            {
+                "pretrainings": [
+                    {"name": "random", "init": "random", "finetune": {"model": {"encoder": "resnet34"}}}
+                ]
+            },
+            "pretrainings[random].finetune sets model.encoder",
+        ),
+        ({"pretrain": {"data": {"path": "elsewhere"}}}, "pretrain sets data.path"),
+        (
+            {
+                "pretrainings": [
+                    {"name": "random", "init": "random"},
+                    {"name": "s", "method": "simclr", "pretrain": {"output": "x"}},
+                ]
+            },
+            "pretrainings[s].pretrain sets output",
+        ),
+    ],
+)
+def test_a_setting_the_study_writes_itself_is_refused_not_dropped(tmp_path, change, named):
+    # the study writes these into every job from its datasets, budgets, seeds and rows: an override would be
+    # replaced without a word, so a row that asks for bright_objects would silently train without it
+    with pytest.raises(Exception, match=re.escape(named)):
+        _study(tmp_path, **change)
+    fine = {
+        "finetune": {"data": {"scale": 0.5}, "train": {"epochs": 2}},
+        "pretrain": {"data": {"scale": 0.5}},
+    }
+    jobs = expand(_study(tmp_path, **fine))  # settings the study leaves alone pass through
+    assert {j.config["data"]["scale"] for j in jobs} == {0.5}
 
 
 def test_hashes_are_stable_and_follow_the_settings(tmp_path):

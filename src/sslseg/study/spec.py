@@ -78,6 +78,33 @@ class StudyDataset(_Strict):
     )
 
 
+# what a study writes into its jobs itself (_finetune_job, _pretrain_job), as dotted paths: the same setting
+# under a study's or a row's `finetune:`/`pretrain:` would be replaced without a word, so it is refused
+FINETUNE_SET_BY_STUDY = {
+    *(
+        f"data.{k}"
+        for k in set(StudyDataset.model_fields)
+        - {"name", "unlabeled", "views", "classes", "reference_scores"}
+    ),
+    *("data.split_file", "data.labelled_images", "data.label_fraction", "data.labelled_list"),
+    *("model.encoder", "model.init", "model.frozen", "train.seed", "output"),
+}
+PRETRAIN_SET_BY_STUDY = {
+    *("data.path", "data.layout", "data.split_file", "data.bright_objects", "data.heldout"),
+    *("method", "params", "encoder", "views.preset", "output"),
+}
+
+
+def _dotted(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    """Every key path of a nested settings tree, e.g. {'data': {'scale': 1}} -> {'data', 'data.scale'}."""
+    out = set()
+    for k, v in tree.items():
+        out.add(prefix + k)
+        if isinstance(v, dict):
+            out |= _dotted(v, f"{prefix}{k}.")
+    return out
+
+
 class Selection(_Strict):
     """How a row's annotated images are chosen from the dataset's labelled images (their labels unread)."""
 
@@ -194,7 +221,25 @@ class StudyConfig(_Strict):
                 raise ValueError(f"labelled image counts must be at least 1, got {bad}")
         if len(set(self.budgets)) != len(self.budgets):
             raise ValueError(f"labelled budgets repeat: {self.label_fractions or self.labelled_images}")
+        self._no_setting_the_study_owns()
         return self
+
+    def _no_setting_the_study_owns(self) -> None:
+        """A setting under `finetune:` or `pretrain:` that the study writes itself from its datasets, budgets,
+        seeds and rows would be replaced without a word: refuse it, naming where it belongs."""
+        trees = [("finetune", self.finetune, FINETUNE_SET_BY_STUDY)]
+        trees.append(("pretrain", self.pretrain, PRETRAIN_SET_BY_STUDY))
+        for p in self.pretrainings:
+            trees.append((f"pretrainings[{p.name}].finetune", p.finetune, FINETUNE_SET_BY_STUDY))
+            trees.append((f"pretrainings[{p.name}].pretrain", p.pretrain, PRETRAIN_SET_BY_STUDY))
+        for where, tree, of_study in trees:
+            owned = sorted(of_study & _dotted(tree or {}))
+            if owned:
+                raise ValueError(
+                    f"{where} sets {', '.join(owned)}, which the study sets itself (from each dataset entry, "
+                    "its budgets, seeds, encoder and rows): set it there instead, e.g. a second dataset entry "
+                    "with bright_objects: true, or the study's encoder"
+                )
 
     @property
     def budget_key(self) -> BudgetKey:
