@@ -171,13 +171,13 @@ def test_a_dataset_setting_for_dark_on_bright_images_reaches_pretraining_and_fin
 def test_a_setting_the_study_writes_itself_is_refused_not_dropped(tmp_path, change, named):
     # the study writes these into every job from its datasets, budgets, seeds and rows: an override would be
     # replaced without a word, so a row that asks for bright_objects would silently train without it
-    with pytest.raises(Exception, match=re.escape(named)):
-        _study(tmp_path, **change)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        expand(_study(tmp_path, **change))
     fine = {
-        "finetune": {"data": {"scale": 0.5}, "train": {"epochs": 2}},
+        "finetune": {"data": {"scale": 0.5}, "train": {"epochs": 2}, "model": {"encoder": "resnet18"}},
         "pretrain": {"data": {"scale": 0.5}},
     }
-    jobs = expand(_study(tmp_path, **fine))  # settings the study leaves alone pass through
+    jobs = expand(_study(tmp_path, **fine))  # settings the study leaves alone, or sets alike, pass through
     assert {j.config["data"]["scale"] for j in jobs} == {0.5}
 
 

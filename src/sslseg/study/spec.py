@@ -78,31 +78,25 @@ class StudyDataset(_Strict):
     )
 
 
-# what a study writes into its jobs itself (_finetune_job, _pretrain_job), as dotted paths: the same setting
-# under a study's or a row's `finetune:`/`pretrain:` would be replaced without a word, so it is refused
-FINETUNE_SET_BY_STUDY = {
-    *(
-        f"data.{k}"
-        for k in set(StudyDataset.model_fields)
-        - {"name", "unlabeled", "views", "classes", "reference_scores"}
-    ),
-    *("data.split_file", "data.labelled_images", "data.label_fraction", "data.labelled_list"),
-    *("model.encoder", "model.init", "model.frozen", "train.seed", "output"),
-}
-PRETRAIN_SET_BY_STUDY = {
-    *("data.path", "data.layout", "data.split_file", "data.bright_objects", "data.heldout"),
-    *("method", "params", "encoder", "views.preset", "output"),
-}
-
-
-def _dotted(tree: dict[str, Any], prefix: str = "") -> set[str]:
-    """Every key path of a nested settings tree, e.g. {'data': {'scale': 1}} -> {'data', 'data.scale'}."""
-    out = set()
-    for k, v in tree.items():
-        out.add(prefix + k)
-        if isinstance(v, dict):
-            out |= _dotted(v, f"{prefix}{k}.")
-    return out
+def _refuse_overwritten(
+    written: dict[str, Any], trees: list[tuple[str, dict[str, Any]]], prefix: str = ""
+) -> None:
+    """A study writes some settings into each job itself (the dataset's data settings, the budget, split,
+    seed, encoder, output, ...). The same setting given otherwise under a `finetune:` or `pretrain:` tree
+    would be replaced without a word: refuse it, naming it and where it belongs."""
+    for key, value in written.items():
+        for where, tree in trees:
+            if not isinstance(tree, dict) or key not in tree:
+                continue
+            given = tree[key]
+            if isinstance(value, dict) and isinstance(given, dict):
+                _refuse_overwritten(value, [(where, given)], f"{prefix}{key}.")
+            elif given != value and str(given) != str(value):
+                raise ConfigError(
+                    f"{where} sets {prefix}{key}: {given!r}, but the study sets it to {value!r} itself (from the "
+                    "dataset entry, the budgets, seeds, encoder or rows): set it there instead, e.g. on the "
+                    "dataset (bright_objects: true) or as the study's encoder"
+                )
 
 
 class Selection(_Strict):
@@ -221,25 +215,7 @@ class StudyConfig(_Strict):
                 raise ValueError(f"labelled image counts must be at least 1, got {bad}")
         if len(set(self.budgets)) != len(self.budgets):
             raise ValueError(f"labelled budgets repeat: {self.label_fractions or self.labelled_images}")
-        self._no_setting_the_study_owns()
         return self
-
-    def _no_setting_the_study_owns(self) -> None:
-        """A setting under `finetune:` or `pretrain:` that the study writes itself from its datasets, budgets,
-        seeds and rows would be replaced without a word: refuse it, naming where it belongs."""
-        trees = [("finetune", self.finetune, FINETUNE_SET_BY_STUDY)]
-        trees.append(("pretrain", self.pretrain, PRETRAIN_SET_BY_STUDY))
-        for p in self.pretrainings:
-            trees.append((f"pretrainings[{p.name}].finetune", p.finetune, FINETUNE_SET_BY_STUDY))
-            trees.append((f"pretrainings[{p.name}].pretrain", p.pretrain, PRETRAIN_SET_BY_STUDY))
-        for where, tree, of_study in trees:
-            owned = sorted(of_study & _dotted(tree or {}))
-            if owned:
-                raise ValueError(
-                    f"{where} sets {', '.join(owned)}, which the study sets itself (from each dataset entry, "
-                    "its budgets, seeds, encoder and rows): set it there instead, e.g. a second dataset entry "
-                    "with bright_objects: true, or the study's encoder"
-                )
 
     @property
     def budget_key(self) -> BudgetKey:
@@ -386,25 +362,26 @@ def _pretrain_job(study: StudyConfig, ds: StudyDataset, p: Pretraining, normalis
         heldout.append({"path": str(ds.test), "layout": ds.test_layout, "mask_suffix": ds.mask_suffix})
     # the encoder learns at the working scale fine-tuning uses, unless the study sets its own (see README)
     scale = (tree.get("data") or {}).get("scale", (study.finetune.get("data") or {}).get("scale", 1.0))
-    tree = deep_merge(
-        tree,
-        {
-            "method": p.method,
-            "params": params,
-            "encoder": study.encoder,
-            "data": {
-                "path": str(ds.unlabeled or ds.train),
-                "layout": "auto" if ds.unlabeled else ds.layout,
-                # unlabeled images given separately are all usable; else only the train/val split
-                "split_file": None if ds.unlabeled else str(split_path(study, ds)),
-                "bright_objects": ds.bright_objects,
-                "scale": scale,
-                "heldout": heldout,  # no test image is ever pretrained on, by id or by pixels
-            },
-            "views": {"preset": ds.views},
-            "output": str(study_dir(study) / "pretrain" / ds.name / p.name),
+    written = {
+        "method": p.method,
+        "params": params,
+        "encoder": study.encoder,
+        "data": {
+            "path": str(ds.unlabeled or ds.train),
+            "layout": "auto" if ds.unlabeled else ds.layout,
+            # unlabeled images given separately are all usable; else only the train/val split
+            "split_file": None if ds.unlabeled else str(split_path(study, ds)),
+            "bright_objects": ds.bright_objects,
+            "scale": scale,
+            "heldout": heldout,  # no test image is ever pretrained on, by id or by pixels
         },
+        "views": {"preset": ds.views},
+        "output": str(study_dir(study) / "pretrain" / ds.name / p.name),
+    }
+    _refuse_overwritten(
+        written, [("pretrain", study.pretrain), (f"pretrainings[{p.name}].pretrain", p.pretrain)]
     )
+    tree = deep_merge(tree, written)
     cfg = load_config(PretrainConfig, overrides=tree, source=f"pretraining '{p.name}' of the study")
     resolved = cfg.model_dump(mode="json")
     return Job(
@@ -445,15 +422,16 @@ def _finetune_job(
     data["split_file"] = str(split_path(study, ds))
     if p.selection is not None:  # chosen, not drawn: the same images for every seed
         data["labelled_list"] = str(selection_path(study, ds, p, budget))
-    tree = deep_merge(
-        deep_merge(study.finetune, p.finetune),
-        {
-            "data": {**data, key: budget},
-            "model": {"encoder": study.encoder, "init": _init_of(study, p, pre), "frozen": state == "frozen"},
-            "train": {"seed": seed},
-            "output": str(study_dir(study) / "cells" / cell),
-        },
+    written = {
+        "data": {**data, key: budget},
+        "model": {"encoder": study.encoder, "init": _init_of(study, p, pre), "frozen": state == "frozen"},
+        "train": {"seed": seed},
+        "output": str(study_dir(study) / "cells" / cell),
+    }
+    _refuse_overwritten(
+        written, [("finetune", study.finetune), (f"pretrainings[{p.name}].finetune", p.finetune)]
     )
+    tree = deep_merge(deep_merge(study.finetune, p.finetune), written)
     cfg = load_config(FinetuneConfig, overrides=tree, source=f"fine-tuning cell {cell} of the study")
     resolved = cfg.model_dump(mode="json")
     # a cell started from a pretraining is a new cell when that pretraining changes
