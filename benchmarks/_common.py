@@ -7,12 +7,16 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
 import torch
 
+from sslseg.data.io import read_image
+from sslseg.data.layouts.base import Sample
 from sslseg.data.locations import real_dataset
+from sslseg.data.normalize import effective_channels
 
 
 def require(*parts: str):
@@ -21,6 +25,12 @@ def require(*parts: str):
     if path is None:
         sys.exit(f"real dataset {'/'.join(parts)} not found; set SSLSEG_DATA to the folder holding it")
     return path
+
+
+def colour_or_gray(samples: Iterable[Sample]) -> dict[str, str]:
+    """Each image's kind by its effective channels: "colour" (stained: H&E, brightfield) or "gray"
+    (fluorescence), to report a mixed dataset's scores per kind."""
+    return {s.id: "colour" if effective_channels(read_image(s.image)) >= 3 else "gray" for s in samples}
 
 
 def hardware() -> str:

@@ -14,15 +14,13 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from _common import emit, hardware, require
+from _common import colour_or_gray, emit, hardware, require
 from scipy import ndimage
 from skimage.transform import resize
 from tqdm.auto import tqdm
 
 from sslseg.data.datasets import load_heldout
-from sslseg.data.io import read_image
 from sslseg.data.layouts import find_samples
-from sslseg.data.normalize import effective_channels
 from sslseg.data.scale import typical_area
 from sslseg.evaluate import load_model
 from sslseg.metrics import OUTCOMES, missed_objects, object_outcomes
@@ -36,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     module = load_model(args.run, tta=args.tta)
     samples = find_samples(require("dsb2018", "stage1_test"), layout="dsb")
-    group = {s.id: "colour" if effective_channels(read_image(s.image)) >= 3 else "gray" for s in samples}
+    group = colour_or_gray(samples)
     loaded = load_heldout(samples, module.cfg.data, module.hparams["in_channels"], progress=False)
     counts: dict[str, Counter] = {"gray": Counter(), "colour": Counter(), "all": Counter()}
     traits: list[np.ndarray] = []  # per true nucleus: outcome, relative area, relative contrast, fg prob

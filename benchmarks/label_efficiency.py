@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import emit, hardware
+from _common import colour_or_gray, emit, hardware
 
 from sslseg.config import deep_merge, parse_overrides
 from sslseg.study.analyze import analyze_group, annotated_counts, cell_budget, reference_score, score_table
@@ -63,15 +63,30 @@ STATE = "finetuned"
 
 
 @dataclasses.dataclass(frozen=True)
-class Bar:
-    """The issue's bar: an arm beats random init by `gain` relative on `metric` at one of `budgets`, with a
-    paired one-sided t-test p below `alpha` after Holm correction across the arms, over ≥ `min_seeds`."""
+class _BarScope:
+    """What a bar is about: a relative `gain` in `metric` on `dataset` at one of `budgets`, significant
+    below `alpha`."""
 
     dataset: str = "dsb2018"
     metric: str = "aji"
     budgets: tuple[int, ...] = (8, 16)
     gain: float = 0.10
     alpha: float = 0.05
+
+    def covers(self, line: dict[str, Any]) -> bool:
+        """Whether a result line is one this bar judges (its dataset, metric and a budget of the bar)."""
+        return (
+            line.get("dataset") == self.dataset
+            and line.get("metric") == self.metric
+            and line.get("labelled_images") in self.budgets
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Bar(_BarScope):
+    """The issue's bar: an arm beats random init by `gain` relative on `metric` at one of `budgets`, with a
+    paired one-sided t-test p below `alpha` after Holm correction across the arms, over ≥ `min_seeds`."""
+
     min_seeds: int = 5
 
     def text(self) -> str:
@@ -262,16 +277,11 @@ def budget_lines(study: StudyConfig, rows: list[JobRow], metric: str) -> list[di
 
 
 @dataclasses.dataclass(frozen=True)
-class SelectionBar:
+class SelectionBar(_BarScope):
     """Issue 28's bar for chosen images: their mean over training seeds is ≥ `gain` relative above the mean of
     ≥ `min_draws` random draws (random init, each seed another draw) at one of `budgets`, one-sided Welch
     p < `alpha`, and their worst training seed is at or above the draws' median (no bad draw)."""
 
-    dataset: str = "dsb2018"
-    metric: str = "aji"
-    budgets: tuple[int, ...] = (8, 16)
-    gain: float = 0.10
-    alpha: float = 0.05
     min_draws: int = 10
 
     def text(self) -> str:
@@ -314,22 +324,25 @@ def selection_lines(study: StudyConfig, rows: list[JobRow]) -> list[dict[str, An
     return out
 
 
+def _finished_cells(rows: list[JobRow]) -> list[JobRow]:
+    """The finished fine-tuning cells of the encoder state this benchmark reads."""
+    return [r for r in rows if r.kind == "finetune" and r.status == "done" and r.state == STATE]
+
+
 def against_lines(
-    study: StudyConfig, rows: list[JobRow], other: list[JobRow], other_folder: Path
+    study: StudyConfig, rows: list[JobRow], metric: str, other: list[JobRow], other_folder: Path
 ) -> list[dict[str, Any]]:
     """Per arm and budget, the same cells (same seed, so the same draw of images) in another study folder —
     another schedule, precision or code — paired seed by seed: this run's score minus the other's, with its
     CI and one-sided p that this run scores higher."""
-    from sslseg.segmentation.tasks import task_named
     from sslseg.study.stats import paired_diff_ci, paired_t_greater, wilcoxon_greater
 
     ds = study.datasets[0]
-    metric = task_named(ds.task).primary_metric
     theirs = {r.key: r for r in other if r.status == "done" and r.metrics and metric in r.metrics}
     pairs: dict[tuple[str, int], list[tuple[int, float, float]]] = {}
-    for r in rows:
+    for r in _finished_cells(rows):
         o = theirs.get(r.key)
-        if r.kind != "finetune" or r.status != "done" or r.state != STATE or o is None or not r.metrics:
+        if o is None or not r.metrics:
             continue
         budget = cell_budget(study, r)
         pairs.setdefault((r.pretraining, int(budget or 0)), []).append(
@@ -365,15 +378,12 @@ def against_lines(
 def test_groups(study: StudyConfig) -> dict[str, str]:
     """The study's test images as gray or colour (their effective channels), where its test set mixes the
     two (DSB2018: 53 gray fluorescence, 12 stained colour); otherwise none."""
-    from sslseg.data.io import read_image
     from sslseg.data.layouts import find_samples
-    from sslseg.data.normalize import effective_channels
 
     ds = study.datasets[0]
     if ds.test is None:
         return {}
-    samples = find_samples(ds.test, layout=ds.test_layout)
-    group = {s.id: "colour" if effective_channels(read_image(s.image)) >= 3 else "gray" for s in samples}
+    group = colour_or_gray(find_samples(ds.test, layout=ds.test_layout))
     return group if len(set(group.values())) > 1 else {}
 
 
@@ -385,9 +395,7 @@ def modality_lines(
     import csv
 
     cells: dict[tuple[str, int], dict[int, dict[str, float]]] = {}
-    for r in rows:
-        if r.kind != "finetune" or r.status != "done" or r.state != STATE:
-            continue
+    for r in _finished_cells(rows):
         path = study_dir(study) / "cells" / r.key / "test_per_image.csv"
         if not path.is_file():
             continue
@@ -416,14 +424,7 @@ def modality_lines(
 def selection_bar_result(bar: SelectionBar, lines: list[dict[str, Any]]) -> dict[str, Any]:
     """Whether a selection line meets `bar`, naming the best candidate and why not when none does."""
     out: dict[str, Any] = {"benchmark": "label_efficiency", "selection_bar": bar.text()}
-    measured = [
-        x
-        for x in lines
-        if x.get("dataset") == bar.dataset
-        and x.get("metric") == bar.metric
-        and x.get("labelled_images") in bar.budgets
-        and x.get("relative_gain_over_draws") is not None
-    ]
+    measured = [x for x in lines if bar.covers(x) and x.get("relative_gain_over_draws") is not None]
     if not measured:
         return {**out, "met": False, "reason": "not measured yet: no chosen images beside random draws here"}
 
@@ -451,14 +452,7 @@ def selection_bar_result(bar: SelectionBar, lines: list[dict[str, Any]]) -> dict
 def bar_result(bar: Bar, lines: list[dict[str, Any]]) -> dict[str, Any]:
     """Whether the bar is met by the per-budget lines of its dataset, with the arm and budget that meets it
     (or the best candidate), and why not when it is not."""
-    candidates = [
-        x
-        for x in lines
-        if x.get("dataset") == bar.dataset
-        and x.get("metric") == bar.metric
-        and x.get("labelled_images") in bar.budgets
-        and x.get("arm") not in (None, BASELINE)
-    ]
+    candidates = [x for x in lines if bar.covers(x) and x.get("arm") not in (None, BASELINE)]
     out: dict[str, Any] = {"benchmark": "label_efficiency", "bar": bar.text()}
     measured = [x for x in candidates if x.get("relative_gain") is not None]
     if not measured:
@@ -616,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             if existing_backend(args.against) is None:
                 sys.exit(f"--against {args.against}: no study results there (results.sqlite or store/)")
             other = [JobRow.from_row(r) for r in read_rows(args.against)]
-            for line in against_lines(study, rows, other, args.against):
+            for line in against_lines(study, rows, metric, other, args.against):
                 emit(**line)
         group = test_groups(study)
         for line in modality_lines(study, rows, metric, group) if group else []:

@@ -77,7 +77,7 @@ from sslseg.data.layouts.base import Sample
 from sslseg.data.splits import LabelBudget
 from sslseg.data.synth import write_synthetic_dataset
 from sslseg.finetune import finetune, resolve_splits
-from sslseg.metrics.instance import instance_scores
+from sslseg.metrics.instance import instance_scores, mean_scores
 from sslseg.segmentation.segmenter import Segmenter
 
 TOOLS = ("sslseg", "stardist", "cellpose")
@@ -471,7 +471,8 @@ def score(bench: Bench, predictions: dict[str, np.ndarray]) -> dict[str, float]:
         if gt.shape != pred.shape:
             raise RuntimeError(f"{s.id}: prediction {pred.shape} is not the image's shape {gt.shape}")
         rows.append(instance_scores(gt, pred))
-    return {m: float(np.mean([r[m] for r in rows])) for m in METRICS}
+    means = mean_scores(rows)
+    return {m: means[m] for m in METRICS}
 
 
 def comparison(setting: str, scores: dict[str, dict[str, float]]) -> dict[str, Any]:

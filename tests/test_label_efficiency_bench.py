@@ -161,7 +161,7 @@ def test_against_pairs_the_same_cells_of_another_study(tmp_path):
     other.append(
         finished_cell("synthetic", "random", 8, 0, 0.9)
     )  # no cell of this study to pair with: left out
-    (line,) = bench.against_lines(study, rows, other, tmp_path / "other")
+    (line,) = bench.against_lines(study, rows, "aji", other, tmp_path / "other")
     assert (line["arm"], line["labelled_images"], line["seeds"]) == ("random", 4, [0, 1, 2])
     d = np.array(mine) - np.array(theirs)
     assert line["difference"] == pytest.approx(d.mean(), abs=1e-4)
