@@ -147,7 +147,9 @@ def test_selection_lines_and_their_bar(tmp_path):
     assert small["met"] is False and "gain" in small["reason"]
     weak = bench.selection_bar_result(bar, [{**line, "welch_p": 0.06}])
     assert weak["met"] is False and "Welch" in weak["reason"]
-    assert bench.selection_bar_result(bench.SelectionBar(), [line])["met"] is False  # another dataset
+    assert (
+        bench.selection_bar_result(bench.SelectionBar(budgets=(4,)), [line])["met"] is False
+    )  # another dataset
     assert "not measured" in bench.selection_bar_result(bar, [])["reason"]
 
 
