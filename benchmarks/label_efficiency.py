@@ -2,10 +2,11 @@
 
 Runs the study presets `studies/label_efficiency_dsb2018.yaml` (instance, AJI on stage1_test) and
 `studies/label_efficiency_ph2.yaml` (semantic, Dice) through the study runner: 4, 8, 16 and 32 annotated
-images (every mask a run sees, validation included), five seeds, and six arms — random init, the two best
+images (every mask a run sees, validation included), five seeds, and the presets' arms — random init, the two best
 SSL pretrainings of RESULTS.md (masked image modelling and SimCLR, 400 steps), semi-supervised (mean-teacher)
 fine-tuning from random init, the same with CutMix and a Dice term in its unlabeled loss (`semi_mix`), and
-masked pretraining + semi-supervised fine-tuning, and typiclust-chosen images (issue 28). Each seed fixes
+masked pretraining + semi-supervised fine-tuning, and chosen images (issue 28: typiclust on image
+descriptors, on a random-init embedding and on masked's encoder; probcover). Each seed fixes
 one labelled subset for every drawing arm, so those arms are compared with random init seed by seed; an arm
 that chooses its images keeps them for every seed and is set against random init's draws instead.
 

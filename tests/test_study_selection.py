@@ -105,13 +105,17 @@ def test_the_report_sets_chosen_images_against_the_random_draws(tmp_path):
 
     data = write_synthetic_dataset(tmp_path / "data", n_images=12, size=48)
     study = _study(data, tmp_path / "study", seeds=[0, 1, 2, 3, 4])
-    prepare(study)
+    jobs = {j.key: j for j in prepare(study)}
     draws = [0.30, 0.50, 0.40, 0.45, 0.35]  # random init: each seed another draw of 4 images
     chosen = [0.46, 0.44, 0.48, 0.47, 0.45]  # the chosen 4 images, seeds vary the training only
     rows = [
         finished_cell("synth", name, 4, seed, score)
         for name, scores in (("random", draws), ("typiclust", chosen))
         for seed, score in enumerate(scores)
+    ]
+    # a chosen cell names the proposal it trained on: the report shows that proposal's contact sheet
+    rows = [
+        dataclasses.replace(r, config=jobs[r.key].config) if r.pretraining == "typiclust" else r for r in rows
     ]
     (c,) = selection_against_draws(study, rows)  # budget 2 has no finished cell
     assert (c.row, c.budget, c.metric) == ("typiclust", 4, "aji")
@@ -143,3 +147,93 @@ def test_the_report_sets_chosen_images_against_the_random_draws(tmp_path):
     ten = dataclasses.replace(c, draws=draws * 2)
     assert "Only" not in render_markdown("t", [selection_section([ten])])  # ten draws: no such note
     assert selection_section([]) is None
+
+
+def test_features_from_the_studys_own_pretraining_choose_once_it_has_run(tmp_path, monkeypatch):
+    """`features: <row>` chooses with that row's pretrained encoder: the plan cannot make the proposals
+    (the encoder does not exist yet), so the row's cells wait for the pretraining and the first one makes
+    them, labels unread; the proposals' folder names the pretraining's settings, so changed settings
+    choose anew."""
+    from sslseg.data.layouts import LabelFile
+    from sslseg.study.runner import run_study
+
+    data = write_synthetic_dataset(tmp_path / "data", n_images=12, size=48)
+    rows = [
+        {"name": "random", "init": "random"},
+        {"name": "simclr", "method": "simclr"},
+        {"name": "chosen", "init": "random", "selection": {"strategy": "typiclust", "features": "simclr"}},
+    ]
+    tiny_pretraining = {"views": {"size": 32}, "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 8}}
+    study = _study(data, tmp_path / "study", pretrainings=rows, seeds=[0], pretrain=tiny_pretraining)
+    jobs = {j.key: j for j in prepare(study)}
+    cell = jobs["synth/chosen/finetuned/n2/s0"]
+    assert cell.depends_on == "synth/pretrain/simclr" and cell.config["model"]["init"] == "random"
+    listed = Path(cell.config["data"]["labelled_list"])
+    settings = jobs["synth/pretrain/simclr"].identity.settings_hash
+    assert listed.parent.parent.name == f"typiclust-simclr-{settings}" and not listed.exists()
+    assert (listed.parent.parent / "request.json").is_file()
+
+    real_select = __import__("sslseg.select", fromlist=["select"]).select
+    calls: list[dict[str, Any]] = []
+
+    def select_reading_no_label(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        with monkeypatch.context() as m:
+            m.setattr(LabelFile, "load", lambda *a: pytest.fail("a label was read while choosing"))
+            return real_select(*args, **kwargs)
+
+    monkeypatch.setattr("sslseg.select.select", select_reading_no_label)
+    summary = run_study(study, workers=1, progress=False, only=[cell.key])
+    assert summary.counts["done"] == 2  # the pretraining, then the cell
+    assert len(calls) == 1 and calls[0]["features"] == jobs["synth/pretrain/simclr"].config["output"]
+    assert (
+        len(read_labelled_list(listed)) == 2
+        and len(read_labelled_list(listed.parent.parent / "n4" / listed.name)) == 4
+    )
+    trained = json.loads((Path(cell.config["output"]) / "split.json").read_text())
+    assert sorted(trained["train"] + trained["val"]) == sorted(read_labelled_list(listed))
+    first = read_labelled_list(listed)
+    listed.parent.rename(tmp_path / "lost")  # once the pretraining is done, the plan itself makes them
+    prepare(study)
+    assert len(calls) == 2 and read_labelled_list(listed) == first  # the same choice, made again
+
+    longer = _study(
+        data,
+        tmp_path / "study",
+        pretrainings=rows,
+        seeds=[0],
+        pretrain={**tiny_pretraining, "train": {**tiny_pretraining["train"], "steps_per_epoch": 3}},
+    )
+    again = {j.key: j for j in prepare(longer)}["synth/chosen/finetuned/n2/s0"]
+    assert Path(again.config["data"]["labelled_list"]).parent != listed.parent  # chosen anew, beside the old
+    assert again.identity.hash != cell.identity.hash
+
+
+def test_features_naming_a_row_must_name_one_the_study_pretrains(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "data", n_images=8, size=48)
+    base = [{"name": "random", "init": "random"}, {"name": "imnet", "init": "imagenet"}]
+    with pytest.raises(
+        ValueError, match="chooses its images with row 'imnet', which the study does not pretrain"
+    ):
+        _study(
+            data,
+            tmp_path / "s",
+            pretrainings=[*base, {"name": "c", "init": "random", "selection": {"features": "imnet"}}],
+        )
+    two = [
+        {"name": "random", "init": "random"},
+        {"name": "simclr", "method": "simclr"},
+        {"name": "c", "method": "byol", "selection": {"features": "simclr"}},
+    ]
+    with pytest.raises(
+        ConfigError, match="starts from its own pretraining but chooses its images with row 'simclr'"
+    ):
+        prepare(_study(data, tmp_path / "s", pretrainings=two))
+    own = [
+        {"name": "random", "init": "random"},
+        {"name": "simclr", "method": "simclr", "selection": {"features": "simclr"}},
+    ]
+    jobs = prepare(_study(data, tmp_path / "t", pretrainings=own))
+    assert {j.depends_on for j in jobs if j.pretraining == "simclr" and j.kind == "finetune"} == {
+        "synth/pretrain/simclr"
+    }

@@ -40,6 +40,13 @@ class Identity:
         text = json.dumps(self.settings, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    @property
+    def settings_hash(self) -> str:
+        """A short hash of the settings not at their default: it stays when a later version adds a setting
+        at its default, so it can name what is derived from a job (e.g. a folder of proposals)."""
+        chosen = {k: v for k, v in self.settings.items() if k not in self.at_default}
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
     def to_json(self) -> dict[str, Any]:
         return {"settings": self.settings, "at_default": sorted(self.at_default)}
 

@@ -36,6 +36,7 @@ from sslseg.errors import ConfigError, SslsegError
 from sslseg.fence import FENCE_FILE, ClaimLost, Fence, fenced
 from sslseg.slurm import sbatch_time
 from sslseg.study.identity import PathNormaliser, differences, identity_of, study_root_of
+from sslseg.study.proposals import ensure_proposal, plan_proposals
 from sslseg.study.spec import (
     Job,
     StudyConfig,
@@ -43,7 +44,6 @@ from sslseg.study.spec import (
     expand,
     keeps_weights,
     select_jobs,
-    selection_path,
     split_path,
     study_dir,
 )
@@ -97,8 +97,8 @@ def prepare(study: StudyConfig, rerun_changed: bool = False) -> list[Job]:
         ids, labelled = [s.id for s in samples], [s.id for s in samples if s.label is not None]
         split = dataset_split(ids, labelled, ds.val_fraction, test_fraction, ds.split_seed, ds.validation)
         save_split(target, split)
-    write_selections(study)
     jobs = expand(study)
+    plan_proposals(study, jobs)
     with study_store(study) as store:
         report = store.sync(jobs, rerun_changed=rerun_changed)
         for entry in report.superseded:
@@ -106,68 +106,6 @@ def prepare(study: StudyConfig, rerun_changed: bool = False) -> list[Job]:
         adopted = adopt_finished_folders(jobs, store, out)
     _say_what_changed(report, adopted)
     return jobs
-
-
-def write_selections(study: StudyConfig) -> list[Path]:
-    """The proposals of the rows that choose their annotated images (`selection:`), one per dataset and
-    budget, computed once: from the dataset's labelled images outside the test split (their labels never
-    read, copies of test images left out), written into a temporary folder and renamed into place, so that
-    a runner never reads half a proposal and two runners computing one keep the first."""
-    from dataclasses import replace
-
-    from sslseg.data.splits import load_split
-    from sslseg.select import select
-
-    written = []
-    for ds in study.datasets:
-        rows = [p for p in study.pretrainings if p.selection is not None]
-        if not rows:
-            continue
-        samples = find_samples(ds.train, layout=ds.layout, mask_suffix=ds.mask_suffix, allow_unlabeled=True)
-        if ds.max_images:
-            samples = samples[: ds.max_images]
-        split = load_split(split_path(study, ds), [s.id for s in samples])
-        # the images a budget may hold (protocol `budget`: train and val of the split; `fixed`: train)
-        allowed = set(split["train"]) | (set(split["val"]) if ds.validation == "budget" else set())
-        pool = [replace(s, label=None) for s in samples if s.id in allowed and s.label is not None]
-        for p in rows:
-            assert p.selection is not None
-            targets = {
-                int(b): selection_path(study, ds, p, b)
-                for b in study.budgets
-                if not selection_path(study, ds, p, b).is_file()
-            }
-            if not targets:
-                continue
-            # each budget into a temporary folder renamed into place; the features are computed once
-            tmps = {
-                b: t.parent.with_name(f".{t.parent.name}.{uuid.uuid4().hex[:8]}") for b, t in targets.items()
-            }
-            print(
-                f"choosing {', '.join(map(str, targets))} images of {ds.name} by {p.selection.tag}",
-                file=sys.stderr,
-                flush=True,
-            )
-            first, *rest = targets
-            select(
-                pool,
-                first,
-                tmps[first],
-                strategy=p.selection.strategy,
-                features=p.selection.features,
-                encoder=p.selection.encoder or study.encoder,
-                heldout=[ds.test] if ds.test is not None else [],
-                seed=0,
-                progress=False,
-                also={b: tmps[b] for b in rest},
-            )
-            for b, target in targets.items():
-                try:
-                    os.rename(tmps[b], target.parent)
-                except OSError:  # another runner wrote it first: keep that one
-                    shutil.rmtree(tmps[b], ignore_errors=True)
-                written.append(target)
-    return written
 
 
 def _move_aside(folder: Path, target: Path) -> bool:
@@ -294,6 +232,8 @@ def _run(
     else:
         from sslseg.finetune import finetune
 
+        if config["data"].get("labelled_list"):  # a chosen budget: chosen now if its features came late
+            ensure_proposal(config["data"]["labelled_list"])
         result = finetune(FinetuneConfig.model_validate(config), resume=resume, progress=progress)
         s = result.summary
         seconds = {"fit": s["fit_seconds"], "test": s["test_seconds"], "total": time.perf_counter() - t0}

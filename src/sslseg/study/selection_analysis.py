@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sslseg.study.analyze import cell_budget
-from sslseg.study.spec import BASELINE, StudyConfig, report_cell, selection_path
+from sslseg.study.spec import BASELINE, StudyConfig, report_cell
 from sslseg.study.stats import mann_whitney_greater, mean_ci, welch_greater
 from sslseg.study.store import JobRow
 
@@ -55,11 +55,14 @@ def selection_against_draws(
                 continue
             for budget in study.budgets:
                 at = [r for r in done if cell_budget(study, r) == budget]
-                mine = [float(r.metrics[metric]) for r in at if r.pretraining == p.name]  # type: ignore[index]
+                chosen = [r for r in at if r.pretraining == p.name]
+                mine = [float(r.metrics[metric]) for r in chosen]  # type: ignore[index]
                 draws = [float(r.metrics[metric]) for r in at if r.pretraining == BASELINE]  # type: ignore[index]
                 if not mine or not draws:
                     continue
-                sheet = selection_path(study, ds, p, budget).parent / "contact_sheet.png"
+                # the proposal the cells trained on (its folder may name the pretraining that chose it)
+                listed = (chosen[0].config or {}).get("data", {}).get("labelled_list")
+                sheet = Path(listed).parent / "contact_sheet.png" if listed else None
                 out.append(
                     AgainstDraws(
                         dataset=ds.name,
@@ -74,7 +77,7 @@ def selection_against_draws(
                         mann_whitney_p=mann_whitney_greater(mine, draws),
                         share_beaten=float(np.mean(np.array(draws) < np.mean(mine))),
                         worst_at_median=min(mine) >= float(np.median(draws)),
-                        contact_sheet=sheet if sheet.is_file() else None,
+                        contact_sheet=sheet if sheet is not None and sheet.is_file() else None,
                     )
                 )
     return out

@@ -39,6 +39,8 @@ EncoderState = Literal["finetuned", "frozen"]
 KeepWeights = Literal["report", "all", "none"]
 BudgetKey = Literal["label_fraction", "labelled_images"]
 BASELINE = "random"  # the pretraining every other one is compared with
+# selection features that are kinds, not study rows (a row so named still means the kind)
+FEATURE_KINDS = ("descriptors", "random", "imagenet")
 
 
 class StudyDataset(_Strict):
@@ -103,7 +105,11 @@ class Selection(_Strict):
     """How a row's annotated images are chosen from the dataset's labelled images (their labels unread)."""
 
     strategy: str = "typiclust"
-    features: str = Field("descriptors", description="descriptors, random, imagenet, or an encoder's weights")
+    features: str = Field(
+        "descriptors",
+        description="descriptors, random, imagenet, an encoder's weights, or the name of a study row whose "
+        "pretraining (trained by the study) chooses the images",
+    )
     encoder: str | None = Field(
         None, description="architecture of random/imagenet features (default: the study's)"
     )
@@ -200,6 +206,13 @@ class StudyConfig(_Strict):
             raise ValueError(
                 "a row with `selection` needs the budget in images (labelled_images), not fractions"
             )
+        for p in self.pretrainings:
+            chooser = chooser_of(self, p)
+            if chooser is not None and chooser.method is None:
+                raise ValueError(
+                    f"row '{p.name}' chooses its images with row '{chooser.name}', which the study does not "
+                    "pretrain (it has no method): give its weights file as features, or random/imagenet"
+                )
         if (self.label_fractions is None) == (self.labelled_images is None):
             raise ValueError(
                 "give the labelled budgets as exactly one of label_fractions (e.g. [0.1, 0.5]) or "
@@ -327,18 +340,23 @@ def split_path(study: StudyConfig, dataset: StudyDataset) -> Path:
     return study_dir(study) / "splits" / f"{dataset.name}.json"
 
 
-def selection_path(study: StudyConfig, dataset: StudyDataset, p: Pretraining, budget: float) -> Path:
-    """The proposal (`to_annotate.csv`) of a row's selection on one dataset at one budget, written by the
-    runner before the first cell needs it."""
+def chooser_of(study: StudyConfig, p: Pretraining) -> Pretraining | None:
+    """The study row whose pretrained encoder chooses `p`'s annotated images (its selection features name
+    that row), or None (features of a kind, or a weights file)."""
+    if p.selection is None or p.selection.features in FEATURE_KINDS:
+        return None
+    return next((q for q in study.pretrainings if q.name == p.selection.features), None)
+
+
+def selection_path(
+    study: StudyConfig, dataset: StudyDataset, p: Pretraining, budget: float, chooser: Job | None = None
+) -> Path:
+    """The proposal (`to_annotate.csv`) of a row's selection on one dataset at one budget, made before the
+    first cell needs it (`sslseg.study.proposals`). With features from the study's own pretraining
+    (`chooser`), the folder also names that pretraining's settings: changed settings, new proposals."""
     assert p.selection is not None
-    return (
-        study_dir(study)
-        / "selections"
-        / dataset.name
-        / p.selection.tag
-        / f"n{int(budget)}"
-        / "to_annotate.csv"
-    )
+    tag = p.selection.tag + (f"-{chooser.identity.settings_hash}" if chooser is not None else "")
+    return study_dir(study) / "selections" / dataset.name / tag / f"n{int(budget)}" / "to_annotate.csv"
 
 
 def fraction_tag(fraction: float) -> str:
@@ -411,7 +429,10 @@ def _finetune_job(
     budget: float,
     seed: int,
     normalise: PathNormaliser,
+    chooser: Job | None = None,
 ) -> Job:
+    """One fine-tuning cell; `pre`: the pretraining it starts from, `chooser`: the one that chooses its
+    annotated images (the cell waits for both, so they must be one job)."""
     key = study.budget_key
     cell = f"{ds.name}/{p.name}/{state}/{budget_tag(key, budget)}/s{seed}"
     data = {
@@ -421,7 +442,14 @@ def _finetune_job(
     }
     data["split_file"] = str(split_path(study, ds))
     if p.selection is not None:  # chosen, not drawn: the same images for every seed
-        data["labelled_list"] = str(selection_path(study, ds, p, budget))
+        data["labelled_list"] = str(selection_path(study, ds, p, budget, chooser))
+    if pre is not None and chooser is not None and pre.key != chooser.key:
+        raise ConfigError(
+            f"row '{p.name}' starts from its own pretraining but chooses its images with row "
+            f"'{p.selection.features if p.selection else ''}''s: a cell waits on one pretraining; choose "
+            "with its own, or give the other's encoder.safetensors as features"
+        )
+    upstream = pre or chooser  # the job the cell waits for; its settings are part of the cell's
     written = {
         "data": {**data, key: budget},
         "model": {"encoder": study.encoder, "init": _init_of(study, p, pre), "frozen": state == "frozen"},
@@ -434,8 +462,10 @@ def _finetune_job(
     tree = deep_merge(deep_merge(study.finetune, p.finetune), written)
     cfg = load_config(FinetuneConfig, overrides=tree, source=f"fine-tuning cell {cell} of the study")
     resolved = cfg.model_dump(mode="json")
-    # a cell started from a pretraining is a new cell when that pretraining changes
-    identity = identity_of(resolved, config_defaults("finetune"), normalise, pre.identity if pre else None)
+    # a cell started from (or choosing with) a pretraining is a new cell when that pretraining changes
+    identity = identity_of(
+        resolved, config_defaults("finetune"), normalise, upstream.identity if upstream else None
+    )
     return Job(
         key=cell,
         kind="finetune",
@@ -443,7 +473,7 @@ def _finetune_job(
         pretraining=p.name,
         config=resolved,
         identity=identity,
-        depends_on=pre.key if pre else None,
+        depends_on=upstream.key if upstream else None,
         fraction=budget if key == "label_fraction" else None,
         labelled_images=int(budget) if key == "labelled_images" else None,
         seed=seed,
@@ -470,8 +500,19 @@ def expand(study: StudyConfig) -> list[Job]:
             for budget in study.budgets:
                 for state in study.encoder_states:
                     for p in study.pretrainings:
+                        chooser = chooser_of(study, p)
                         jobs.append(
-                            _finetune_job(study, ds, p, pre_jobs.get(p.name), state, budget, seed, normalise)
+                            _finetune_job(
+                                study,
+                                ds,
+                                p,
+                                pre_jobs.get(p.name),
+                                state,
+                                budget,
+                                seed,
+                                normalise,
+                                pre_jobs[chooser.name] if chooser else None,
+                            )
                         )
     for i, job in enumerate(jobs):
         job.order = i
