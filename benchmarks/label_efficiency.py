@@ -21,9 +21,9 @@ killed, so the evidence can be gathered over several sessions, e.g.
 
 Every run ends with JSON lines over all the cells stored so far: per dataset, arm and budget the mean
 score, the paired difference to random init with its bootstrap CI and one-sided paired t and Wilcoxon
-p-values (sslseg.study.stats via sslseg.study.analyze, Holm-corrected across the arms at each budget), the
-wall time of each arm against its limits (pretraining ≤ 60 min, a fine-tuning ≤ 15 min), the study's
-verdict, and whether the bar is met: on DSB2018 with 8 or 16 annotated images, one arm ≥ +10 % relative
+p-values (sslseg.study.stats via sslseg.study.analyze, Holm-corrected across the drawing arms at each
+budget, the choosing arms a family apart), the wall time of each arm against its limits (pretraining ≤ 60
+min, a fine-tuning ≤ 15 min), the study's verdict, and whether the bar is met: on DSB2018 with 8 or 16 annotated images, one arm ≥ +10 % relative
 AJI over random init with a paired p < 0.05 (Holm) over ≥ 5 seeds. For an arm that chooses its images:
 its scores against the random draws (one-sided Welch and Mann–Whitney p, the share of draws beaten, its worst
 seed against their median) and issue 28's bar (≥ +10 % over the mean of ≥ 10 draws, Welch p < 0.05, no

@@ -78,6 +78,53 @@ def test_per_budget_and_integral_tests_are_paired_by_seed_and_holm_corrected(tmp
     assert g["simclr"]["test"]["paired_t_p"] == pytest.approx(ref, rel=1e-9)
 
 
+def test_rows_that_choose_their_images_are_a_holm_family_of_their_own(tmp_path):
+    """A row that chooses its images answers another question than the rows that train on random init's
+    draws: adding one must not weaken their correction, and it is corrected only among its kind."""
+
+    def simclr(n, s):
+        return random_init(n / 16, s) + 0.01 + OWN_NOISE[s]
+
+    def densecl(n, s):
+        return random_init(n / 16, s) + 0.02 + OWN_NOISE[(s + 2) % 5]
+
+    def chosen(n, s):
+        return 0.62 + OWN_NOISE[s]  # the same images for every seed
+
+    rows = [
+        {"name": "random", "init": "random"},
+        {"name": "simclr", "method": "simclr"},
+        {"name": "densecl", "method": "densecl"},
+        {"name": "chosen", "init": "random", "selection": {"strategy": "typiclust"}},
+        {"name": "chosen2", "init": "random", "selection": {"strategy": "probcover"}},
+    ]
+    study = _study(
+        tmp_path,
+        encoder_states=["finetuned"],
+        seeds=SEEDS,
+        label_fractions=None,
+        labelled_images=[4, 8],
+        pretrainings=rows,
+    )
+    scores = {
+        "random": lambda n, s: random_init(n / 16, s),
+        "simclr": simclr,
+        "densecl": densecl,
+        "chosen": chosen,
+        "chosen2": chosen,
+    }
+    g = analyze(study, _rows(study, scores))["datasets"]["synth"]["groups"]["finetuned"]["aji"][
+        "pretrainings"
+    ]
+    for kind in (("simclr", "densecl"), ("chosen", "chosen2")):
+        for j in range(2):
+            raw = [g[n]["budget_tests"][j]["paired_t_p"] for n in kind]
+            for i, n in enumerate(kind):
+                assert g[n]["budget_tests"][j]["paired_t_p_holm"] == pytest.approx(holm(raw)[i], rel=1e-9)
+        raw = [g[n]["test"]["paired_t_p"] for n in kind]
+        assert [g[n]["test"]["paired_t_p_holm"] for n in kind] == pytest.approx(holm(raw), rel=1e-9)
+
+
 def test_a_failed_cell_drops_its_seed_from_both_sides(tmp_path):
     def simclr(f, s):
         return np.nan if (s, f) == (3, 0.5) else random_init(f, s) + 0.01 + OWN_NOISE[s]

@@ -224,7 +224,9 @@ def analyze_group(
             "factor": stats.cost_factor(pre, ft, base_ft) if ft and base_ft else np.nan,
         }
         out["pretrainings"][name] = entry
-    _add_tests(out, study.analysis.alpha, conf)
+    _add_tests(
+        out, study.analysis.alpha, conf, {p.name for p in study.pretrainings if p.selection is not None}
+    )
     return out
 
 
@@ -264,16 +266,19 @@ def paired_comparison(method: np.ndarray, baseline: np.ndarray, confidence: floa
     }
 
 
-def _holm_over(tests: list[dict[str, Any]], key: str) -> None:
-    """Add `<key>_holm` to each test: Holm-corrected across the pretrainings compared."""
-    adjusted = stats.holm([t[key] for t in tests]) if tests else []
-    for t, p in zip(tests, adjusted, strict=True):
-        t[f"{key}_holm"] = float(p)
+def _holm_over(tests: list[dict[str, Any]], key: str, families: list[list[int]]) -> None:
+    """Add `<key>_holm` to each test: Holm-corrected within its family of pretrainings (`families`: the
+    tests' indices, each family apart)."""
+    for family in families:
+        adjusted = stats.holm([tests[i][key] for i in family]) if family else []
+        for i, p in zip(family, adjusted, strict=True):
+            tests[i][f"{key}_holm"] = float(p)
 
 
-def _add_tests(group: dict[str, Any], alpha: float, confidence: float) -> None:
+def _add_tests(group: dict[str, Any], alpha: float, confidence: float, choosing: set[str]) -> None:
     """Each pretraining against random init, Holm-corrected across the pretrainings compared (each test
-    family separately):
+    separately; the rows that choose their images (`choosing`) form a family of their own, so that adding
+    one does not weaken the tests of the rows that train on random init's draws):
 
     - on the label-efficiency integral: paired t and Wilcoxon over seeds (the main test), the bootstrap CI
       of the paired difference, and the unpaired Welch and permutation tests as a check;
@@ -293,6 +298,7 @@ def _add_tests(group: dict[str, Any], alpha: float, confidence: float) -> None:
         return
     base = entries[BASELINE]
     b_int, b_scores = base["integral_per_seed"], base["scores_per_seed"]
+    families = [[i for i, n in enumerate(names) if (n in choosing) is chosen] for chosen in (False, True)]
 
     integral = [paired_comparison(entries[n]["integral_per_seed"], b_int, confidence) for n in names]
     for n, t in zip(names, integral, strict=True):
@@ -305,7 +311,7 @@ def _add_tests(group: dict[str, Any], alpha: float, confidence: float) -> None:
             else (np.nan, np.nan)
         )
     for key in ("paired_t_p", "wilcoxon_p", "welch_p", "permutation_p"):
-        _holm_over(integral, key)
+        _holm_over(integral, key, families)
 
     per_budget = [
         [paired_comparison(entries[n]["scores_per_seed"][:, j], b_scores[:, j], confidence) for n in names]
@@ -313,7 +319,7 @@ def _add_tests(group: dict[str, Any], alpha: float, confidence: float) -> None:
     ]
     for tests in per_budget:
         for key in ("paired_t_p", "wilcoxon_p"):
-            _holm_over(tests, key)
+            _holm_over(tests, key, families)
 
     # pretraining at the smallest budget against random init at each budget (k = 0 is the same budget)
     against = [
@@ -321,7 +327,7 @@ def _add_tests(group: dict[str, Any], alpha: float, confidence: float) -> None:
         for k in range(len(budgets))
     ]
     for tests in against:
-        _holm_over(tests, "paired_t_p")
+        _holm_over(tests, "paired_t_p", families)
 
     for i, n in enumerate(names):
         t = integral[i]
