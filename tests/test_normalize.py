@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -160,3 +162,17 @@ def test_each_decoded_image_goes_as_soon_as_its_compact_copy_is_made(tmp_path, m
     still_held.clear()
     datasets.load_samples(samples, "instance", with_labels=False, progress=False, compact=True)
     assert still_held == only_later
+
+
+def test_a_flat_channel_is_held_without_dividing_by_zero() -> None:
+    """A channel with one value has no span: its step is 1, not 0 (0/0 would make NaN levels), and it reads
+    back its value."""
+    from sslseg.data.datasets import CompactImage
+
+    flat = np.stack([np.full((4, 5), 0.25), np.linspace(0, 1, 20).reshape(4, 5)]).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a division by zero or a NaN cast warns
+        for eight_bit in (True, False):
+            held = CompactImage(flat, eight_bit)
+            np.testing.assert_array_equal(held[0:1, :, :], flat[0:1])
+            np.testing.assert_allclose(held[:, :, :], flat, atol=1 / 255)
