@@ -46,8 +46,13 @@ def test_a_selection_row_trains_every_seed_on_the_same_chosen_images(tmp_path, m
     study = _study(data, tmp_path / "study")
     # labels are never read while choosing: the pool's samples carry none
     monkeypatch.setattr("sslseg.data.layouts.LabelFile.load", lambda *a: pytest.fail("a label was read"))
+    import sslseg.select as select_mod
+
+    passes, matrix = [], select_mod._feature_matrix
+    monkeypatch.setattr(select_mod, "_feature_matrix", lambda *a, **k: passes.append(1) or matrix(*a, **k))
     jobs = prepare(study)
     monkeypatch.undo()
+    assert len(passes) == 1  # one feature pass for the row's two budgets, not one per budget
     split = json.loads((tmp_path / "study" / "splits" / "synth.json").read_text())
     cells = {j.key: j for j in jobs if j.kind == "finetune"}
     chosen = {}
