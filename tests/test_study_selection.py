@@ -148,3 +148,32 @@ def test_the_report_sets_chosen_images_against_the_random_draws(tmp_path):
     ten = dataclasses.replace(c, draws=draws * 2)
     assert "Only" not in render_markdown("t", [selection_section([ten])])  # ten draws: no such note
     assert selection_section([]) is None
+
+
+def test_the_verdict_names_a_pretraining_never_a_row_that_chooses_its_images(tmp_path):
+    """Beside a pretraining, a row that chooses its images (trained on other images than random init, seed
+    by seed) is never the one the verdict names, however high it scores; and with the pretraining not yet
+    finished at every budget the verdict waits for it, rather than calling the study one of choices alone."""
+    from conftest import finished_cell
+
+    from sslseg.study.analyze import analyze
+
+    data = write_synthetic_dataset(tmp_path / "data", n_images=12, size=48)
+    rows_of_study = [
+        {"name": "random", "init": "random"},
+        {"name": "imagenet", "init": "imagenet"},
+        {"name": "typiclust", "init": "random", "selection": {"strategy": "typiclust"}},
+    ]
+    study = _study(data, tmp_path / "study", seeds=[0, 1, 2], pretrainings=rows_of_study)
+    gain = {"random": 0.0, "imagenet": 0.05, "typiclust": 0.2}  # the chosen images score highest
+    rows = [
+        finished_cell("synth", name, budget, seed, 0.3 + 0.05 * budget + g + 0.01 * seed)
+        for name, g in gain.items()
+        for budget in (2, 4)
+        for seed in (0, 1, 2)
+    ]
+    v = analyze(study, rows)["datasets"]["synth"]["verdict"]
+    assert v["best"] == "imagenet" and "typiclust" not in v["text"], v["text"]
+    unfinished = [r for r in rows if r.pretraining != "imagenet" or r.key.split("/")[3] == "n2"]
+    waiting = analyze(study, unfinished)["datasets"]["synth"]["verdict"]
+    assert waiting["best"] is None and "not enough finished cells" in waiting["text"], waiting["text"]
