@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,57 @@ def test_a_compact_pool_of_fine_tuning_images_reads_back_what_the_float_copy_hel
         np.testing.assert_allclose(crop, f.image[:, 3:20, 5:25], atol=1e-4)
     assert [c.image.data.shape[0] for c in compact] == [1, 3]  # gray: one plane for three channels
     assert sum(c.image.nbytes for c in compact) * 6 <= sum(f.image.nbytes for f in floats)  # 1/12 and 1/4
+
+
+def test_each_decoded_image_goes_as_soon_as_its_compact_copy_is_made(tmp_path, monkeypatch) -> None:
+    """`load_unlabeled` (pretraining hands it the decoded list) and `load_samples(compact=True)` drop the
+    i-th decoded image before its compact copy is made: while it is built only the later images are still
+    held decoded, so the decoded and the compact pool are never both whole in memory (emptying the list at
+    the end alone would hold both)."""
+    from PIL import Image
+
+    import sslseg.data.datasets as datasets
+
+    rng = np.random.default_rng(2)
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8)).save(tmp_path / f"im{k}.png")
+    samples = find_samples(tmp_path, allow_unlabeled=True)
+    decoded: list = []  # the list of decoded images being converted
+    still_held: list = []  # at each compact copy: which decoded images the list still holds
+
+    class Spy(datasets.CompactImage):
+        def __init__(self, *args, **kwargs) -> None:
+            still_held.append([r is not None for r in decoded[0]])
+            super().__init__(*args, **kwargs)
+
+    harmonise = datasets.harmonise_dataset
+
+    def keep(*args, **kwargs):
+        out = harmonise(*args, **kwargs)
+        decoded.append(out[0])
+        return out
+
+    monkeypatch.setattr(datasets, "CompactImage", Spy)
+    monkeypatch.setattr(datasets, "harmonise_dataset", keep)
+    only_later = [[False, True, True], [False, False, True], [False, False, False]]
+    decoded.append(datasets.read_images(samples, progress=False))
+    datasets.load_unlabeled(samples, progress=False, raws=decoded[0])
+    assert still_held == only_later and decoded[0] == []
+    decoded.clear()
+    still_held.clear()
+    datasets.load_samples(samples, "instance", with_labels=False, progress=False, compact=True)
+    assert still_held == only_later
+
+
+def test_a_flat_channel_is_held_without_dividing_by_zero() -> None:
+    """A channel with one value has no span: its step is 1, not 0 (0/0 would make NaN levels), and it reads
+    back its value."""
+    from sslseg.data.datasets import CompactImage
+
+    flat = np.stack([np.full((4, 5), 0.25), np.linspace(0, 1, 20).reshape(4, 5)]).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a division by zero or a NaN cast warns
+        for eight_bit in (True, False):
+            held = CompactImage(flat, eight_bit)
+            np.testing.assert_array_equal(held[0:1, :, :], flat[0:1])
+            np.testing.assert_allclose(held[:, :, :], flat, atol=1 / 255)

@@ -198,9 +198,17 @@ def test_several_budgets_share_one_feature_pass_and_equal_separate_calls(pool, t
         alone = select(pool, budget, tmp_path / f"alone{budget}", features="random", seed=3, progress=False)
         names = [r.name if hasattr(r, "name") else r["name"] for r in together]
         assert names == [r.name for r in alone.rows]
-    with pytest.raises(ConfigError, match="already holds a proposal"):  # every folder is checked first
-        select(pool, 1, tmp_path / "new", progress=False, also={2: tmp_path / "b4"})
-    assert not (tmp_path / "new").exists()
+    # every folder and budget is checked first: a bad further one stops before anything is written
+    for also, error in (
+        ({2: tmp_path / "b4"}, "already holds a proposal"),
+        ({2: pool / "inside"}, "lies inside the pool"),
+        ({0: tmp_path / "b0"}, "at least 1, got 0"),
+        ({6: tmp_path / "b6"}, "--budget 6 is larger than the 5 unannotated"),
+    ):
+        with pytest.raises(ConfigError, match=error):
+            select(pool, 1, tmp_path / "new", progress=False, also=also)
+        assert not (tmp_path / "new").exists()
+        assert all(o == tmp_path / "b4" or not o.exists() for o in also.values())
 
 
 def test_proposal_folder_reads_back_and_verify_counts_the_budget(pool, tmp_path):

@@ -46,8 +46,13 @@ def test_a_selection_row_trains_every_seed_on_the_same_chosen_images(tmp_path, m
     study = _study(data, tmp_path / "study")
     # labels are never read while choosing: the pool's samples carry none
     monkeypatch.setattr("sslseg.data.layouts.LabelFile.load", lambda *a: pytest.fail("a label was read"))
+    import sslseg.select as select_mod
+
+    passes, matrix = [], select_mod._feature_matrix
+    monkeypatch.setattr(select_mod, "_feature_matrix", lambda *a, **k: passes.append(1) or matrix(*a, **k))
     jobs = prepare(study)
     monkeypatch.undo()
+    assert len(passes) == 1  # one feature pass for the row's two budgets, not one per budget
     split = json.loads((tmp_path / "study" / "splits" / "synth.json").read_text())
     cells = {j.key: j for j in jobs if j.kind == "finetune"}
     chosen = {}
@@ -237,3 +242,32 @@ def test_features_naming_a_row_must_name_one_the_study_pretrains(tmp_path):
     assert {j.depends_on for j in jobs if j.pretraining == "simclr" and j.kind == "finetune"} == {
         "synth/pretrain/simclr"
     }
+
+
+def test_the_verdict_names_a_pretraining_never_a_row_that_chooses_its_images(tmp_path):
+    """Beside a pretraining, a row that chooses its images (trained on other images than random init, seed
+    by seed) is never the one the verdict names, however high it scores; and with the pretraining not yet
+    finished at every budget the verdict waits for it, rather than calling the study one of choices alone."""
+    from conftest import finished_cell
+
+    from sslseg.study.analyze import analyze
+
+    data = write_synthetic_dataset(tmp_path / "data", n_images=12, size=48)
+    rows_of_study = [
+        {"name": "random", "init": "random"},
+        {"name": "imagenet", "init": "imagenet"},
+        {"name": "typiclust", "init": "random", "selection": {"strategy": "typiclust"}},
+    ]
+    study = _study(data, tmp_path / "study", seeds=[0, 1, 2], pretrainings=rows_of_study)
+    gain = {"random": 0.0, "imagenet": 0.05, "typiclust": 0.2}  # the chosen images score highest
+    rows = [
+        finished_cell("synth", name, budget, seed, 0.3 + 0.05 * budget + g + 0.01 * seed)
+        for name, g in gain.items()
+        for budget in (2, 4)
+        for seed in (0, 1, 2)
+    ]
+    v = analyze(study, rows)["datasets"]["synth"]["verdict"]
+    assert v["best"] == "imagenet" and "typiclust" not in v["text"], v["text"]
+    unfinished = [r for r in rows if r.pretraining != "imagenet" or r.key.split("/")[3] == "n2"]
+    waiting = analyze(study, unfinished)["datasets"]["synth"]["verdict"]
+    assert waiting["best"] is None and "not enough finished cells" in waiting["text"], waiting["text"]
