@@ -247,7 +247,8 @@ def test_features_naming_a_row_must_name_one_the_study_pretrains(tmp_path):
 def test_the_verdict_names_a_pretraining_never_a_row_that_chooses_its_images(tmp_path):
     """Beside a pretraining, a row that chooses its images (trained on other images than random init, seed
     by seed) is never the one the verdict names, however high it scores; and with the pretraining not yet
-    finished at every budget the verdict waits for it, rather than calling the study one of choices alone."""
+    finished at every budget (or at all) the verdict waits for it, rather than calling the study one of choices
+    alone."""
     from conftest import finished_cell
 
     from sslseg.study.analyze import analyze
@@ -271,3 +272,8 @@ def test_the_verdict_names_a_pretraining_never_a_row_that_chooses_its_images(tmp
     unfinished = [r for r in rows if r.pretraining != "imagenet" or r.key.split("/")[3] == "n2"]
     waiting = analyze(study, unfinished)["datasets"]["synth"]["verdict"]
     assert waiting["best"] is None and "not enough finished cells" in waiting["text"], waiting["text"]
+    # nor when the pretraining has no finished cell at all: the study still compares pretrainings
+    none_yet = analyze(study, [r for r in rows if r.pretraining != "imagenet"])["datasets"]["synth"][
+        "verdict"
+    ]
+    assert none_yet["best"] is None and "not enough finished cells" in none_yet["text"], none_yet["text"]
