@@ -15,19 +15,32 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 METRICS = ("aji", "aji_plus", "pq", "ap@0.5", "dsb_score")
 
 
-def _without(tmp_path: Path, module: str) -> dict[str, str]:
+def _without(tmp_path: Path, module: str, present: tuple[str, ...] = ()) -> dict[str, str]:
     """An environment in which `import module` fails as it does where the package is not installed,
-    whether or not this interpreter has it (a module of that name first on the path raises ImportError)."""
-    shadow = tmp_path / "shadow" / module
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text(f'raise ImportError("No module named {module!r}")\n')
-    path = os.pathsep.join([str(shadow.parent), str(SRC), os.environ.get("PYTHONPATH", "")])
+    whether or not this interpreter has it (a module of that name first on the path raises ImportError),
+    and each of `present` imports (an empty module of that name), whether or not it is installed."""
+    shadow = tmp_path / "shadow"
+    for name, body in [(module, f'raise ImportError("No module named {module!r}")\n')] + [
+        (p, "") for p in present
+    ]:
+        (shadow / name).mkdir(parents=True)
+        (shadow / name / "__init__.py").write_text(body)
+    path = os.pathsep.join([str(shadow), str(SRC), os.environ.get("PYTHONPATH", "")])
     return {**os.environ, "PYTHONPATH": path}
 
 
-@pytest.mark.parametrize(("tool", "module"), [("stardist", "stardist"), ("cellpose", "cellpose")])
+@pytest.mark.parametrize(
+    ("tool", "module", "present"),
+    [
+        ("stardist", "stardist", ()),
+        ("cellpose", "cellpose", ()),
+        # stardist installed without tensorflow (pip's stardist does not require it): the tool is named,
+        # not the module
+        ("stardist", "tensorflow", ("stardist", "csbdeep")),
+    ],
+)
 def test_a_missing_peer_stops_the_script_with_one_line_naming_the_extra(
-    tmp_path: Path, tool: str, module: str
+    tmp_path: Path, tool: str, module: str, present: tuple[str, ...]
 ) -> None:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "peer_instance.py"), "--smoke", "--tools", f"sslseg,{tool}"],
@@ -35,13 +48,15 @@ def test_a_missing_peer_stops_the_script_with_one_line_naming_the_extra(
         text=True,
         timeout=300,
         cwd=tmp_path,
-        env=_without(tmp_path, module),
+        env=_without(tmp_path, module, present),
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stdout == ""  # nothing trained, nothing printed
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert "pip install '.[peers]'" in lines[0] and f"--tools {tool}" in lines[0]
+    assert (
+        "pip install '.[peers]'" in lines[0] and f"--tools {tool} " in lines[0] and f"({module}:" in lines[0]
+    )
     assert not (tmp_path / "runs").exists()  # it stopped before writing anything
 
 
