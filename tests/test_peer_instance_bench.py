@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BENCHMARKS, run_benchmark_script
+from conftest import BENCHMARKS, benchmark_module, run_benchmark_script
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 METRICS = ("aji", "aji_plus", "pq", "ap@0.5", "dsb_score")
@@ -81,3 +81,30 @@ def test_the_smoke_run_scores_every_tool_and_compares_sslseg_with_each_peer(tmp_
         expected = all(rows["sslseg"][m] >= rows[peer][m] for m in ("aji", "ap@0.5"))
         assert verdict["meets_bar"] is expected
     assert comparison["meets_bar"] is all(v["meets_bar"] for v in comparison["peers"].values())
+
+
+def test_the_comparison_is_sslseg_minus_each_peer_and_its_bar_is_aji_and_ap_alone():
+    # the smoke run cannot tell these apart: its PQ, AP@0.5 and DSB scores are all 0 after a 4 s budget
+    comparison = benchmark_module("peer_instance").comparison
+    base = dict.fromkeys(METRICS, 0.5)
+    ours = {**base, "aji": 0.6, "pq": 0.4}
+    line = comparison(
+        "8",
+        {
+            "sslseg": ours,
+            "stardist": base,  # sslseg ahead on AJI, level on AP@0.5, behind on PQ (not in the bar): met
+            "cellpose": {**base, "aji": 0.65, "ap@0.5": 0.4},  # behind on AJI, ahead on AP@0.5: missed
+        },
+    )
+    assert line["benchmark"] == "peer_instance/8/comparison"
+    stardist, cellpose = line["peers"]["stardist"], line["peers"]["cellpose"]
+    assert stardist["difference"] == pytest.approx(
+        {"aji": 0.1, "aji_plus": 0.0, "pq": -0.1, "ap@0.5": 0.0, "dsb_score": 0.0}
+    )
+    assert cellpose["difference"] == pytest.approx(
+        {"aji": -0.05, "aji_plus": 0.0, "pq": -0.1, "ap@0.5": 0.1, "dsb_score": 0.0}
+    )
+    assert stardist["meets_bar"] is True and cellpose["meets_bar"] is False and line["meets_bar"] is False
+    behind_on_ap = comparison("all", {"sslseg": ours, "cellpose": {**base, "aji": 0.55, "ap@0.5": 0.51}})
+    assert behind_on_ap["peers"]["cellpose"]["meets_bar"] is False and behind_on_ap["meets_bar"] is False
+    assert comparison("all", {"sslseg": ours, "stardist": base})["meets_bar"] is True
