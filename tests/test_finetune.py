@@ -3,9 +3,11 @@
 import json
 import shutil
 import warnings
+from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import numpy as np
 import pytest
 import tifffile
@@ -18,6 +20,7 @@ from sslseg.evaluate import evaluate_checkpoint, load_model
 from sslseg.finetune import finetune, tune_run
 from sslseg.nn.unet import build_encoder
 from sslseg.predict import predict_files
+from sslseg.segmentation import module as module_mod
 from sslseg.segmentation.module import SegmentationModule
 from sslseg.weights import save_encoder
 
@@ -71,6 +74,23 @@ def test_instance_run_writes_every_output_and_scores_the_test_split(nuclei, tmp_
     lab = tifffile.imread(written[0])
     assert lab.shape == (96, 96) and lab.dtype == np.uint16
     assert (pred_dir / f"{written[0].stem.removesuffix('_labels')}_overlay.png").is_file()
+
+
+def test_the_summary_records_the_last_epochs_validation_score_not_the_best(nuclei, tmp_path, monkeypatch):
+    # validation scores are scripted per epoch so that the last epoch (0.3) is worse than the best (0.6)
+    scripted = {0: 0.6, 1: 0.3}
+    epoch = {}
+
+    class Epoch(L.Callback):
+        def on_validation_epoch_start(self, trainer, pl_module):
+            epoch["now"] = trainer.current_epoch
+
+    monkeypatch.setattr(module_mod, "score_labels", lambda *a: defaultdict(lambda: scripted[epoch["now"]]))
+    cfg = _cfg(nuclei, tmp_path / "run", train={"steps_per_epoch": 1}, postprocess={"tune": False})
+    res = finetune(cfg, progress=False, callbacks=[Epoch()])
+    assert res.summary["best_val_score"] == pytest.approx(0.6)
+    assert res.summary["last_val_score"] == pytest.approx(0.3)
+    assert json.loads((res.output / "result.json").read_text())["last_val_score"] == pytest.approx(0.3)
 
 
 def test_evaluate_matches_run_test_scores(nuclei, tmp_path):

@@ -67,3 +67,18 @@ def test_cells_run_before_the_last_score_was_recorded_read_it_from_their_epoch_l
     recorded = JobRow(**{**row.__dict__, "info": {"last_val_score": 0.6}})
     assert lc.last_val_score(recorded) == pytest.approx(0.6)
     assert lc.last_val_score(JobRow(key="k", kind="finetune", dataset="d", pretraining="p")) is None
+
+
+def test_the_last_epoch_is_found_by_its_number_not_by_the_order_the_logs_are_read(tmp_path):
+    # a cell resumed twelve times: neither name order (resumed-10 before resumed-2) nor the order the parts
+    # were written here (the last epoch's part neither first nor last) is the order of the epochs
+    logs = tmp_path / "cell" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "metrics.csv").write_text("epoch,step,val/score\n0,99,0.30\n")
+    for n in (3, 11, 1, 12, 2, 7, 10, 4, 9, 5, 8, 6):
+        (logs / f"resumed-{n}").mkdir()
+        (logs / f"resumed-{n}" / "metrics.csv").write_text(f"epoch,step,val/score\n{n},{n}99,0.{60 - n}\n")
+    row = JobRow(
+        key="k", kind="finetune", dataset="d", pretraining="p", config={"output": str(tmp_path / "cell")}
+    )
+    assert lc.last_val_score(row) == pytest.approx(0.48)  # epoch 12's (scores fall: the best is epoch 1's)
