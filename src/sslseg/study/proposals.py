@@ -83,6 +83,7 @@ def make_proposals(folder: Path) -> list[Path]:
 
     request = json.loads((folder / REQUEST).read_text())
     targets = {int(b): Path(t) for b, t in request["targets"].items() if not Path(t).is_file()}
+    targets = dict(sorted(targets.items()))  # smallest budget first (the recipe's keys are text)
     if not targets:
         return []
     samples = find_samples(
