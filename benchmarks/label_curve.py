@@ -53,7 +53,12 @@ def last_val_score(row: JobRow) -> float | None:
         return float(info["last_val_score"])
     folder = Path(str((row.config or {}).get("output", "")))
     last: tuple[int, float] | None = None
-    for log in folder.glob("logs/**/metrics.csv") if folder.name else []:
+    # parts in the order they were written: where a killed run logged an epoch its resumed part ran again,
+    # the later row (the run that went on) wins
+    parts = (
+        sorted(folder.glob("logs/**/metrics.csv"), key=lambda p: p.stat().st_mtime_ns) if folder.name else []
+    )
+    for log in parts:
         for line in csv.DictReader(log.read_text().splitlines()):
             if line.get("val/score"):
                 epoch = int(float(line["epoch"]))

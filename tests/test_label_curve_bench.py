@@ -82,3 +82,20 @@ def test_the_last_epoch_is_found_by_its_number_not_by_the_order_the_logs_are_rea
         key="k", kind="finetune", dataset="d", pretraining="p", config={"output": str(tmp_path / "cell")}
     )
     assert lc.last_val_score(row) == pytest.approx(0.48)  # epoch 12's (scores fall: the best is epoch 1's)
+
+
+def test_an_epoch_logged_twice_reads_the_part_written_last(tmp_path):
+    """A run killed after logging epoch 3 and resumed from epoch 2's checkpoint logs epoch 3 again: the
+    resumed part's row is the run that went on, whichever name or directory order the parts have."""
+    import os
+
+    for killed, resumed in (("a", "b"), ("b", "a")):  # one of the two is against the directory order
+        logs = tmp_path / f"cell-{killed}" / "logs"
+        for name, score, written in ((killed, 0.70, 1_000), (resumed, 0.50, 2_000)):
+            (logs / name).mkdir(parents=True)
+            (logs / name / "metrics.csv").write_text(f"epoch,step,val/score\n2,299,0.6\n3,399,{score}\n")
+            os.utime(logs / name / "metrics.csv", ns=(written * 10**9, written * 10**9))
+        row = JobRow(
+            key="k", kind="finetune", dataset="d", pretraining="p", config={"output": str(logs.parent)}
+        )
+        assert lc.last_val_score(row) == pytest.approx(0.50), (killed, resumed)
