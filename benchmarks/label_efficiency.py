@@ -6,7 +6,8 @@ images (every mask a run sees, validation included), five seeds, and the presets
 SSL pretrainings of RESULTS.md (masked image modelling and SimCLR, 400 steps), semi-supervised (mean-teacher)
 fine-tuning from random init, the same with CutMix and a Dice term in its unlabeled loss (`semi_mix`), and
 masked pretraining + semi-supervised fine-tuning, and chosen images (issue 28: typiclust on image
-descriptors, on a random-init embedding and on masked's encoder; probcover). Each seed fixes
+descriptors, on a random-init embedding and on masked's encoder; probcover; typiclust's images with
+masked's initialisation and with self-training). Each seed fixes
 one labelled subset for every drawing arm, so those arms are compared with random init seed by seed; an arm
 that chooses its images keeps them for every seed and is set against random init's draws instead.
 

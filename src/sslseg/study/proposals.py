@@ -56,7 +56,6 @@ def plan_proposals(study: StudyConfig, jobs: list[Job]) -> list[Path]:
                 "features": str(features),
                 "encoder": p.selection.encoder or study.encoder,
                 "targets": targets,
-                "row": p.name,
                 "tag": Path(next(iter(targets.values()))).parent.parent.name,
             }
             folder = Path(next(iter(targets.values()))).parent.parent
