@@ -67,6 +67,18 @@ def test_typiclust_takes_the_most_typical_of_each_cluster_the_emptiest_first():
     assert picks[0].score == pytest.approx(1 / 1.5)
 
 
+def test_typiclust_takes_a_second_point_of_a_large_cluster_before_an_outlier_cluster():
+    # k = budget = 3 clusters: 8 points, 7 points, and 2 outliers far away; clusters of 5 points or fewer are
+    # outliers (as in the authors' code), so the third pick is the largest cluster's next most typical point
+    x = _line(0, 1, 2, 3, 4, 5, 6, 7, 100, 101, 102, 103, 104, 105, 106, 1000, 1003)
+    picks = typiclust(x, _mask(len(x)), 3, seed=0)
+    clusters = [int(x[c.index, 0] // 100) for c in picks]
+    assert sorted(clusters) == [0, 0, 1], [c.index for c in picks]
+    assert not any(x[c.index, 0] >= 1000 for c in picks)
+    # only when no larger cluster has a point left is an outlier taken
+    assert any(x[c.index, 0] >= 1000 for c in typiclust(x, _mask(len(x), *range(15)), 1, seed=0))
+
+
 def test_auto_delta_keeps_the_purity_share_of_balls_pure():
     x = _line(0, 1, 2, 10, 11)
     labels = np.array([0, 0, 0, 1, 1])

@@ -17,7 +17,9 @@ from sslseg.errors import ConfigError
 
 CHUNK = 1024  # rows of a distance matrix held at once
 TYPICALITY_NEIGHBOURS = 20  # TypiClust's K
-MIN_CLUSTER_SIZE = 5  # TypiClust leaves smaller clusters (outliers) for last
+MIN_CLUSTER_SIZE = (
+    5  # TypiClust's clusters of this size or smaller are outliers: taken only when nothing else is left
+)
 PURITY = 0.95  # ProbCover's automatic δ keeps this share of δ-balls pure
 
 
@@ -92,9 +94,12 @@ def typiclust(
     x: np.ndarray, annotated: np.ndarray, budget: int, seed: int, uncertainty: np.ndarray | None = None
 ) -> list[Choice]:
     """TypiClust (Hacohen et al., ICML 2022): "we select the most typical example from each of the largest
-    uncovered clusters". k-means into budget + annotated clusters; each pick goes to the cluster with the
-    fewest annotated or chosen points (then clusters of at least MIN_CLUSTER_SIZE, then the largest, then
-    the lowest id) and takes its most typical unannotated point (typicality over all its points)."""
+    uncovered clusters". k-means into budget + annotated clusters; clusters of MIN_CLUSTER_SIZE points or
+    fewer are outliers, left out as the authors' code leaves them out (here: taken only once no larger
+    cluster has a point left); each pick goes to the cluster with the fewest annotated or chosen points (then
+    the largest, then the lowest id) and takes its most typical unannotated point (typicality over all its
+    points). So a budget larger than the clusters that are not outliers takes second points from the
+    largest ones rather than outliers."""
     n_clusters = min(budget + int(annotated.sum()), len(x))
     labels = kmeans(x, n_clusters, seed)
     sizes = np.bincount(labels, minlength=n_clusters)
@@ -107,7 +112,7 @@ def typiclust(
     choices = []
     for _ in range(budget):
         open_clusters = [c for c in range(n_clusters) if free[labels == c].any()]
-        c = min(open_clusters, key=lambda c: (filled[c], sizes[c] < MIN_CLUSTER_SIZE, -sizes[c], c))
+        c = min(open_clusters, key=lambda c: (sizes[c] <= MIN_CLUSTER_SIZE, filled[c], -sizes[c], c))
         members = np.flatnonzero((labels == c) & free)
         i = int(members[np.argmax(typical[members])])
         why = (
