@@ -43,8 +43,8 @@ def test_smoke_subset_gives_paired_figures_times_and_bar_and_resumes(tmp_path):
     assert all(x["benchmark"] == "label_efficiency" for x in lines)
     (head,) = [x for x in lines if "cells_done" in x and "arm" not in x]
     assert (
-        head["cells_done"] == 6 and head["cells"] == 84 and not head["failed"]
-    )  # 2 arms × 3 seeds of 14 × 2 × 3
+        head["cells_done"] == 6 and head["cells"] == 90 and not head["failed"]
+    )  # 2 arms × 3 seeds of 15 × 2 × 3
 
     cells = {(x["arm"], x["labelled_images"]): x for x in lines if "per_seed" in x}
     random, arm = cells["random", 4], cells["masked_semi", 4]
