@@ -41,6 +41,7 @@ def plan_proposals(study: StudyConfig, jobs: list[Job]) -> list[Path]:
             if not cells:
                 continue
             targets = {str(j.labelled_images): j.config["data"]["labelled_list"] for j in cells}
+            folder = Path(next(iter(targets.values()))).parent.parent  # the row's, beside its n<N>/ folders
             chooser = by_key[cells[0].depends_on] if chooser_of(study, p) and cells[0].depends_on else None
             features = chooser.config["output"] if chooser is not None else p.selection.features
             request = {
@@ -56,9 +57,7 @@ def plan_proposals(study: StudyConfig, jobs: list[Job]) -> list[Path]:
                 "features": str(features),
                 "encoder": p.selection.encoder or study.encoder,
                 "targets": targets,
-                "tag": Path(next(iter(targets.values()))).parent.parent.name,
             }
-            folder = Path(next(iter(targets.values()))).parent.parent
             folder.mkdir(parents=True, exist_ok=True)
             write_json(folder / REQUEST, request)  # every runner writes the same recipe
             if chooser is None or _pretrained(chooser):
@@ -96,7 +95,7 @@ def make_proposals(folder: Path) -> list[Path]:
     pool = [replace(s, label=None) for s in samples if s.id in allowed and s.label is not None]
     tmps = {b: t.parent.with_name(f".{t.parent.name}.{uuid.uuid4().hex[:8]}") for b, t in targets.items()}
     print(
-        f"choosing {', '.join(map(str, targets))} images of {request['dataset']} by {request['tag']}",
+        f"choosing {', '.join(map(str, targets))} images of {request['dataset']} by {folder.name}",
         file=sys.stderr,
         flush=True,
     )
