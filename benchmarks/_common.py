@@ -33,6 +33,21 @@ def colour_or_gray(samples: Iterable[Sample]) -> dict[str, str]:
     return {s.id: "colour" if effective_channels(read_image(s.image)) >= 3 else "gray" for s in samples}
 
 
+def means_by_kind(
+    rows: Iterable[tuple[str, dict[str, float]]], kind: dict[str, str], metrics: Iterable[str]
+) -> dict[str, dict[str, float]]:
+    """Per kind of image ("gray", "colour": `colour_or_gray`), the number of images and the mean of each metric
+    over them, from (image id, scores) rows: a mixed test set's figures per modality."""
+    metrics = tuple(metrics)
+    groups: dict[str, list[dict[str, float]]] = {}
+    for image_id, scores in rows:
+        groups.setdefault(kind[image_id], []).append(scores)
+    return {
+        k: {"n": len(g), **{m: round(sum(float(r[m]) for r in g) / len(g), 4) for m in metrics}}
+        for k, g in sorted(groups.items())
+    }
+
+
 def hardware() -> str:
     """A one-line description of where the figures were measured."""
     if torch.cuda.is_available():

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import colour_or_gray, emit, hardware
+from _common import colour_or_gray, emit, hardware, means_by_kind
 
 from sslseg.config import deep_merge, parse_overrides
 from sslseg.study.analyze import analyze_group, annotated_counts, cell_budget, reference_score, score_table
@@ -402,8 +402,8 @@ def modality_lines(
         if not path.is_file():
             continue
         with path.open(newline="") as f:
-            scores = [(group.get(x["id"]), float(x[metric])) for x in csv.DictReader(f)]
-        by = {g: float(np.mean([v for k, v in scores if k == g])) for g in sorted(set(group.values()))}
+            scores = [(x["id"], {metric: float(x[metric])}) for x in csv.DictReader(f)]
+        by = {g: v[metric] for g, v in means_by_kind(scores, group, [metric]).items()}
         cells.setdefault((r.pretraining, int(cell_budget(study, r) or 0)), {})[int(r.seed or 0)] = by
     out = []
     for (arm, budget), seeds in sorted(cells.items()):

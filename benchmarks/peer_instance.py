@@ -67,7 +67,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from _common import StepTimer, emit, hardware, require
+from _common import StepTimer, colour_or_gray, emit, hardware, means_by_kind, require
 
 from sslseg.config import FinetuneConfig
 from sslseg.data.datasets import load_heldout
@@ -110,6 +110,7 @@ class Bench:
     images_csv: Path | None
     peer_train: tuple[list[np.ndarray], list[np.ndarray]] = field(default_factory=lambda: ([], []))
     peer_val: tuple[list[np.ndarray], list[np.ndarray]] = field(default_factory=lambda: ([], []))
+    kind: dict[str, str] = field(default_factory=dict)  # each test image's id: gray or colour
 
 
 @dataclass
@@ -462,9 +463,9 @@ RUNNERS: dict[str, Callable[[Bench], ToolRun]] = {
 }
 
 
-def score(bench: Bench, predictions: dict[str, np.ndarray]) -> dict[str, float]:
+def score(bench: Bench, predictions: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, Any]]:
     """Mean of each metric over the test images, every image scored by `instance_scores` against the same
-    ground truth."""
+    ground truth; and the same over the gray (fluorescence) and the colour (stained) test images apart."""
     rows = []
     for s in bench.test_samples:
         gt, pred = bench.truth[s.id], predictions[s.id]
@@ -472,7 +473,9 @@ def score(bench: Bench, predictions: dict[str, np.ndarray]) -> dict[str, float]:
             raise RuntimeError(f"{s.id}: prediction {pred.shape} is not the image's shape {gt.shape}")
         rows.append(instance_scores(gt, pred))
     means = mean_scores(rows)
-    return {m: means[m] for m in METRICS}
+    ids = [s.id for s in bench.test_samples]
+    by_kind = means_by_kind(zip(ids, rows, strict=True), bench.kind, METRICS)
+    return {m: means[m] for m in METRICS}, by_kind
 
 
 def comparison(setting: str, scores: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -526,6 +529,7 @@ def prepare(args: argparse.Namespace, setting: str, train_root: Path, test_root:
         smoke=args.smoke,
         draw_seed=args.draw_seed,
         images_csv=args.images_csv,
+        kind=colour_or_gray(test_samples),
     )
     bench.budget = resolve_splits(sslseg_config(bench, 1, 1, bench.out / "unused", tune=False), samples)
     return bench
@@ -571,13 +575,14 @@ def main() -> None:
             load_before = os.getloadavg()[0]
             print(f"[{setting}] {tool}: training for {bench.seconds:.0f} s", file=sys.stderr, flush=True)
             run = RUNNERS[tool](bench)
-            scores[tool] = score(bench, run.predictions)
+            scores[tool], by_kind = score(bench, run.predictions)
             emit(
                 benchmark=f"peer_instance/{setting}/{tool}",
                 tool=tool,
                 setting=setting,
                 smoke=args.smoke,
                 **{m: round(v, 4) for m, v in scores[tool].items()},
+                by_kind=by_kind,
                 budget_seconds=round(bench.seconds, 1),
                 train_seconds=round(run.train_seconds, 1),
                 predict_seconds=round(run.predict_seconds, 1),

@@ -73,6 +73,7 @@ def test_the_smoke_run_scores_every_tool_and_compares_sslseg_with_each_peer(tmp_
         # the same 8 images for every tool: 7 train and 1 validates (protocol budget), 3 test images
         assert (row["n_train"], row["n_val"], row["n_test"]) == (7, 1, 3)
         assert row["train_seconds"] > 0 and row["predict_seconds"] > 0
+        assert row["by_kind"]["gray"]["n"] == 3 and "colour" not in row["by_kind"]  # synthetic: gray only
     # sslseg's tiny model finds some nuclei even after a single epoch (AJI 0.08 with --minutes 0.001, 0.08-0.12
     # at the smoke budget): 0 means its predictions were empty. The peers' smoke AJI (cellpose's is 0) cannot
     # tell an empty prediction apart
@@ -112,3 +113,36 @@ def test_the_comparison_is_sslseg_minus_each_peer_and_its_bar_is_aji_and_ap_alon
     behind_on_ap = comparison("all", {"sslseg": ours, "cellpose": {**base, "aji": 0.55, "ap@0.5": 0.51}})
     assert behind_on_ap["peers"]["cellpose"]["meets_bar"] is False and behind_on_ap["meets_bar"] is False
     assert comparison("all", {"sslseg": ours, "stardist": base})["meets_bar"] is True
+
+
+def test_each_tool_is_scored_over_the_gray_and_the_colour_test_images_apart(tmp_path: Path):
+    # issue 27: a default must hold on fluorescence and on stained images alike, so each tool's line splits
+    # its scores by kind of test image, every image counted in its own kind only
+    import numpy as np
+
+    from sslseg.data.layouts.base import Sample
+    from sslseg.data.splits import LabelBudget
+
+    bench_module = benchmark_module("peer_instance")
+    truth = np.zeros((8, 8), np.int32)
+    truth[1:4, 1:4] = 1
+    miss = np.zeros_like(truth)
+    ids = ["g1", "g2", "c1"]
+    bench = bench_module.Bench(
+        setting="8",
+        train_root=tmp_path,
+        budget=LabelBudget("budget", [], [], [], []),
+        samples={},
+        test_samples=[Sample(id=i, image=tmp_path / f"{i}.png", label=None) for i in ids],
+        truth=dict.fromkeys(ids, truth),
+        seconds=1.0,
+        out=tmp_path,
+        smoke=True,
+        draw_seed=0,
+        images_csv=None,
+        kind={"g1": "gray", "g2": "gray", "c1": "colour"},
+    )
+    means, by_kind = bench_module.score(bench, {"g1": truth, "g2": miss, "c1": truth})
+    assert means["aji"] == pytest.approx(2 / 3)
+    assert by_kind["gray"]["n"] == 2 and by_kind["gray"]["aji"] == pytest.approx(0.5)
+    assert by_kind["colour"]["n"] == 1 and by_kind["colour"]["aji"] == pytest.approx(1.0)
