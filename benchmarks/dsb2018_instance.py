@@ -139,7 +139,7 @@ def run(
     wall = time.perf_counter() - t0
     metrics = ("aji", "aji_plus", "pq", "ap@0.5", "dsb_score")
     emit_scores(f"dsb2018_instance/{tag}", res.test, metrics, BAR, PUBLISHED)
-    emit(benchmark=f"dsb2018_instance/{tag}", by_kind=scores_by_kind(res.output, metrics))
+    emit(benchmark=f"dsb2018_instance/{tag}", by_kind=scores_by_kind(res.output, cfg.data.test, metrics))
     if args.tta:
         t1 = time.perf_counter()
         test = require("dsb2018", "stage1_test")
@@ -167,13 +167,12 @@ def run(
     )
 
 
-def scores_by_kind(output: Path, metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
+def scores_by_kind(output: Path, test: Path, metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """The test scores over stage1_test's gray (fluorescence) and colour (stained) images apart, from the
     run's per-image rows: a default must hold on each kind of image, not only on the mean."""
     with (output / "test_per_image.csv").open(newline="") as f:
         rows = [(r["id"], {m: float(r[m]) for m in metrics}) for r in csv.DictReader(f)]
-    test = find_samples(require("dsb2018", "stage1_test"), layout="dsb")
-    return means_by_kind(rows, colour_or_gray(test), metrics)
+    return means_by_kind(rows, colour_or_gray(find_samples(test, layout="dsb")), metrics)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ class Bench:
     samples: dict[str, Sample]
     test_samples: list[Sample]
     truth: dict[str, np.ndarray]
+    kind: dict[str, str]  # each test image's id: gray or colour
     seconds: float
     out: Path
     smoke: bool
@@ -110,7 +111,6 @@ class Bench:
     images_csv: Path | None
     peer_train: tuple[list[np.ndarray], list[np.ndarray]] = field(default_factory=lambda: ([], []))
     peer_val: tuple[list[np.ndarray], list[np.ndarray]] = field(default_factory=lambda: ([], []))
-    kind: dict[str, str] = field(default_factory=dict)  # each test image's id: gray or colour
 
 
 @dataclass
