@@ -77,6 +77,26 @@ def test_a_selection_row_trains_every_seed_on_the_same_chosen_images(tmp_path, m
     assert calls == []
 
 
+def test_a_run_of_other_rows_leaves_the_choosing_to_the_cells_that_need_it(tmp_path, monkeypatch):
+    """Running only random init's cells makes no proposal (choosing can cost minutes on a large pool); the
+    chosen row's recipe is written all the same, and its first cell makes its proposal when it runs."""
+    from sslseg.study.proposals import ensure_proposal
+
+    data = write_synthetic_dataset(tmp_path / "data", n_images=12, size=48)
+    study = _study(data, tmp_path / "study")
+    calls = []
+    monkeypatch.setattr("sslseg.select.select", lambda *a, **k: calls.append(a))
+    jobs = {j.key: j for j in prepare(study, only=["synth/random/finetuned/n2/s0"])}
+    assert calls == []
+    monkeypatch.undo()
+    listing = Path(jobs["synth/typiclust/finetuned/n4/s1"].config["data"]["labelled_list"])
+    assert not listing.is_file() and (listing.parent.parent / "request.json").is_file()
+    ensure_proposal(listing)
+    assert len(read_labelled_list(listing)) == 4
+    prepare(study, only=["synth/typiclust/finetuned/n2/s0"])  # a run of the chosen row makes its proposals
+    assert Path(jobs["synth/typiclust/finetuned/n2/s0"].config["data"]["labelled_list"]).is_file()
+
+
 def test_a_chosen_budget_is_checked(tmp_path):
     data = write_synthetic_dataset(tmp_path / "data", n_images=8, size=48)
     listing = tmp_path / "chosen.txt"

@@ -2,8 +2,8 @@
 budget, from the dataset's labelled images outside the test split, their labels never read.
 
 The study plan writes each row's recipe (`request.json`, beside its budgets' folders) and makes the
-proposals at once where their features exist: image descriptors, random or ImageNet features, a weights
-file. Features that name one of the study's own pretrainings exist only once it has run, so the first cell
+proposals at once where their features exist (image descriptors, random or ImageNet features, a weights
+file), for every row or, in a run of some cells only, for the rows among them. Features that name one of the study's own pretrainings exist only once it has run, so the first cell
 of that row makes them (its pretraining is done before any of its cells is claimed). The features are
 computed once for all of a row's budgets, and every proposal goes into a temporary folder renamed into
 place, so that a runner never reads half a proposal and two runners making one keep the first.
@@ -26,9 +26,10 @@ from sslseg.study.spec import Job, StudyConfig, chooser_of, split_path
 REQUEST = "request.json"  # a selection row's recipe, in its folder beside the budgets' n<N>/ folders
 
 
-def plan_proposals(study: StudyConfig, jobs: list[Job]) -> list[Path]:
+def plan_proposals(study: StudyConfig, jobs: list[Job], wanted: set[str] | None = None) -> list[Path]:
     """Write the recipe of every selection row on every dataset and make the proposals whose features
-    exist; returns the proposals made now."""
+    exist, of every row or (`wanted`: the job keys a runner will work on) of the rows with a wanted cell,
+    so that a run of other rows does not wait on choices it never uses; returns the proposals made now."""
     by_key = {j.key: j for j in jobs}
     made = []
     for ds in study.datasets:
@@ -60,6 +61,8 @@ def plan_proposals(study: StudyConfig, jobs: list[Job]) -> list[Path]:
             }
             folder.mkdir(parents=True, exist_ok=True)
             write_json(folder / REQUEST, request)  # every runner writes the same recipe
+            if wanted is not None and not any(j.key in wanted for j in cells):
+                continue  # its cells make them when they run (`ensure_proposal`)
             if chooser is None or _pretrained(chooser):
                 made += make_proposals(folder)
     return made

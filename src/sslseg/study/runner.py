@@ -78,10 +78,11 @@ def study_store(study: StudyConfig, stale_after: float = STALE_SECONDS) -> JobSt
     return open_store(study_dir(study), with_store(study).store, stale_after)
 
 
-def prepare(study: StudyConfig, rerun_changed: bool = False) -> list[Job]:
+def prepare(study: StudyConfig, rerun_changed: bool = False, only: list[str] | None = None) -> list[Job]:
     """Write the study file and the dataset splits into the study folder, expand the grid and register its
     jobs in the store (done jobs whose settings changed are kept, or with `rerun_changed` moved aside and
-    redone). Safe to run from several runners at once (same content, atomic writes)."""
+    redone). With `only`, the chosen images are made now only for the selection rows that have a cell in
+    it. Safe to run from several runners at once (same content, atomic writes)."""
     study = with_store(study)  # the study folder's copy names its store, for status and report
     out = study_dir(study)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +99,7 @@ def prepare(study: StudyConfig, rerun_changed: bool = False) -> list[Job]:
         split = dataset_split(ids, labelled, ds.val_fraction, test_fraction, ds.split_seed, ds.validation)
         save_split(target, split)
     jobs = expand(study)
-    plan_proposals(study, jobs)
+    plan_proposals(study, jobs, None if only is None else set(select_jobs(jobs, only)))
     with study_store(study) as store:
         report = store.sync(jobs, rerun_changed=rerun_changed)
         for entry in report.superseded:
@@ -404,7 +405,7 @@ def run_study(
     changed keep their results unless `rerun_changed` (then their results are moved aside, still readable)."""
     t0 = time.perf_counter()
     study = with_store(study)
-    jobs = prepare(study, rerun_changed)
+    jobs = prepare(study, rerun_changed, only)
     keys = select_jobs(jobs, only)
     with study_store(study) as store:
         store.reset_failed(keys)
