@@ -118,8 +118,9 @@ def test_missing_and_empty_root(tmp_path: Path) -> None:
         find_samples(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty dataset") as info:
-        find_samples(tmp_path / "empty")
+        find_samples(tmp_path / "empty", layout="dsb")
     assert info.value.path == tmp_path / "empty"
+    assert str(info.value).count("layout 'dsb'") == 1  # named once, not once per layer
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
     with pytest.raises(DataError, match="empty dataset"):

@@ -118,9 +118,7 @@ def scan_samples(
         samples += [i.sample for i in issues if i.kind == "missing_label" and i.sample is not None]
         issues = [i for i in issues if not (i.kind == "missing_label" and i.sample is not None)]
     if not samples and not issues:
-        issues.insert(
-            0, LayoutIssue(root, "empty", f"empty dataset: no samples found (layout '{layout}')", "")
-        )
+        issues.insert(0, LayoutIssue(root, "empty", "empty dataset: no samples found", ""))
     samples, dup_issues = _unique_sorted(samples)
     issues += dup_issues
     how = "auto-detected" if detected else "as requested"
