@@ -436,7 +436,9 @@ def selection_bar_result(bar: SelectionBar, lines: list[dict[str, Any]]) -> dict
             why.append(f"{x['n_draws']} random draws (≥ {bar.min_draws} needed)")
         if x["relative_gain_over_draws"] < bar.gain:
             why.append(f"gain {x['relative_gain_over_draws']:+.1%} (≥ +{bar.gain:.0%} needed)")
-        if not x["welch_p"] < bar.alpha:
+        if x["welch_p"] is None:  # one training seed of the chosen images: no spread to test
+            why.append(f"no Welch p over {len(x['chosen_per_seed'])} training seed")
+        elif not x["welch_p"] < bar.alpha:
             why.append(f"Welch p {x['welch_p']:.3g} (< {bar.alpha:g} needed)")
         if not x["worst_seed_at_draws_median"]:
             why.append("a training seed below the draws' median")
