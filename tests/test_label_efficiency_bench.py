@@ -148,7 +148,9 @@ def test_selection_lines_and_their_bar(tmp_path):
     weak = bench.selection_bar_result(bar, [{**line, "welch_p": 0.06}])
     assert weak["met"] is False and "Welch" in weak["reason"]
     lone = {**line, "welch_p": None, "chosen_per_seed": [0.5], "relative_gain_over_draws": 0.2}
-    assert bench.selection_bar_result(bar, [line, lone])["met"] is True  # one seed cannot be judged, nor crash
+    assert (
+        bench.selection_bar_result(bar, [line, lone])["met"] is True
+    )  # one seed cannot be judged, nor crash
     assert "no Welch p over 1 training seed" in bench.selection_bar_result(bar, [lone])["reason"]
     assert (
         bench.selection_bar_result(bench.SelectionBar(budgets=(4,)), [line])["met"] is False
