@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from sslseg.data.io import read_image
 from sslseg.data.layouts import Sample, find_samples
 from sslseg.selection.features import DESCRIPTORS, image_descriptors
+from sslseg.selection.strategies import CHUNK, distances
 
-CHUNK = 512  # rows of a distance matrix held at once
 CELL = re.compile(r"cells/[^/]+/(?P<row>[^/]+)/finetuned/n(?P<images>\d+)/s(?P<seed>\d+)$")
 
 
@@ -38,10 +38,10 @@ def nearest_distances(a: np.ndarray, b: np.ndarray, exclude_self: bool = False) 
     row's own distance does not count, so a duplicate image still counts as a neighbour."""
     out = np.empty(len(a))
     for s in range(0, len(a), CHUNK):
-        d = ((a[s : s + CHUNK, None, :] - b[None, :, :]) ** 2).sum(-1)
+        d = distances(a[s : s + CHUNK], b)
         if exclude_self:
             d[np.arange(len(d)), np.arange(s, s + len(d))] = np.inf
-        out[s : s + CHUNK] = np.sqrt(d.min(1))
+        out[s : s + CHUNK] = d.min(1)
     return out
 
 

@@ -39,7 +39,9 @@ def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
-def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances of the rows of `a` to those of `b`: a len(a)×len(b) matrix, so large sets pass `a`
+    in chunks of CHUNK rows."""
     return np.sqrt(_sq_distances(a, b))
 
 
@@ -82,7 +84,7 @@ def typicality(x: np.ndarray, neighbours: int = TYPICALITY_NEIGHBOURS) -> np.nda
         return np.full(n, np.inf)
     out = np.empty(n)
     for s in range(0, n, CHUNK):
-        d = _distances(x[s : s + CHUNK], x)
+        d = distances(x[s : s + CHUNK], x)
         d[np.arange(len(d)), np.arange(s, s + len(d))] = np.inf  # not its own neighbour
         mean = np.partition(d, k - 1, axis=1)[:, :k].mean(1)
         with np.errstate(divide="ignore"):
@@ -129,7 +131,7 @@ def _nearest_other_cluster(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per point, the distance to the nearest point of another cluster (inf with one cluster)."""
     out = np.empty(len(x))
     for s in range(0, len(x), CHUNK):
-        d = _distances(x[s : s + CHUNK], x)
+        d = distances(x[s : s + CHUNK], x)
         d[labels[s : s + CHUNK, None] == labels[None, :]] = np.inf
         out[s : s + CHUNK] = d.min(1)
     return out
@@ -149,7 +151,7 @@ def _balls(x: np.ndarray, delta: float) -> list[np.ndarray]:
     """The indices of the points closer than `delta` to each point, the point itself always included."""
     out: list[np.ndarray] = []
     for s in range(0, len(x), CHUNK):
-        d = _distances(x[s : s + CHUNK], x)
+        d = distances(x[s : s + CHUNK], x)
         d[np.arange(len(d)), np.arange(s, s + len(d))] = -1.0  # itself, even when δ is 0
         out += [np.flatnonzero(row < delta) for row in d]
     return out
@@ -204,7 +206,7 @@ def _nearest_chosen(x: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     if not chosen.any():
         return np.full(len(x), np.inf)
     anchors = x[chosen]
-    return np.concatenate([_distances(x[s : s + CHUNK], anchors).min(1) for s in range(0, len(x), CHUNK)])
+    return np.concatenate([distances(x[s : s + CHUNK], anchors).min(1) for s in range(0, len(x), CHUNK)])
 
 
 def kcenter(
@@ -220,7 +222,7 @@ def kcenter(
     for _ in range(budget):
         candidates = np.flatnonzero(free)
         if not taken.any():
-            i = int(candidates[np.argmin(_distances(x[candidates], x.mean(0, keepdims=True))[:, 0])])
+            i = int(candidates[np.argmin(distances(x[candidates], x.mean(0, keepdims=True))[:, 0])])
             choices.append(Choice(i, -1, 0.0, "nearest the mean of the pool (first centre)"))
         else:
             i = int(candidates[np.argmax(nearest[candidates])])
@@ -229,7 +231,7 @@ def kcenter(
             )
         free[i] = False
         taken[i] = True
-        nearest = np.minimum(nearest, _distances(x, x[i : i + 1])[:, 0])
+        nearest = np.minimum(nearest, distances(x, x[i : i + 1])[:, 0])
     return choices
 
 
@@ -267,7 +269,7 @@ def uncertainty_diversity(
         choices.append(Choice(i, -1, float(score[j]), why))
         free[i] = False
         taken[i] = True
-        nearest = np.minimum(nearest, _distances(x, x[i : i + 1])[:, 0])
+        nearest = np.minimum(nearest, distances(x, x[i : i + 1])[:, 0])
     return choices
 
 

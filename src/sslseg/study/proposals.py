@@ -4,9 +4,10 @@ budget, from the dataset's labelled images outside the test split, their labels 
 The study plan writes each row's recipe (`request.json`, beside its budgets' folders) and makes the
 proposals at once where their features exist (image descriptors, random or ImageNet features, a weights
 file), for every row or, in a run of some cells only, for the rows among them. Features that name one of
-the study's own pretrainings exist only once it has run, so the first cell of that row makes them (its pretraining is done before any of its cells is claimed). The features are
-computed once for all of a row's budgets, and every proposal goes into a temporary folder renamed into
-place, so that a runner never reads half a proposal and two runners making one keep the first.
+the study's own pretrainings exist only once it has run, so the first cell of that row makes them (its
+pretraining is done before any of its cells is claimed). The features are computed once for all of a
+row's budgets, and every proposal goes into a temporary folder renamed into place, so that a runner never
+reads half a proposal and two runners making one keep the first.
 """
 
 from __future__ import annotations
