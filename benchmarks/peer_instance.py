@@ -12,8 +12,9 @@ trains on, and validates on the images sslseg validates on (sslseg's own split: 
 
 The tools, all on the CPU (tensorflow-cpu has no GPU; the others are kept there for an equal footing):
 
-- sslseg: `sslseg.finetune` with `dsb2018_instance.py`'s settings (random init, resnet18, distance head),
-  its epochs sized to the budget from a timed 2-epoch calibration run;
+- sslseg: `sslseg.finetune` with the best measured `dsb2018_instance.py` recipe (random init, resnet18,
+  contact head, nuclei rescaled to 24 px, dark nuclei inverted), its epochs sized to the budget from a
+  timed 2-epoch calibration run;
   the post-processing thresholds are then tuned on the validation images, as sslseg always does.
 - StarDist 2D (`stardist` on `tensorflow-cpu`): `Config2D` defaults with one input channel and the
   2x2 grid of StarDist's own 2D training example, labels hole-filled (`fill_label_holes`), images
@@ -49,6 +50,13 @@ issue's bar is sslseg >= each peer on AJI and on AP@0.5.
     python benchmarks/peer_instance.py --setting all --minutes 60 --tools sslseg,stardist
     python benchmarks/peer_instance.py --setting 8 --images-csv runs/select/to_annotate.csv
     python benchmarks/peer_instance.py --smoke   # tiny synthetic data, about a minute; figures meaningless
+
+Tools can also run apart, at the same time, each pinned to its own core (an equal budget of one core each,
+in a third of the time of running them one after another), and be compared afterwards:
+
+    OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/peer_instance.py --setting 8 --tools sslseg > a.jsonl
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/peer_instance.py --setting 8 --tools stardist > b.jsonl
+    python benchmarks/peer_instance.py --compare a.jsonl b.jsonl
 """
 
 from __future__ import annotations
@@ -88,7 +96,7 @@ PEERS = {  # the modules each peer needs, and what to install for them
 METRICS = ("aji", "aji_plus", "pq", "ap@0.5", "dsb_score")
 BAR_METRICS = ("aji", "ap@0.5")  # issue 27: sslseg >= each peer on these
 CALIBRATION_STEPS = 10  # sslseg: optimiser steps of the timed calibration run
-CELLPOSE_CALIBRATION_IMAGES = 32  # cellpose: images of its timed one-epoch calibration
+CELLPOSE_CALIBRATION_IMAGES = 8  # cellpose: images of its timed calibration runs (1 and 4 epochs)
 CELLPOSE_SMOKE_TILE = 112  # cellpose's tile (its default 224) in --smoke only, to keep the smoke run short
 SMOKE_SECONDS = 4.0  # training budget per tool in --smoke
 
@@ -150,6 +158,10 @@ def sslseg_config(
         "validation": "budget" if few else "fixed",
         "val_fraction": 0.1,
         "split_seed": 0,
+        # the best measured DSB2018 recipe (RESULTS.md, contact head): nuclei rescaled to 24 px, dark
+        # nuclei on bright ground inverted; smoke's 64 px synthetic nuclei are left at their size
+        "object_size": None if bench.smoke else 24.0,
+        "bright_objects": not bench.smoke,
     }
     if few:
         data["labelled_images"] = 8  # with a list, sslseg checks that it names exactly 8 images
@@ -159,7 +171,7 @@ def sslseg_config(
         "encoder": "resnet18",
         "init": "random",
         "decoder_channels": [16, 16, 8, 8, 8] if bench.smoke else [128, 64, 32, 16, 16],
-        "instance_head": "distance",
+        "instance_head": "contact",
     }
     train: dict[str, Any] = {
         "epochs": epochs,
@@ -498,6 +510,46 @@ def comparison(setting: str, scores: dict[str, dict[str, float]]) -> dict[str, A
     }
 
 
+AGREE = ("smoke", "budget_seconds", "n_train", "n_val", "n_test", "draw_seed", "images_csv", "cores")
+
+
+def compare_logs(paths: list[Path]) -> list[dict[str, Any]]:
+    """The comparison line of each setting, from the tool lines of separate runs (one tool per process, e.g.
+    each on its own core): the runs must agree on everything that makes the budget and the images equal."""
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    for path in paths:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as e:
+            raise SystemExit(f"peer_instance.py --compare: cannot read {path}: {e.strerror}") from None
+        for n, line in enumerate(lines, 1):
+            if not line.startswith("{"):
+                continue  # a log may hold other output
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"peer_instance.py --compare: {path}:{n} is not a JSON line ({e})") from None
+            if str(row.get("benchmark", "")).startswith("peer_instance/") and "tool" in row:
+                rows.setdefault(row["setting"], {})[row["tool"]] = row
+    if not rows:
+        raise SystemExit(f"peer_instance.py --compare: no tool lines in {', '.join(map(str, paths))}")
+    lines_out = []
+    for setting, by_tool in rows.items():
+        if "sslseg" not in by_tool or len(by_tool) < 2:
+            raise SystemExit(
+                f"peer_instance.py --compare: setting {setting} needs sslseg and a peer, has {sorted(by_tool)}"
+            )
+        for key in AGREE:
+            values = {tool: row.get(key) for tool, row in by_tool.items()}
+            if len({json.dumps(v) for v in values.values()}) > 1:
+                raise SystemExit(
+                    f"peer_instance.py --compare: setting {setting}: the runs differ in {key}: {values}"
+                )
+        scores = {tool: {m: row[m] for m in METRICS} for tool, row in by_tool.items()}
+        lines_out.append(comparison(setting, scores))
+    return lines_out
+
+
 def smoke_data(root: Path) -> tuple[Path, Path]:
     """Tiny synthetic training (12 images) and test (3 images) sets of 64 px images for --smoke, with small
     nuclei (radius 4 px) so every image holds the 5 objects cellpose needs to train on it."""
@@ -549,7 +601,18 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=Path("runs/bench_peer_instance"))
     ap.add_argument("--smoke", action="store_true", help="tiny synthetic data: checks the wiring only")
+    ap.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        metavar="LOG",
+        help="print the comparison lines from the JSON lines of runs made apart (one tool each), train nothing",
+    )
     args = ap.parse_args()
+    if args.compare:
+        for line in compare_logs(args.compare):
+            emit(**line)
+        return
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = [t for t in tools if t not in TOOLS]
     if unknown or not tools:
@@ -589,6 +652,9 @@ def main() -> None:
                 n_train=len(bench.budget.train),
                 n_val=len(bench.budget.val),
                 n_test=len(bench.test_samples),
+                draw_seed=args.draw_seed,
+                images_csv=None if args.images_csv is None else str(args.images_csv),
+                cores=len(os.sched_getaffinity(0)),
                 load_average_before=round(load_before, 2),
                 load_average_after=round(os.getloadavg()[0], 2),
                 **run.info,
