@@ -146,3 +146,74 @@ def test_each_tool_is_scored_over_the_gray_and_the_colour_test_images_apart(tmp_
     assert means["aji"] == pytest.approx(2 / 3)
     assert by_kind["gray"]["n"] == 2 and by_kind["gray"]["aji"] == pytest.approx(0.5)
     assert by_kind["colour"]["n"] == 1 and by_kind["colour"]["aji"] == pytest.approx(1.0)
+
+
+def _tool_line(tool: str, setting: str = "8", **fields: object) -> str:
+    """One tool's JSON line as the script prints it (the fields --compare reads or checks)."""
+    import json
+
+    row = {
+        "benchmark": f"peer_instance/{setting}/{tool}",
+        "tool": tool,
+        "setting": setting,
+        "smoke": False,
+        **dict.fromkeys(METRICS, 0.5),
+        "budget_seconds": 1800.0,
+        "n_train": 7,
+        "n_val": 1,
+        "n_test": 65,
+        "draw_seed": 0,
+        "images_csv": None,
+        "cores": 1,
+        **fields,
+    }
+    return json.dumps(row)
+
+
+def test_compare_joins_tools_run_apart_into_one_comparison_per_setting(tmp_path: Path):
+    # tools run side by side, one per core, each print their own line; --compare must give what one run
+    # of all of them would have printed
+    compare_logs = benchmark_module("peer_instance").compare_logs
+    (tmp_path / "a.jsonl").write_text(
+        _tool_line("sslseg", aji=0.6) + "\n" + _tool_line("sslseg", "all", aji=0.7) + "\n"
+    )
+    (tmp_path / "b.log").write_text(
+        "Epoch 1/400\n" + _tool_line("stardist", aji=0.55, **{"ap@0.5": 0.6}) + "\n"
+    )
+    (tmp_path / "c.jsonl").write_text(_tool_line("cellpose", "all", aji=0.65) + "\n")
+    lines = {
+        line["benchmark"]: line
+        for line in compare_logs([tmp_path / n for n in ("a.jsonl", "b.log", "c.jsonl")])
+    }
+    assert set(lines) == {"peer_instance/8/comparison", "peer_instance/all/comparison"}
+    eight = lines["peer_instance/8/comparison"]
+    assert set(eight["peers"]) == {"stardist"}
+    assert eight["peers"]["stardist"]["difference"]["aji"] == pytest.approx(0.05)
+    assert eight["meets_bar"] is False  # behind on AP@0.5
+    assert lines["peer_instance/all/comparison"]["peers"]["cellpose"]["meets_bar"] is True
+
+
+@pytest.mark.parametrize(
+    ("peer_fields", "message"),
+    [
+        ({"budget_seconds": 3600.0}, "differ in budget_seconds"),  # not an equal budget
+        ({"cores": 2}, "differ in cores"),  # one tool had both cores
+        ({"draw_seed": 1}, "differ in draw_seed"),  # other 8 images
+        ({"setting": "all", "benchmark": "peer_instance/all/stardist"}, "needs sslseg and a peer"),
+    ],
+)
+def test_compare_refuses_runs_that_were_not_alike(tmp_path: Path, peer_fields: dict, message: str):
+    compare_logs = benchmark_module("peer_instance").compare_logs
+    (tmp_path / "a.jsonl").write_text(_tool_line("sslseg") + "\n")
+    (tmp_path / "b.jsonl").write_text(_tool_line("stardist", **peer_fields) + "\n")
+    with pytest.raises(SystemExit, match=message):
+        compare_logs([tmp_path / "a.jsonl", tmp_path / "b.jsonl"])
+
+
+def test_compare_names_the_file_it_cannot_read(tmp_path: Path):
+    compare_logs = benchmark_module("peer_instance").compare_logs
+    (tmp_path / "bad.jsonl").write_text(_tool_line("sslseg") + "\n{not json\n")
+    with pytest.raises(SystemExit, match=r"bad.jsonl:2 is not a JSON line"):
+        compare_logs([tmp_path / "bad.jsonl"])
+    with pytest.raises(SystemExit, match=r"cannot read .*missing.jsonl"):
+        compare_logs([tmp_path / "missing.jsonl"])
