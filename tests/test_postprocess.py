@@ -99,3 +99,39 @@ def test_relative_min_size_drops_specks_next_to_large_objects():
         swarm, np.zeros((64, 64)), PostprocessConfig(min_size=0, min_size_fraction=0.1)
     )
     assert pred.max() == 2
+
+
+def test_convex_pairs_merge_a_nucleus_cut_in_two_but_not_two_touching_nuclei():
+    from sslseg.segmentation.postprocess import merge_convex_pairs
+
+    yy, xx = np.mgrid[:64, :64]
+    labels = touching_disks()  # disks 1 and 2 touch along a line: a notch on each side (union 0.91 convex)
+    cut = (yy - 50) ** 2 + (xx - 50) ** 2 < 80  # one round nucleus, cut in two halves (union 0.97)
+    labels[cut & (xx < 50)] = 3
+    labels[cut & (xx >= 50)] = 4
+    merged = merge_convex_pairs(labels, 0.95)
+    assert np.array_equal(merged == 3, cut)  # the halves are one object again, under the lower label
+    for i in (1, 2, 7):  # the touching pair stays two objects; the lone one is untouched
+        assert np.array_equal(merged == i, labels == i)
+    assert np.array_equal(merge_convex_pairs(labels, 1.0), labels)  # no union is perfectly convex
+
+
+def test_merge_solidity_reaches_the_watershed_and_each_object_merges_once():
+    from sslseg.segmentation.postprocess import merge_convex_pairs
+
+    # a nucleus cut in three strips: the two most convex unions compete for the middle strip, one wins
+    yy, xx = np.mgrid[:48, :48]
+    disk = (yy - 24) ** 2 + (xx - 24) ** 2 < 200
+    labels = np.zeros((48, 48), np.int32)
+    labels[disk & (xx < 20)] = 1
+    labels[disk & (xx >= 20) & (xx < 28)] = 2
+    labels[disk & (xx >= 28)] = 3
+    once = merge_convex_pairs(labels, 0.8)
+    assert len(np.unique(once)) == 3  # background and two objects: one merge, not a chain of two
+    twice = merge_convex_pairs(once, 0.8)
+    assert np.array_equal(twice > 0, disk) and len(np.unique(twice)) == 2
+    # the same through the post-processing: perfect maps of the three strips give one object with merging
+    fg = disk.astype(float)
+    distance = instance_distance_map(labels)
+    assert distance_to_instances(fg, distance, PostprocessConfig()).max() == 3
+    assert distance_to_instances(fg, distance, PostprocessConfig(merge_solidity=0.8)).max() == 2

@@ -293,6 +293,13 @@ class PostprocessConfig(_Strict):
         description="also drop objects smaller than this fraction of the image's typical object (the one "
         "holding the median object pixel)",
     )
+    merge_solidity: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="merge two touching objects when their union is at least this convex (area over convex "
+        "hull area; 0: never), which mends nuclei cut in two (e.g. textured stained nuclei)",
+    )
     tune: bool = Field(
         True, description="after training, choose thresholds on the validation split (instance tasks)"
     )
