@@ -97,6 +97,7 @@ METRICS = ("aji", "aji_plus", "pq", "ap@0.5", "dsb_score")
 BAR_METRICS = ("aji", "ap@0.5")  # issue 27: sslseg >= each peer on these
 CALIBRATION_STEPS = 10  # sslseg: optimiser steps of the timed calibration run
 CELLPOSE_CALIBRATION_IMAGES = 8  # cellpose: images of its timed calibration runs (1 and 4 epochs)
+CELLPOSE_MIN_EPOCHS = 100  # cellpose: its learning rate warms up over 10 epochs; at least 10 times that
 CELLPOSE_SMOKE_TILE = 112  # cellpose's tile (its default 224) in --smoke only, to keep the smoke run short
 SMOKE_SECONDS = 4.0  # training budget per tool in --smoke
 
@@ -427,10 +428,8 @@ def run_cellpose(bench: Bench) -> ToolRun:
     once = probe(1)
     per_image = max(probe(4) - once, 1e-3) / 3 / n_probe
     setup_s = max(once - per_image * n_probe, 0.0) * len(X) / n_probe
-    # an epoch trains every image once; every 10th epoch also evaluates the validation loss (forward only,
-    # taken as a third of a training image's cost)
-    epoch_s = per_image * (len(X) + len(Xv) / 30)
-    n_epochs = max(1, int((bench.seconds - flows_s - setup_s) // epoch_s))
+    n_epochs, per_epoch = cellpose_schedule(bench.seconds - flows_s - setup_s, per_image, len(X), len(Xv))
+    epoch_s = per_image * ((per_epoch or len(X)) + len(Xv) / 30)
     t_run = time.monotonic()
     probe_s = t_run - t_probe
     net = models.CellposeModel(gpu=False, pretrained_model=False)
@@ -443,6 +442,7 @@ def run_cellpose(bench: Bench) -> ToolRun:
             test_labels=flows_v,
             channels=[0, 0],
             n_epochs=n_epochs,
+            nimg_per_epoch=per_epoch,
             save_path=work,
             model_name=f"from_scratch_{bench.setting}",
             **tile,
@@ -460,12 +460,30 @@ def run_cellpose(bench: Bench) -> ToolRun:
     info = {
         "version": version,
         "n_epochs": n_epochs,
+        "images_per_epoch": per_epoch or len(X),
         "calibration_seconds": round(probe_s, 1),
         "epoch_seconds_estimated": round(epoch_s, 3),
         "setup_seconds_estimated": round(setup_s, 1),
         "diam_labels": round(float(trained.diam_labels), 2),
     }
     return ToolRun(predictions, train_s, predict_s, info)
+
+
+def cellpose_schedule(seconds: float, per_image: float, n_train: int, n_val: int) -> tuple[int, int | None]:
+    """cellpose's `n_epochs` and `nimg_per_epoch` (None: every training image) for `seconds` of training at
+    `per_image` seconds per training image. An epoch trains `nimg_per_epoch` images; every 10th also
+    evaluates the validation loss (forward only, taken as a third of a training image's cost). train_seg's
+    learning rate warms up from 0 over its first 10 epochs, so a budget that affords fewer than
+    CELLPOSE_MIN_EPOCHS passes over the whole set gets that many epochs of a random subset each (train_seg's
+    own `nimg_per_epoch`), not one epoch at a learning rate of 0."""
+    validation = n_val / 30
+    whole = int(seconds // (per_image * (n_train + validation)))
+    if whole >= CELLPOSE_MIN_EPOCHS:
+        return whole, None
+    per_epoch = int(seconds // (per_image * CELLPOSE_MIN_EPOCHS) - validation)
+    if per_epoch < 1:  # not even one image per epoch: as many one-image epochs as fit
+        return max(1, int(seconds // (per_image * (1 + validation)))), 1
+    return CELLPOSE_MIN_EPOCHS, min(per_epoch, n_train)
 
 
 RUNNERS: dict[str, Callable[[Bench], ToolRun]] = {
