@@ -443,6 +443,9 @@ def run_cellpose(bench: Bench) -> ToolRun:
             channels=[0, 0],
             n_epochs=n_epochs,
             nimg_per_epoch=per_epoch,
+            # uniform, as its default; given, so that train_seg drops the entries of the images it leaves
+            # out (min_train_masks) along with them; its own default keeps them, and sampling subsets fails
+            train_probs=np.full(len(X), 1.0 / len(X)),
             save_path=work,
             model_name=f"from_scratch_{bench.setting}",
             **tile,
