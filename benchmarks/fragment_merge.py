@@ -27,6 +27,7 @@ from sslseg.data.datasets import LoadedSample, load_heldout
 from sslseg.data.layouts import find_samples
 from sslseg.data.splits import load_split
 from sslseg.evaluate import load_model
+from sslseg.finetune import validation_set
 from sslseg.metrics import instance_scores, mean_scores
 from sslseg.segmentation.inference import probabilities_to_labels
 from sslseg.segmentation.tasks import task_named
@@ -74,13 +75,14 @@ def main() -> None:
     channels = module.hparams["in_channels"]
     d = cfg.data
     train = {s.id: s for s in find_samples(d.train, d.layout, d.mask_suffix, allow_unlabeled=True)}
-    val_ids = load_split(args.run / "split.json", list(train))["val"][: cfg.train.val_max_images or None]
-    if not val_ids:
+    val = validation_set(
+        cfg, load_split(args.run / "split.json", list(train)), train, channels, progress=False
+    )
+    if not val:
         raise SystemExit(f"fragment_merge.py: {args.run} has no validation images to choose a value on")
     test_root = args.test or require("dsb2018", "stage1_test")
     test = find_samples(test_root, layout="dsb" if args.test is None else args.test_layout)
     kind = colour_or_gray(test)
-    val = load_heldout([train[i] for i in val_ids], d, channels, progress=False)
     held = load_heldout(test, d, channels, progress=False)
 
     def probabilities(samples: list[LoadedSample], what: str) -> list[Any]:

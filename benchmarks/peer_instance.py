@@ -97,7 +97,8 @@ METRICS = ("aji", "aji_plus", "pq", "ap@0.5", "dsb_score")
 BAR_METRICS = ("aji", "ap@0.5")  # issue 27: sslseg >= each peer on these
 CALIBRATION_STEPS = 10  # sslseg: optimiser steps of the timed calibration run
 CELLPOSE_CALIBRATION_IMAGES = 8  # cellpose: images of its timed calibration runs (1 and 4 epochs)
-CELLPOSE_MIN_EPOCHS = 100  # cellpose: its learning rate warms up over 10 epochs; at least 10 times that
+CELLPOSE_WHOLE_EPOCHS = 20  # cellpose: whole-set epochs when this many fit (its 10-epoch warm-up is half)
+CELLPOSE_SUBSET_EPOCHS = 100  # cellpose: epochs of random subsets when fewer whole ones fit
 CELLPOSE_SMOKE_TILE = 112  # cellpose's tile (its default 224) in --smoke only, to keep the smoke run short
 SMOKE_SECONDS = 4.0  # training budget per tool in --smoke
 
@@ -429,7 +430,7 @@ def run_cellpose(bench: Bench) -> ToolRun:
     per_image = max(probe(4) - once, 1e-3) / 3 / n_probe
     setup_s = max(once - per_image * n_probe, 0.0) * len(X) / n_probe
     n_epochs, per_epoch = cellpose_schedule(bench.seconds - flows_s - setup_s, per_image, len(X), len(Xv))
-    epoch_s = per_image * ((per_epoch or len(X)) + len(Xv) / 30)
+    epoch_s = cellpose_epoch_seconds(per_image, per_epoch or len(X), len(Xv))
     t_run = time.monotonic()
     probe_s = t_run - t_probe
     net = models.CellposeModel(gpu=False, pretrained_model=False)
@@ -477,16 +478,22 @@ def cellpose_schedule(seconds: float, per_image: float, n_train: int, n_val: int
     `per_image` seconds per training image. An epoch trains `nimg_per_epoch` images; every 10th also
     evaluates the validation loss (forward only, taken as a third of a training image's cost). train_seg's
     learning rate warms up from 0 over its first 10 epochs, so a budget that affords fewer than
-    CELLPOSE_MIN_EPOCHS passes over the whole set gets that many epochs of a random subset each (train_seg's
-    own `nimg_per_epoch`), not one epoch at a learning rate of 0."""
-    validation = n_val / 30
-    whole = int(seconds // (per_image * (n_train + validation)))
-    if whole >= CELLPOSE_MIN_EPOCHS:
+    CELLPOSE_WHOLE_EPOCHS passes over the whole set gets CELLPOSE_SUBSET_EPOCHS epochs of a random subset
+    each (train_seg's own `nimg_per_epoch`), not one epoch at a learning rate of 0. Whole epochs, the
+    default's way, are kept whenever the warm-up is at most half of them: subsets lose images to rounding."""
+    whole = int(seconds // cellpose_epoch_seconds(per_image, n_train, n_val))
+    if whole >= CELLPOSE_WHOLE_EPOCHS:
         return whole, None
-    per_epoch = int(seconds // (per_image * CELLPOSE_MIN_EPOCHS) - validation)
+    per_epoch = int(seconds // (per_image * CELLPOSE_SUBSET_EPOCHS) - n_val / 30)
     if per_epoch < 1:  # not even one image per epoch: as many one-image epochs as fit
-        return max(1, int(seconds // (per_image * (1 + validation)))), 1
-    return CELLPOSE_MIN_EPOCHS, min(per_epoch, n_train)
+        return max(1, int(seconds // cellpose_epoch_seconds(per_image, 1, n_val))), 1
+    return CELLPOSE_SUBSET_EPOCHS, min(per_epoch, n_train)
+
+
+def cellpose_epoch_seconds(per_image: float, n_images: int, n_val: int) -> float:
+    """One train_seg epoch of `n_images` training images: every 10th epoch also evaluates the `n_val`
+    validation images, forward only (a third of a training image's cost), so n_val / 30 on average."""
+    return per_image * (n_images + n_val / 30)
 
 
 RUNNERS: dict[str, Callable[[Bench], ToolRun]] = {

@@ -223,9 +223,11 @@ def test_cellpose_gets_enough_epochs_to_leave_its_learning_rate_warm_up():
     # cellpose's learning rate rises from 0 over its first 10 epochs: one epoch of all 598 DSB2018 images
     # (about 25 min on one core) trained at a learning rate of 0 and segmented nothing
     module = benchmark_module("peer_instance")
-    schedule, least = module.cellpose_schedule, module.CELLPOSE_MIN_EPOCHS
+    schedule, subset_epochs = module.cellpose_schedule, module.CELLPOSE_SUBSET_EPOCHS
     assert schedule(3600, 0.5, 7, 1) == (int(3600 // (0.5 * (7 + 1 / 30))), None)  # many whole epochs
+    # 8 selected images at 3.17 s each: 80 whole epochs fit, and are kept, not 100 epochs of 5 of the 7
+    assert schedule(1800, 3.17, 7, 1) == (80, None)
     n_epochs, per_epoch = schedule(1400, 2.46, 598, 40)  # the budget affords half an epoch of the whole set
-    assert n_epochs == least and per_epoch is not None and 1 <= per_epoch < 598
+    assert n_epochs == subset_epochs and per_epoch is not None and 1 <= per_epoch < 598
     assert n_epochs * 2.46 * (per_epoch + 40 / 30) <= 1400  # and it still fits the budget
     assert schedule(10, 2.46, 598, 40)[1] == 1  # less than an image per epoch: one-image epochs

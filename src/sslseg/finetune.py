@@ -205,7 +205,7 @@ def finetune(
     # only training images may use their labels to choose their working scale (object_size); validation
     # images are loaded at native scale and sized at inference, as test and new images are
     train_set, channels = _load_training(cfg, [by_id[i] for i in labelled], None, progress)
-    val_set = _validation_set(cfg, split, by_id, channels, progress)
+    val_set = validation_set(cfg, split, by_id, channels, progress)
 
     module = SegmentationModule(cfg.model_dump(mode="json"), channels)
     module.val_samples = val_set
@@ -523,7 +523,7 @@ def tune_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         )
     summary = json.loads((out / "result.json").read_text())
     channels = summary["in_channels"]
-    val_set = _validation_set(cfg, split, samples, channels, progress)
+    val_set = validation_set(cfg, split, samples, channels, progress)
     summary["postprocess_tuning"] = tune_checkpoint(out / "best.ckpt", val_set)
     summary["test"] = _score_test(
         out, out / "best.ckpt", _test_samples(cfg, split, samples), channels, progress
@@ -532,13 +532,13 @@ def tune_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     return summary
 
 
-def _validation_set(
+def validation_set(
     cfg: FinetuneConfig, split: dict[str, list[str]], by_id: dict[str, Sample], channels: int, progress: bool
 ) -> list[LoadedSample]:
     """The validation images (up to train.val_max_images), loaded like test images: at the working scale,
     never sized by their own labels."""
-    val_set = load_heldout([by_id[i] for i in split["val"]], cfg.data, channels, progress)
-    return val_set[: cfg.train.val_max_images] if cfg.train.val_max_images else val_set
+    ids = split["val"][: cfg.train.val_max_images] if cfg.train.val_max_images else split["val"]
+    return load_heldout([by_id[i] for i in ids], cfg.data, channels, progress)
 
 
 def _test_samples(cfg: FinetuneConfig, split: dict[str, list[str]], by_id: dict[str, Sample]) -> list[Sample]:
